@@ -1,0 +1,122 @@
+"""The `engine` command. It parses arguments and prints; the work is done by the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from engine import __version__
+from engine.config import ConfigError, load_settings
+from engine.envelope import EnvelopeError, parse_webhook
+from engine.findings import MappingError
+from engine.mapping import load_mappings
+from engine.message import RenderError
+from engine.validate import find_fixtures, validate
+
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A user's mistake (bad file, bad setting): one line on stderr and exit 2, never a traceback."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (UsageError, ConfigError) as exc:
+        print(f"engine: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="engine", description="Aircall webhooks to Segment, through YAML mappings.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--env-file", default=".env", help="settings file read after the environment (default .env)")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    check = commands.add_parser("validate", help="check every mapping file; exit 1 on any finding")
+    check.add_argument("directory", nargs="?", type=Path, help="mappings folder (default ENGINE_MAPPINGS or mappings/)")
+    check.add_argument("--fixtures", type=Path, help="sample webhooks to render (default tests/fixtures beside it)")
+    check.add_argument("--json", action="store_true", help="print the findings as JSON")
+    check.set_defaults(run=_validate)
+
+    render = commands.add_parser("render", help="print the Segment messages one webhook would produce")
+    render.add_argument("payload", help="a webhook body as Aircall POSTs it, or - for standard input")
+    render.add_argument("--mappings", type=Path, help="mappings folder (default ENGINE_MAPPINGS or mappings/)")
+    render.set_defaults(run=_render)
+    return parser
+
+
+def _validate(args: argparse.Namespace) -> int:
+    settings = load_settings(args.env_file)
+    directory = args.directory or settings.mappings_dir
+    fixtures = args.fixtures if args.fixtures is not None else find_fixtures(directory)
+    if args.fixtures is not None and not args.fixtures.is_dir():
+        raise UsageError(f"--fixtures: {args.fixtures} is not a folder")
+    report = validate(directory, settings.events, fixtures)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "mappings": report.mappings,
+                    "samples": report.samples,
+                    "messages": report.messages,
+                    "findings": [f.as_dict() for f in report.findings],
+                },
+                indent=2,
+            )
+        )
+    elif report.ok:
+        print(report.summary())
+    else:
+        for finding in report.findings:
+            print(finding)
+        print(f"{len(report.findings)} problem(s) in {directory}", file=sys.stderr)
+    return EXIT_OK if report.ok else EXIT_FINDINGS
+
+
+def _render(args: argparse.Namespace) -> int:
+    settings = load_settings(args.env_file)
+    directory = args.mappings or settings.mappings_dir
+    body = _read_payload(args.payload)
+    try:
+        webhook = parse_webhook(body)
+    except EnvelopeError as exc:
+        raise UsageError(f"{args.payload}: {exc}") from None
+    try:
+        mappings = load_mappings(directory)
+    except MappingError as exc:
+        for finding in exc.findings:
+            print(finding, file=sys.stderr)
+        return EXIT_FINDINGS
+    mapping = mappings.get(webhook.event)
+    if mapping is None:
+        raise UsageError(f"{args.payload}: no mapping for event {webhook.event!r} in {directory}")
+    try:
+        messages = mapping.render(webhook)
+    except RenderError as exc:
+        print(f"engine: cannot render {args.payload}: {exc}", file=sys.stderr)
+        return EXIT_FINDINGS
+    print(json.dumps(messages, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def _read_payload(name: str) -> bytes:
+    if name == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(name).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot read: {exc.strerror}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""Loading the mappings folder: YAML with positions, the schema, `extends`, and one compiled callable per event.
+
+`load_mappings` is the single way in, for `engine validate`, `engine render` and the server alike, so that what
+validate accepts is exactly what runs. Every problem becomes a Finding that names the file, the line and why;
+loading goes on past a bad file so that one run reports them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jinja2 import nodes
+from jsonschema import ValidationError
+
+from engine import yamlsource
+from engine.envelope import Webhook
+from engine.findings import Finding, MappingError, caret_excerpt
+from engine.message import RenderError, finish
+from engine.schemas import mapping_file_validator, resolved_mapping_validator
+from engine.templating import (
+    MappingEnvironment,
+    ParsedValue,
+    TemplateProblem,
+    compile_expression,
+    dict_node,
+    parse_value,
+)
+
+# Keys of a message spec that hold templates, in the order messages are built.
+_TEMPLATE_KEYS = ("event", "userId", "anonymousId", "groupId")
+_FIELD_KEYS = ("properties", "traits")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a value of a merged mapping was written: the file (an event file or one of its bases) and spot."""
+
+    source: SourceFile
+    spot: yamlsource.Spot
+
+
+@dataclass
+class SourceFile:
+    path: Path
+    lines: list[str]
+    document: dict[str, Any]
+    spots: dict[yamlsource.Path_, yamlsource.Spot]
+
+    def origin(self, path: yamlsource.Path_) -> Origin:
+        """The spot of the nearest written ancestor of `path` (a missing key points at its parent)."""
+        while path not in self.spots and path:
+            path = path[:-1]
+        return Origin(self, self.spots.get(path) or yamlsource.Spot(1, 1, 1, 1, None))
+
+
+@dataclass(frozen=True)
+class TemplateField:
+    """One template of a compiled mapping, kept to point at its line when it fails on some payload."""
+
+    path: yamlsource.Path_  # e.g. ("segment", "properties", "duration")
+    origin: Origin
+    parsed: ParsedValue
+
+
+@dataclass
+class CompiledMapping:
+    event: str
+    path: Path
+    message_types: tuple[str, ...]
+    fields: tuple[TemplateField, ...]
+    _build: Callable[[Mapping[str, Any]], list[dict[str, Any]]]
+    _env: MappingEnvironment = field(repr=False)
+
+    def render(self, webhook: Webhook) -> list[dict[str, Any]]:
+        """The Segment messages for one webhook. Raises RenderError, never anything else."""
+        try:
+            raw = self._build(webhook.template_variables())
+        except Exception as exc:  # a template may raise anything its expression can (TypeError, SecurityError...)
+            raise RenderError(f"{self.path.name}: {type(exc).__name__}: {exc}") from None
+        try:
+            return [finish(spec, index, webhook) for index, spec in enumerate(raw)]
+        except RenderError as exc:
+            raise RenderError(f"{self.path.name}: {exc}") from None
+
+    def failing_fields(self, webhook: Webhook) -> Iterator[tuple[TemplateField, Exception, int]]:
+        """Each template that raises for this webhook, evaluated on its own, with the template line that raised.
+
+        Slow (it compiles each template again): for diagnostics only.
+        """
+        variables = webhook.template_variables()
+        for template in self.fields:
+            node = template.parsed.node
+            # A text template fails in one of its {{ }} parts; trying each part names the line.
+            parts = (
+                [p for p in node.nodes if not isinstance(p, nodes.Const)] if isinstance(node, nodes.Concat) else [node]
+            )
+            for part in parts:
+                try:
+                    compile_expression(self._env, part)(variables)
+                except Exception as exc:
+                    yield template, exc, part.lineno or 1
+                    break
+
+
+@dataclass
+class Mappings:
+    directory: Path
+    by_event: dict[str, CompiledMapping]
+    # Every event some file names, compiled or not: a broken file is reported once, not also as missing.
+    claimed: frozenset[str] = frozenset()
+
+    def get(self, event: str) -> CompiledMapping | None:
+        return self.by_event.get(event)
+
+    def __len__(self) -> int:
+        return len(self.by_event)
+
+
+class UnknownEvent(LookupError):
+    """No mapping for this event: Aircall added an event, or the operator removed the file."""
+
+
+def load_mappings(directory: Path) -> Mappings:
+    """Load and compile every mapping in `directory`; raise MappingError listing every finding."""
+    mappings, findings = inspect_mappings(directory)
+    if findings:
+        raise MappingError(findings)
+    return mappings
+
+
+def inspect_mappings(directory: Path) -> tuple[Mappings, list[Finding]]:
+    """Compile what can be compiled, and every finding on the way."""
+    directory = Path(directory)
+    findings: list[Finding] = []
+    if not directory.is_dir():
+        return Mappings(directory, {}), [Finding(directory, 1, 1, "mappings folder not found")]
+    sources: dict[str, SourceFile] = {}
+    claimed: set[str] = set()
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        source = _read(path, findings, claimed)
+        if source is not None:
+            sources[path.name] = source
+    env = MappingEnvironment()
+    compiled: dict[str, CompiledMapping] = {}
+    for name, source in sources.items():
+        is_base = name.startswith("_")
+        event = source.document.get("aircall_event")
+        if is_base:
+            if event is not None:
+                findings.append(
+                    _at(
+                        source,
+                        ("aircall_event",),
+                        "a base file (named _*.yaml) maps no event; rename the file without the leading underscore",
+                        key=True,
+                    )
+                )
+            continue
+        if event is None:
+            findings.append(_at(source, (), "missing 'aircall_event': which Aircall event does this file map?"))
+            continue
+        merged = _resolve(source, sources, findings)
+        if merged is None:
+            continue
+        document, origins = merged
+        if not _check_resolved(source, document, origins, findings):
+            continue
+        if event in compiled:
+            findings.append(
+                _at(source, ("aircall_event",), f"event {event!r} is already mapped by {compiled[event].path.name}")
+            )
+            continue
+        mapping = _compile(env, source, document, origins, findings)
+        if mapping is not None:
+            compiled[event] = mapping
+    unique = list(dict.fromkeys(findings))  # a base's problem shows once, not once per file extending it
+    return Mappings(directory, compiled, frozenset(claimed)), unique
+
+
+def _read(path: Path, findings: list[Finding], claimed: set[str]) -> SourceFile | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        findings.append(Finding(path, 1, 1, f"cannot read file: {exc}"))
+        return None
+    lines = text.splitlines()
+    try:
+        document, spots = yamlsource.load(text)
+    except yamlsource.YamlError as exc:
+        excerpt = caret_excerpt(lines[exc.line - 1], exc.column) if 0 < exc.line <= len(lines) else ""
+        findings.append(Finding(path, exc.line, exc.column, exc.message, excerpt))
+        return None
+    if not isinstance(document, dict):
+        findings.append(
+            Finding(path, 1, 1, f"a mapping file must be a YAML mapping (key: value), not {type(document).__name__}")
+        )
+        return None
+    if isinstance(document.get("aircall_event"), str) and not path.name.startswith("_"):
+        claimed.add(document["aircall_event"])
+    source = SourceFile(path, lines, document, spots)
+    errors = sorted(mapping_file_validator().iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))
+    for error in errors:
+        findings.append(_schema_finding(source, error))
+    return None if errors else source
+
+
+def _schema_finding(source: SourceFile, error: ValidationError) -> Finding:
+    path = tuple(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in allowed)
+        if extra:
+            hint = f"; allowed here: {', '.join(sorted(allowed))}" if allowed else ""
+            return _at(source, (*path, extra[0]), f"unknown key {extra[0]!r}{hint}", key=True)
+    where = ".".join(str(p) for p in path)
+    message = error.message if len(error.message) < 200 else error.message[:199] + "…"
+    return _at(source, path, f"{where}: {message}" if where else message)
+
+
+def _at(source: SourceFile, path: yamlsource.Path_, message: str, key: bool = False) -> Finding:
+    spot = source.origin(path).spot
+    line, column = (spot.key_line, spot.key_column) if key else (spot.line, spot.column)
+    excerpt = caret_excerpt(source.lines[line - 1], column) if 0 < line <= len(source.lines) else ""
+    return Finding(source.path, line, column, message, excerpt)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# extends
+
+
+def _resolve(
+    source: SourceFile, sources: dict[str, SourceFile], findings: list[Finding]
+) -> tuple[dict[str, Any], dict[yamlsource.Path_, Origin]] | None:
+    """The event file merged over its chain of bases, with the origin of every value."""
+    chain = [source]
+    current = source
+    while (base_name := current.document.get("extends")) is not None:
+        base = sources.get(base_name)
+        if base is None:
+            exists = (source.path.parent / base_name).exists()
+            reason = "is not a valid mapping file (see its own errors)" if exists else "not found"
+            findings.append(_at(current, ("extends",), f"base {base_name!r} {reason}"))
+            return None
+        if base in chain:
+            cycle = " -> ".join(s.path.name for s in [*chain, base])
+            findings.append(_at(current, ("extends",), f"extends cycle: {cycle}"))
+            return None
+        chain.append(base)
+        current = base
+    document: dict[str, Any] = {}
+    origins: dict[yamlsource.Path_, Origin] = {}
+    for layer in reversed(chain):  # the most basic first, so that each file overrides what it extends
+        _merge_into(document, layer.document, (), layer, origins)
+    document.pop("extends", None)
+    return document, origins
+
+
+def _merge_into(
+    target: dict[str, Any],
+    layer: dict[str, Any],
+    path: yamlsource.Path_,
+    source: SourceFile,
+    origins: dict[yamlsource.Path_, Origin],
+) -> None:
+    for key, value in layer.items():
+        here = (*path, key)
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge_into(target[key], value, here, source, origins)
+        else:
+            target[key] = _copy(value)
+            for spot_path in source.spots:
+                if spot_path[: len(here)] == here:
+                    origins[spot_path] = Origin(source, source.spots[spot_path])
+        origins.setdefault(here, Origin(source, source.spots[here]))
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+def _origin_of(origins: dict[yamlsource.Path_, Origin], path: yamlsource.Path_, fallback: SourceFile) -> Origin:
+    while path and path not in origins:
+        path = path[:-1]
+    return origins.get(path) or fallback.origin(())
+
+
+def _check_resolved(
+    source: SourceFile, document: dict[str, Any], origins: dict[yamlsource.Path_, Origin], findings: list[Finding]
+) -> bool:
+    errors = list(resolved_mapping_validator().iter_errors(document))
+    for error in errors:
+        path = tuple(error.absolute_path)
+        origin = _origin_of(origins, path, source)
+        where = ".".join(str(p) for p in path) or "mapping"
+        spot = origin.spot
+        message = f"{where}: {_plain_requirement(error)}"
+        if origin.source is not source:
+            message += f" (after merging {origin.source.path.name})"
+        excerpt = caret_excerpt(origin.source.lines[spot.line - 1], spot.column) if origin.source.lines else ""
+        findings.append(Finding(origin.source.path, spot.line, spot.column, message, excerpt))
+    return not errors
+
+
+def _plain_requirement(error: ValidationError) -> str:
+    if error.validator == "not":
+        return "has a key its type does not allow (track takes event and properties; identify and group take traits)"
+    return error.message
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# compiling
+
+
+def _compile(
+    env: MappingEnvironment,
+    source: SourceFile,
+    document: dict[str, Any],
+    origins: dict[yamlsource.Path_, Origin],
+    findings: list[Finding],
+) -> CompiledMapping | None:
+    specs: list[tuple[yamlsource.Path_, dict[str, Any]]] = [(("segment",), document["segment"])]
+    specs += [(("also", i), spec) for i, spec in enumerate(document.get("also") or [])]
+    fields: list[TemplateField] = []
+    message_nodes: list[nodes.Expr] = []
+    failed = False
+
+    def parse(value: Any, at: yamlsource.Path_) -> nodes.Expr:
+        nonlocal failed
+        origin = _origin_of(origins, at, source)
+        try:
+            parsed = parse_value(env, value)
+        except TemplateProblem as problem:
+            failed = True
+            findings.append(_template_finding(origin, problem))
+            return nodes.Const(None)
+        fields.append(TemplateField(at, origin, parsed))
+        return parsed.node
+
+    def parse_fields(values: dict[str, Any], at: yamlsource.Path_) -> nodes.Dict:
+        return dict_node(
+            (key, parse_fields(value, (*at, key)) if isinstance(value, dict) else parse(value, (*at, key)))
+            for key, value in values.items()
+        )
+
+    for at, spec in specs:
+        items: list[tuple[str, nodes.Expr]] = [("type", nodes.Const(spec["type"]))]
+        items += [(key, parse(spec[key], (*at, key))) for key in _TEMPLATE_KEYS if key in spec]
+        items += [(key, parse_fields(spec[key], (*at, key))) for key in _FIELD_KEYS if key in spec]
+        message_nodes.append(dict_node(items))
+    if failed:
+        return None
+    return CompiledMapping(
+        event=document["aircall_event"],
+        path=source.path,
+        message_types=tuple(spec["type"] for _, spec in specs),
+        fields=tuple(fields),
+        _build=compile_expression(env, nodes.List(message_nodes)),
+        _env=env,
+    )
+
+
+def template_position(origin: Origin, template_line: int) -> tuple[int, int]:
+    """The file line and column of line `template_line` of the template written at `origin`."""
+    spot = origin.spot
+    if spot.style in ("|", ">"):  # a block scalar's text starts on the line after its indicator
+        line = spot.line + template_line
+        text = origin.source.lines[line - 1] if line <= len(origin.source.lines) else ""
+        return line, len(text) - len(text.lstrip()) + 1
+    line = spot.line + template_line - 1
+    return line, spot.column if template_line == 1 else 1
+
+
+def field_finding(origin: Origin, message: str, template_line: int = 1) -> Finding:
+    line, column = template_position(origin, template_line)
+    lines = origin.source.lines
+    excerpt = caret_excerpt(lines[line - 1], column) if 0 < line <= len(lines) else ""
+    return Finding(origin.source.path, line, column, message, excerpt)
+
+
+def _template_finding(origin: Origin, problem: TemplateProblem) -> Finding:
+    return field_finding(origin, problem.message, problem.line)

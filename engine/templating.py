@@ -1,0 +1,215 @@
+"""The Jinja environment mappings run in, and the compiler that turns one mapping into one callable.
+
+Every string value in a mapping is parsed as a Jinja template. A template that is a single `{{ expression }}`
+keeps the expression's native type (a number stays a number, null stays null); text around expressions makes a
+string; text alone is a constant. All the values of a mapping are then assembled into one Jinja expression that
+builds the whole list of messages, compiled once: one call per webhook instead of one render per property.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from jinja2 import TemplateSyntaxError, meta, nodes
+from jinja2.runtime import Undefined
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import missing
+
+# The names a template may read. Webhook data only ever arrives through these, as values.
+TEMPLATE_VARIABLES = frozenset({"data", "event", "resource", "timestamp"})
+
+_STABLE_ID_NAMESPACE = uuid.UUID("5f1c7f0e-3b0a-4b8e-9a55-6a1c2b7d9e40")
+
+
+class TemplateProblem(Exception):
+    """A template that cannot be compiled; `line` counts within the template (1-based)."""
+
+    def __init__(self, message: str, line: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
+
+class MappingEnvironment(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, where a missing field of the webhook is null rather than an error.
+
+    Aircall leaves fields out (a ringing call has no user, an unknown caller no contact), so looking up a key
+    a dict does not have, or anything on null, gives None. Dict keys are always read as data, never as dict
+    methods (`data.items` is the field "items"). Everything else goes through the sandbox, so attribute tricks
+    on strings or lists are refused. Names a template reads are checked before it runs (TEMPLATE_VARIABLES).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(autoescape=False, keep_trailing_newline=False)
+        self.filters["iso8601"] = iso8601
+        self.filters["e164"] = e164
+        self.filters["pluck"] = pluck
+        self.globals["stable_id"] = stable_id
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict:
+            return obj.get(attribute)
+        if obj is None:
+            return None
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        if type(obj) is dict:
+            return obj.get(argument)
+        if obj is None:
+            return None
+        if type(obj) is list and type(argument) is int:
+            return obj[argument] if -len(obj) <= argument < len(obj) else None
+        return super().getitem(obj, argument)
+
+
+def iso8601(value: Any) -> str | None:
+    """Unix seconds (Aircall's calls and contacts) or an ISO string (users, numbers) as ISO 8601 UTC."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return _iso_from_unix(value)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value  # unknown format: pass it on rather than lose it
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return _format_utc(parsed)
+    return None
+
+
+def _iso_from_unix(seconds: float) -> str | None:
+    try:
+        return _format_utc(datetime.fromtimestamp(seconds, UTC))
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _format_utc(moment: datetime) -> str:
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def e164(value: Any) -> str | None:
+    """'+33 1 76 36 06 95' -> '+33176360695': Aircall formats digits for people; warehouses want them bare."""
+    if value is None:
+        return None
+    text = str(value)
+    digits = "".join(ch for ch in text if ch.isdigit())
+    if not digits:
+        return None
+    return ("+" + digits) if text.lstrip().startswith("+") else digits
+
+
+def pluck(items: Any, key: str) -> list[Any]:
+    """`data.tags | pluck('name')`: one field of each object of a list; [] for a missing list."""
+    if not isinstance(items, list):
+        return []
+    return [item.get(key) if type(item) is dict else None for item in items]
+
+
+def stable_id(*parts: Any) -> str | None:
+    """A UUID that is the same whenever the same parts are given; None when any part is missing.
+
+    Used for anonymousId: the same contact, phone number or Aircall number always gets the same id, without
+    sending the raw phone number as an identifier.
+    """
+    if not parts or any(part is None or part == "" or isinstance(part, Undefined) for part in parts):
+        return None
+    return str(uuid.uuid5(_STABLE_ID_NAMESPACE, "aircall:" + ":".join(str(part) for part in parts)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Compiling
+
+
+@dataclass(frozen=True)
+class ParsedValue:
+    """One mapping value turned into a Jinja expression node."""
+
+    node: nodes.Expr
+    native: bool  # True when the value keeps the expression's own type
+
+
+def parse_value(env: MappingEnvironment, value: str | int | float | bool | None) -> ParsedValue:
+    """Parse one mapping value; raise TemplateProblem with the line inside the template."""
+    if not isinstance(value, str):
+        return ParsedValue(nodes.Const(value), native=True)
+    try:
+        tree = env.parse(value)
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(f"template syntax error: {exc.message}", exc.lineno or 1) from None
+    _check_names(tree, env)
+    if not tree.body:
+        return ParsedValue(nodes.Const(""), native=False)
+    if len(tree.body) != 1 or not isinstance(tree.body[0], nodes.Output):
+        statement = next(n for n in tree.body if not isinstance(n, nodes.Output))
+        raise TemplateProblem(
+            "statements ({% ... %}) are not supported in mapping values; "
+            "use an inline expression such as {{ a if condition else b }}",
+            statement.lineno,
+        )
+    parts = tree.body[0].nodes
+    expressions = [p for p in parts if not isinstance(p, nodes.TemplateData)]
+    text = [p for p in parts if isinstance(p, nodes.TemplateData)]
+    if not expressions:
+        return ParsedValue(nodes.Const("".join(t.data for t in text)), native=False)
+    if len(expressions) == 1 and all(not t.data.strip() for t in text):
+        return ParsedValue(expressions[0], native=True)
+    return ParsedValue(
+        nodes.Concat([nodes.Const(p.data) if isinstance(p, nodes.TemplateData) else p for p in parts]),
+        native=False,
+    )
+
+
+def _check_names(tree: nodes.Template, env: MappingEnvironment) -> None:
+    unknown = sorted(meta.find_undeclared_variables(tree) - TEMPLATE_VARIABLES - env.globals.keys())
+    if unknown:
+        name = unknown[0]
+        line = next((n.lineno for n in tree.find_all(nodes.Name) if n.name == name), 1)
+        raise TemplateProblem(
+            f"unknown name {name!r} in template; templates can read {', '.join(sorted(TEMPLATE_VARIABLES))}",
+            line,
+        )
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        attribute = node.attr if isinstance(node, nodes.Getattr) else _const_string(node.arg)
+        if attribute is not None and attribute.startswith("_"):
+            raise TemplateProblem(
+                f"access to {attribute!r} is not allowed: templates run in a sandbox and read only webhook data",
+                node.lineno,
+            )
+
+
+def _const_string(node: nodes.Node) -> str | None:
+    return node.value if isinstance(node, nodes.Const) and isinstance(node.value, str) else None
+
+
+def dict_node(items: Iterable[tuple[str, nodes.Expr]]) -> nodes.Dict:
+    return nodes.Dict([nodes.Pair(nodes.Const(key), value) for key, value in items])
+
+
+def compile_expression(env: MappingEnvironment, expr: nodes.Expr) -> Callable[[Mapping[str, Any]], Any]:
+    """Compile an expression tree into a function of the template variables that returns its native value."""
+    body = [nodes.Assign(nodes.Name("result", "store"), expr, lineno=1)]
+    tree = nodes.Template(body, lineno=1)
+    tree.set_environment(env)
+    template = env.from_string(tree)
+    root = template.root_render_func
+    new_context = template.new_context
+
+    def evaluate(variables: Mapping[str, Any]) -> Any:
+        context = new_context(variables)
+        for _ in root(context):
+            pass
+        result = context.vars.get("result", missing)
+        if result is missing:  # pragma: no cover - the assignment always runs
+            raise RuntimeError("expression produced no result")
+        return result
+
+    return evaluate

@@ -1,0 +1,122 @@
+"""`engine validate`: everything that can be known about the mappings before a webhook arrives.
+
+Beyond loading (schema, YAML, Jinja syntax, names, extends), every mapping is rendered against each sample
+webhook for its event and against webhooks stripped of their optional fields, and every message it makes is
+checked against Segment's message schema and size limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jsonschema.exceptions import best_match
+
+from engine.envelope import EnvelopeError, Webhook, parse_webhook
+from engine.events import resource_of
+from engine.findings import Finding
+from engine.mapping import CompiledMapping, field_finding, inspect_mappings
+from engine.message import MAX_MESSAGE_BYTES, RenderError, encoded_size
+from engine.schemas import segment_message_validator
+
+
+@dataclass
+class Report:
+    directory: Path
+    findings: list[Finding] = field(default_factory=list)
+    mappings: int = 0
+    samples: int = 0
+    messages: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def summary(self) -> str:
+        return (
+            f"{self.directory}: {self.mappings} mappings valid; {self.messages} messages rendered "
+            f"from {self.samples} sample webhooks and sparse payloads, all valid for Segment"
+        )
+
+
+def validate(directory: Path, events: Iterable[str], fixtures: Path | None = None) -> Report:
+    directory = Path(directory)
+    mappings, findings = inspect_mappings(directory)
+    report = Report(directory, findings, mappings=len(mappings))
+    for event in sorted(set(events) - mappings.claimed):
+        report.findings.append(
+            Finding(
+                directory / f"{event}.yaml",
+                1,
+                1,
+                f"no mapping for enabled event {event!r} (AIRCALL_EVENTS): add the file or disable the event",
+            )
+        )
+    for path, webhook in _samples(fixtures, report):
+        mapping = mappings.get(webhook.event)
+        if mapping is not None:
+            report.samples += 1
+            _check_render(mapping, webhook, f"sample {path.name}", report)
+    for mapping in mappings.by_event.values():
+        for label, webhook in _sparse_webhooks(mapping.event):
+            _check_render(mapping, webhook, label, report)
+    report.findings = list(dict.fromkeys(report.findings))
+    return report
+
+
+def _samples(fixtures: Path | None, report: Report) -> Iterable[tuple[Path, Webhook]]:
+    if fixtures is None or not fixtures.is_dir():
+        return
+    for path in sorted(fixtures.glob("*.json")):
+        try:
+            yield path, parse_webhook(path.read_bytes())
+        except EnvelopeError as exc:
+            report.findings.append(Finding(path, 1, 1, str(exc)))
+
+
+def _sparse_webhooks(event: str) -> Iterable[tuple[str, Webhook]]:
+    """Webhooks with nothing but an id, or nothing at all: real payloads leave fields out."""
+    for data in ({"id": 1}, {}):
+        label = f"a webhook whose data is {data} (optional fields missing must render as null)"
+        yield label, Webhook(resource_of(event), event, 1_700_000_000, "sample", data)
+
+
+def _check_render(mapping: CompiledMapping, webhook: Webhook, label: str, report: Report) -> None:
+    try:
+        messages = mapping.render(webhook)
+    except RenderError as exc:
+        located = [
+            field_finding(t.origin, f"fails on {label}: {type(e).__name__}: {e}", line)
+            for t, e, line in mapping.failing_fields(webhook)
+        ]
+        report.findings.extend(located or [_mapping_finding(mapping, f"fails on {label}: {exc}")])
+        return
+    for message in messages:
+        report.messages += 1
+        error = best_match(segment_message_validator().iter_errors(message))
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "message"
+            report.findings.append(
+                _mapping_finding(
+                    mapping, f"{message['type']} message on {label} is not valid for Segment: {where}: {error.message}"
+                )
+            )
+        size = encoded_size(message)
+        if size > MAX_MESSAGE_BYTES:
+            report.findings.append(
+                _mapping_finding(
+                    mapping,
+                    f"{message['type']} message on {label} is {size} bytes; Segment's limit is {MAX_MESSAGE_BYTES}",
+                )
+            )
+
+
+def _mapping_finding(mapping: CompiledMapping, message: str) -> Finding:
+    return Finding(mapping.path, 1, 1, message)
+
+
+def find_fixtures(mappings_dir: Path) -> Path | None:
+    """Sample webhooks: tests/fixtures beside the mappings folder, where the project keeps them."""
+    candidate = Path(mappings_dir).parent / "tests" / "fixtures"
+    return candidate if candidate.is_dir() else None

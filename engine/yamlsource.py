@@ -1,0 +1,75 @@
+"""YAML loading that remembers where every value stands, so errors can name the line.
+
+PyYAML's composer keeps a start mark on every node; we construct the plain value with the safe loader and, from
+the same node tree, a table from each value's path (keys and list indices) to its position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Spot:
+    line: int  # 1-based, of the value
+    column: int  # 1-based, of the value
+    key_line: int  # of the key naming it (same as the value's for list items and the root)
+    key_column: int
+    style: str | None  # the scalar's style: None (plain), "'", '"', "|", ">"
+
+
+class YamlError(Exception):
+    def __init__(self, message: str, line: int, column: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.column = column
+
+
+def load(text: str) -> tuple[Any, dict[Path_, Spot]]:
+    """The document's value and the position of every value in it. Raises YamlError."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}
+        spots: dict[Path_, Spot] = {}
+        _walk(node, (), node.start_mark, spots)
+        value = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise YamlError(f"YAML syntax error: {problem}", line, column) from None
+    except yaml.YAMLError as exc:
+        raise YamlError(f"YAML error: {exc}", 1, 1) from None
+    finally:
+        loader.dispose()
+    return value, spots
+
+
+def _walk(node: yaml.Node, path: Path_, key_mark: yaml.Mark, spots: dict[Path_, Spot]) -> None:
+    mark = node.start_mark
+    style = node.style if isinstance(node, yaml.ScalarNode) else None
+    spots[path] = Spot(mark.line + 1, mark.column + 1, key_mark.line + 1, key_mark.column + 1, style)
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[object, yaml.Mark] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node)
+            if key in seen:
+                # PyYAML keeps the last of two equal keys without a word; in a mapping that hides an edit.
+                first = seen[key]
+                raise yaml.MarkedYAMLError(
+                    problem=f"duplicate key {key!r} (first at line {first.line + 1})",
+                    problem_mark=key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark
+            _walk(value_node, (*path, key), key_node.start_mark, spots)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _walk(item, (*path, index), item.start_mark, spots)
