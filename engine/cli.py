@@ -101,7 +101,7 @@ def _render(args: argparse.Namespace) -> int:
     if mapping is None:
         raise UsageError(f"{args.payload}: no mapping for event {webhook.event!r} in {directory}")
     try:
-        messages = mapping.render(webhook)
+        messages = [json.loads(body) for body in mapping.render_json(webhook)]
     except RenderError as exc:
         print(f"engine: cannot render {args.payload}: {exc}", file=sys.stderr)
         return EXIT_FINDINGS

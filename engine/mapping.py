@@ -18,7 +18,7 @@ from jsonschema import ValidationError
 from engine import yamlsource
 from engine.envelope import Webhook
 from engine.findings import Finding, MappingError, caret_excerpt
-from engine.message import RenderError, finish
+from engine.message import RenderError, encode, finish
 from engine.schemas import mapping_file_validator, resolved_mapping_validator
 from engine.templating import (
     MappingEnvironment,
@@ -84,6 +84,14 @@ class CompiledMapping:
             return [finish(spec, index, webhook) for index, spec in enumerate(raw)]
         except RenderError as exc:
             raise RenderError(f"{self.path.name}: {exc}") from None
+
+    def render_json(self, webhook: Webhook) -> list[bytes]:
+        """The messages encoded as Segment receives them, each checked to be JSON and within 32 KB."""
+        try:
+            return [encode(message) for message in self.render(webhook)]
+        except RenderError as exc:
+            text = str(exc)
+            raise RenderError(text if text.startswith(self.path.name) else f"{self.path.name}: {text}") from None
 
     def failing_fields(self, webhook: Webhook) -> Iterator[tuple[TemplateField, Exception, int]]:
         """Each template that raises for this webhook, evaluated on its own, with the template line that raised.
@@ -190,6 +198,8 @@ def _read(path: Path, findings: list[Finding], claimed: set[str]) -> SourceFile 
     try:
         document, spots = yamlsource.load(text)
     except yamlsource.YamlError as exc:
+        if not path.name.startswith("_"):
+            claimed.add(path.stem)  # unreadable, but by its name it means to map this event: no 'missing' too
         excerpt = caret_excerpt(lines[exc.line - 1], exc.column) if 0 < exc.line <= len(lines) else ""
         findings.append(Finding(path, exc.line, exc.column, exc.message, excerpt))
         return None

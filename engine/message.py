@@ -6,14 +6,13 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 from jinja2.runtime import Undefined
 
 from engine import LIBRARY_NAME, __version__
 from engine.envelope import Webhook
-from engine.templating import stable_id
+from engine.templating import iso8601, stable_id, uuid5
 
 _MESSAGE_ID_NAMESPACE = uuid.UUID("0b7f2f4c-4f0e-4c43-8d0e-2f1a9a3c6e11")
 MAX_MESSAGE_BYTES = 32 * 1024  # Segment refuses a message over 32 KB with a 400
@@ -38,12 +37,7 @@ def message_id(webhook: Webhook, index: int) -> str:
                 json.dumps(webhook.data, sort_keys=True, separators=(",", ":"), default=str).encode()
             ).hexdigest()
         )
-    name = f"{webhook.event}\x1f{object_id}\x1f{webhook.timestamp}\x1f{index}"
-    return str(uuid.uuid5(_MESSAGE_ID_NAMESPACE, name))
-
-
-def iso_timestamp(unix_seconds: int) -> str:
-    return datetime.fromtimestamp(unix_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return uuid5(_MESSAGE_ID_NAMESPACE, f"{webhook.event}\x1f{object_id}\x1f{webhook.timestamp}\x1f{index}")
 
 
 def as_identifier(value: Any, field: str) -> str | None:
@@ -68,7 +62,7 @@ def finish(raw: dict[str, Any], index: int, webhook: Webhook) -> dict[str, Any]:
     message: dict[str, Any] = {
         "type": kind,
         "messageId": message_id(webhook, index),
-        "timestamp": iso_timestamp(webhook.timestamp),
+        "timestamp": iso8601(webhook.timestamp),
     }
     user_id = as_identifier(raw.get("userId"), "userId")
     if user_id is not None:
@@ -86,66 +80,42 @@ def finish(raw: dict[str, Any], index: int, webhook: Webhook) -> dict[str, Any]:
         if not isinstance(event, str) or not event.strip():
             raise RenderError(f"event name rendered {event!r}; a track needs a non-empty name")
         message["event"] = event
-        message["properties"] = plain(raw.get("properties") or {}, "properties")
+        message["properties"] = raw.get("properties") or {}
     else:
         if kind == "group":
             group_id = as_identifier(raw.get("groupId"), "groupId")
             if group_id is None:
                 raise RenderError("groupId rendered empty; a group call needs one")
             message["groupId"] = group_id
-        message["traits"] = plain(raw.get("traits") or {}, "traits")
+        message["traits"] = raw.get("traits") or {}
     message["context"] = {"library": {"name": LIBRARY_NAME, "version": __version__}}
     return message
 
 
-_SCALARS = (str, int, bool, type(None))
+def encode(message: dict[str, Any]) -> bytes:
+    """The message as Segment receives it: compact UTF-8 JSON, at most 32 KB. Raises RenderError.
 
-
-class _NotPlain(Exception):
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        self.path = ""
-
-
-def plain(value: Any, where: str) -> Any:
-    """JSON-ready data: lists for generators and tuples, a RenderError for what JSON cannot carry."""
+    Encoding is where a template's result is checked: whatever JSON cannot carry (NaN, an object that is not
+    data, a value the sandbox refused) fails here with the field it is in.
+    """
     try:
-        return _plain(value)
-    except _NotPlain as exc:
-        raise RenderError(f"{where}{exc.path}: {exc.reason}") from None
+        body = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_jsonable)
+    except ValueError as exc:  # NaN or Infinity, refused by allow_nan=False
+        raise RenderError(f"{_field_hint(message)}{exc}") from None
+    encoded = body.encode()
+    if len(encoded) > MAX_MESSAGE_BYTES:
+        raise RenderError(f"message is {len(encoded)} bytes; Segment's limit is {MAX_MESSAGE_BYTES}")
+    return encoded
 
 
-def _plain(value: Any) -> Any:
-    kind = type(value)
-    if kind in _SCALARS:
-        return value
-    if kind is float:
-        if value != value or value in (float("inf"), float("-inf")):
-            raise _NotPlain(f"rendered {value}, which JSON cannot carry")
-        return value
-    if kind is dict:
-        out = {}
-        for key, item in value.items():
-            try:
-                out[str(key)] = item if type(item) in _SCALARS else _plain(item)
-            except _NotPlain as exc:
-                exc.path = f".{key}{exc.path}"
-                raise
-        return out
+def _jsonable(value: Any) -> Any:
     if isinstance(value, Undefined):
-        # Jinja's own explanation, e.g. 'list object' has no attribute 'name'.
-        raise _NotPlain(value._undefined_message)
-    if isinstance(value, list | tuple | Iterator):
-        items = []
-        for index, item in enumerate(value):
-            try:
-                items.append(_plain(item))
-            except _NotPlain as exc:
-                exc.path = f"[{index}]{exc.path}"
-                raise
-        return items
-    raise _NotPlain(f"rendered a {kind.__name__}, which JSON cannot carry")
+        # Jinja's own explanation, e.g. access to attribute 'append' of 'list' object is unsafe.
+        raise RenderError(value._undefined_message or "a template produced an undefined value")
+    if isinstance(value, Iterator):  # `map(...)` without `| list`: what the author meant is the list
+        return list(value)
+    raise RenderError(f"a template produced a {type(value).__name__}, which JSON cannot carry")
 
 
-def encoded_size(message: dict[str, Any]) -> int:
-    return len(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode())
+def _field_hint(message: dict[str, Any]) -> str:
+    return f"{message.get('type', 'message')}: "

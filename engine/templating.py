@@ -8,6 +8,9 @@ builds the whole list of messages, compiled once: one call per webhook instead o
 
 from __future__ import annotations
 
+import hashlib
+import re
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -15,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jinja2 import TemplateSyntaxError, meta, nodes
+from jinja2.exceptions import SecurityError
 from jinja2.runtime import Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
@@ -38,9 +42,11 @@ class MappingEnvironment(ImmutableSandboxedEnvironment):
     """Jinja's immutable sandbox, where a missing field of the webhook is null rather than an error.
 
     Aircall leaves fields out (a ringing call has no user, an unknown caller no contact), so looking up a key
-    a dict does not have, or anything on null, gives None. Dict keys are always read as data, never as dict
-    methods (`data.items` is the field "items"). Everything else goes through the sandbox, so attribute tricks
-    on strings or lists are refused. Names a template reads are checked before it runs (TEMPLATE_VARIABLES).
+    a dict does not have, or anything on null, gives None; so does a field of a value of the wrong shape (a
+    string where an object was expected). Dict keys are always read as data, never as dict methods
+    (`data.items` is the field "items"). Everything else goes through the sandbox, which refuses attribute
+    tricks and calls that would modify the payload. The names a template reads are checked before it runs
+    (TEMPLATE_VARIABLES).
     """
 
     def __init__(self) -> None:
@@ -50,21 +56,50 @@ class MappingEnvironment(ImmutableSandboxedEnvironment):
         self.filters["pluck"] = pluck
         self.globals["stable_id"] = stable_id
 
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if type(obj) is dict:
-            return obj.get(attribute)
-        if obj is None:
-            return None
-        return super().getattr(obj, attribute)
+        # Compiled templates call environment.getattr for every `a.b`: bound here as plain functions on the
+        # instance, they skip a method lookup per access (a quarter of a mapping's render time).
+        self.getattr = self._data_getattr(super().getattr)  # type: ignore[method-assign]
+        self.getitem = self._data_getitem(super().getitem)  # type: ignore[method-assign]
 
-    def getitem(self, obj: Any, argument: Any) -> Any:
-        if type(obj) is dict:
-            return obj.get(argument)
-        if obj is None:
-            return None
-        if type(obj) is list and type(argument) is int:
-            return obj[argument] if -len(obj) <= argument < len(obj) else None
-        return super().getitem(obj, argument)
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        # Our own helper needs none of the sandbox's checks, and is called for every call webhook.
+        if __obj is stable_id:
+            return stable_id(*args, **kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    @staticmethod
+    def _data_getattr(sandboxed: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
+        def getattr(obj: Any, attribute: str) -> Any:
+            if type(obj) is dict:
+                return obj.get(attribute)
+            if obj is None:
+                return None
+            return _missing_as_none(sandboxed(obj, attribute))
+
+        return getattr
+
+    @staticmethod
+    def _data_getitem(sandboxed: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        def getitem(obj: Any, argument: Any) -> Any:
+            if type(obj) is dict:
+                return obj.get(argument)
+            if obj is None:
+                return None
+            if type(obj) is list and type(argument) is int:
+                return obj[argument] if -len(obj) <= argument < len(obj) else None
+            return _missing_as_none(sandboxed(obj, argument))
+
+        return getitem
+
+
+def _missing_as_none(value: Any) -> Any:
+    """A field looked up on a string, number or list (a payload of an unexpected shape) is missing: None.
+
+    What the sandbox refuses stays refused: its Undefined raises SecurityError as soon as it is used.
+    """
+    if isinstance(value, Undefined) and value._undefined_exception is not SecurityError:
+        return None
+    return value
 
 
 def iso8601(value: Any) -> str | None:
@@ -86,14 +121,22 @@ def iso8601(value: Any) -> str | None:
 
 def _iso_from_unix(seconds: float) -> str | None:
     try:
-        return _format_utc(datetime.fromtimestamp(seconds, UTC))
+        moment = time.gmtime(seconds)
     except (OverflowError, OSError, ValueError):
         return None
+    millis = min(int((seconds % 1) * 1000 + 0.5), 999)
+    return _ISO_FORMAT % (*moment[:6], millis)
+
+
+_ISO_FORMAT = "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ"  # formatting by hand: 2x faster than datetime.strftime
 
 
 def _format_utc(moment: datetime) -> str:
     moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return _ISO_FORMAT % (*moment.timetuple()[:6], moment.microsecond // 1000)
+
+
+_NOT_DIGITS = re.compile(r"[^0-9]")
 
 
 def e164(value: Any) -> str | None:
@@ -101,7 +144,7 @@ def e164(value: Any) -> str | None:
     if value is None:
         return None
     text = str(value)
-    digits = "".join(ch for ch in text if ch.isdigit())
+    digits = _NOT_DIGITS.sub("", text)
     if not digits:
         return None
     return ("+" + digits) if text.lstrip().startswith("+") else digits
@@ -122,7 +165,14 @@ def stable_id(*parts: Any) -> str | None:
     """
     if not parts or any(part is None or part == "" or isinstance(part, Undefined) for part in parts):
         return None
-    return str(uuid.uuid5(_STABLE_ID_NAMESPACE, "aircall:" + ":".join(str(part) for part in parts)))
+    return uuid5(_STABLE_ID_NAMESPACE, "aircall:" + ":".join(str(part) for part in parts))
+
+
+def uuid5(namespace: uuid.UUID, name: str) -> str:
+    """str(uuid.uuid5(namespace, name)), without building a UUID object: a third of the time, on the hot path."""
+    digest = hashlib.sha1(namespace.bytes + name.encode()).hexdigest()
+    variant = "89ab"[int(digest[16], 16) & 3]
+    return f"{digest[:8]}-{digest[8:12]}-5{digest[13:16]}-{variant}{digest[17:20]}-{digest[20:32]}"
 
 
 # ---------------------------------------------------------------------------------------------------------------

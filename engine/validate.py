@@ -7,6 +7,7 @@ checked against Segment's message schema and size limit.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from engine.envelope import EnvelopeError, Webhook, parse_webhook
 from engine.events import resource_of
 from engine.findings import Finding
 from engine.mapping import CompiledMapping, field_finding, inspect_mappings
-from engine.message import MAX_MESSAGE_BYTES, RenderError, encoded_size
+from engine.message import RenderError
 from engine.schemas import segment_message_validator
 
 
@@ -84,7 +85,7 @@ def _sparse_webhooks(event: str) -> Iterable[tuple[str, Webhook]]:
 
 def _check_render(mapping: CompiledMapping, webhook: Webhook, label: str, report: Report) -> None:
     try:
-        messages = mapping.render(webhook)
+        encoded = mapping.render_json(webhook)
     except RenderError as exc:
         located = [
             field_finding(t.origin, f"fails on {label}: {type(e).__name__}: {e}", line)
@@ -92,7 +93,8 @@ def _check_render(mapping: CompiledMapping, webhook: Webhook, label: str, report
         ]
         report.findings.extend(located or [_mapping_finding(mapping, f"fails on {label}: {exc}")])
         return
-    for message in messages:
+    for body in encoded:
+        message = json.loads(body)
         report.messages += 1
         error = best_match(segment_message_validator().iter_errors(message))
         if error is not None:
@@ -100,14 +102,6 @@ def _check_render(mapping: CompiledMapping, webhook: Webhook, label: str, report
             report.findings.append(
                 _mapping_finding(
                     mapping, f"{message['type']} message on {label} is not valid for Segment: {where}: {error.message}"
-                )
-            )
-        size = encoded_size(message)
-        if size > MAX_MESSAGE_BYTES:
-            report.findings.append(
-                _mapping_finding(
-                    mapping,
-                    f"{message['type']} message on {label} is {size} bytes; Segment's limit is {MAX_MESSAGE_BYTES}",
                 )
             )
 

@@ -1,0 +1,29 @@
+"""The README stays true: CI runs its test command, and its mapping example is a valid mapping."""
+
+from __future__ import annotations
+
+import re
+
+from tests.conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def shell_blocks() -> list[str]:
+    return re.findall(r"```sh\n(.*?)\n```", README, re.S)
+
+
+def test_ci_runs_the_readmes_test_command():
+    test_command = next(block for block in shell_blocks() if "pytest" in block)
+    assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_mapping_example_validates_and_renders(engine, mappings_copy):
+    example = re.search(r"`mappings/call.ended.yaml`:\n\n```yaml\n(.*?)```", README, re.S).group(1)
+    (mappings_copy / "call.ended.yaml").write_text(example)
+    run = engine("validate", str(mappings_copy))
+    assert run.code == 0, run.out
+    messages = engine("render", "tests/fixtures/call.ended.json", "--mappings", str(mappings_copy)).json()
+    assert [m["type"] for m in messages] == ["track", "identify"]
+    assert messages[0]["properties"]["minutes"] == 3.3
+    assert messages[0]["properties"]["call_id"] == 2187654321  # inherited from _call.yaml

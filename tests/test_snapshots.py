@@ -1,0 +1,45 @@
+"""Every sample webhook through the shipped mappings: the whole Segment messages, pinned by syrupy.
+
+A snapshot change in a diff is a change of what lands in users' warehouses: explain it in the commit.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.envelope import parse_webhook
+from engine.events import ALL_EVENTS
+from engine.mapping import load_mappings
+from engine.message import MAX_MESSAGE_BYTES
+from engine.schemas import segment_message_validator
+from tests.conftest import MAPPINGS, fixture_paths
+
+
+@pytest.fixture(scope="module")
+def mappings():
+    return load_mappings(MAPPINGS)
+
+
+@pytest.mark.parametrize("path", fixture_paths(), ids=lambda p: p.stem)
+def test_sample_webhook_renders_to_pinned_segment_messages(path, mappings, snapshot):
+    webhook = parse_webhook(path.read_bytes())
+    messages = [json.loads(body) for body in mappings.get(webhook.event).render_json(webhook)]
+    assert messages == snapshot
+    for body, message in zip(mappings.get(webhook.event).render_json(webhook), messages, strict=True):
+        assert list(segment_message_validator().iter_errors(message)) == []
+        assert len(body) <= MAX_MESSAGE_BYTES
+
+
+def test_every_aircall_event_has_a_sample_webhook_and_a_mapping(mappings):
+    sampled = {parse_webhook(p.read_bytes()).event for p in fixture_paths()}
+    assert sorted(set(ALL_EVENTS) - sampled) == []
+    assert sorted(set(ALL_EVENTS) - mappings.by_event.keys()) == []
+
+
+def test_default_mappings_send_a_track_named_after_the_aircall_event(mappings):
+    for path in fixture_paths():
+        webhook = parse_webhook(path.read_bytes())
+        track = mappings.get(webhook.event).render(webhook)[0]
+        assert (track["type"], track["event"]) == ("track", webhook.event), path.name

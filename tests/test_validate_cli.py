@@ -1,0 +1,264 @@
+"""`engine validate` through the console script: one test per kind of mistake, each naming file, line and reason."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def write(mappings: Path, name: str, text: str) -> None:
+    (mappings / name).write_text(text, encoding="utf-8")
+
+
+def findings(run) -> list[str]:
+    """The FILE:LINE:COL: lines of the output, with the folder taken off the path."""
+    return [re.sub(r"^.*?mappings/", "", line) for line in run.out.splitlines() if re.match(r"^\S.*:\d+:\d+: ", line)]
+
+
+def test_shipped_mappings_are_clean_with_one_summary_line(engine):
+    run = engine("validate", "mappings")
+    assert run.code == 0, run.out + run.err
+    assert run.out.count("\n") == 1
+    assert "26 mappings valid" in run.out
+
+
+def test_validate_defaults_to_engine_mappings_setting(engine, mappings_copy):
+    write(mappings_copy, "call.ended.yaml", "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: [1]\n")
+    run = engine("validate", env={"ENGINE_MAPPINGS": str(mappings_copy)})
+    assert run.code == 1
+    assert findings(run) == ["call.ended.yaml:4:10: segment.event: [1] is not of type 'string'"]
+
+
+def test_yaml_syntax_error_names_the_line(engine, mappings_copy):
+    write(mappings_copy, "call.ended.yaml", "aircall_event: call.ended\nsegment:\n  type: track\n  event: [oops\n")
+    run = engine("validate", str(mappings_copy))
+    assert run.code == 1
+    [finding] = findings(run)
+    assert finding.startswith("call.ended.yaml:5:1: YAML syntax error:")
+
+
+def test_duplicate_yaml_key_is_an_error_not_a_silent_override(engine, mappings_copy):
+    text = "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: call.ended\n  event: call_ended\n"
+    write(mappings_copy, "call.ended.yaml", text)
+    run = engine("validate", str(mappings_copy))
+    assert findings(run) == ["call.ended.yaml:5:3: YAML syntax error: duplicate key 'event' (first at line 4)"]
+
+
+def test_unknown_key_points_at_the_key_and_lists_the_allowed_ones(engine, mappings_copy):
+    write(mappings_copy, "call.ended.yaml", "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  evnt: x\n")
+    run = engine("validate", str(mappings_copy))
+    assert run.code == 1
+    assert findings(run) == [
+        "call.ended.yaml:4:3: unknown key 'evnt'; allowed here: anonymousId, event, groupId, properties, traits, "
+        "type, userId"
+    ]
+    assert "      evnt: x\n      ^" in run.out  # the line as written, a caret under the key
+
+
+def test_wrong_segment_type_is_a_schema_error_on_its_line(engine, mappings_copy):
+    write(mappings_copy, "call.ended.yaml", "aircall_event: call.ended\nsegment:\n  type: trak\n  event: e\n")
+    run = engine("validate", str(mappings_copy))
+    [finding] = findings(run)
+    assert finding.startswith("call.ended.yaml:3:9: segment.type: 'trak' is not one of ['track', 'identify', 'group']")
+
+
+def test_track_without_event_name_after_merging_bases(engine, mappings_copy):
+    write(mappings_copy, "call.ended.yaml", "aircall_event: call.ended\nextends: _call.yaml\n")
+    run = engine("validate", str(mappings_copy))
+    [finding] = findings(run)
+    assert "segment: 'event' is a required property" in finding
+    assert finding.startswith("_call.yaml:")  # the merged segment was written in the base
+
+
+def test_jinja_syntax_error_points_at_the_template_with_a_caret(engine, mappings_copy):
+    text = (
+        "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: call.ended\n"
+        '  properties:\n    duration: "{{ data.duration }"\n'
+    )
+    write(mappings_copy, "call.ended.yaml", text)
+    run = engine("validate", str(mappings_copy))
+    assert findings(run) == ["call.ended.yaml:6:15: template syntax error: unexpected '}'"]
+    assert '        duration: "{{ data.duration }"\n                  ^' in run.out
+
+
+def test_error_on_second_line_of_a_block_template_names_that_file_line(engine, mappings_copy):
+    text = (
+        "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: call.ended\n"
+        "  properties:\n    summary: |\n      {{ data.id }}\n      {{ data.id + }}\n"
+    )
+    write(mappings_copy, "call.ended.yaml", text)
+    run = engine("validate", str(mappings_copy))
+    [finding] = findings(run)
+    assert finding.startswith("call.ended.yaml:8:7: template syntax error:")
+
+
+def test_unknown_variable_is_refused_before_anything_runs(engine, mappings_copy):
+    text = (
+        "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: call.ended\n  userId: '{{ dat.user.id }}'\n"
+    )
+    write(mappings_copy, "call.ended.yaml", text)
+    run = engine("validate", str(mappings_copy))
+    assert findings(run) == [
+        "call.ended.yaml:5:11: unknown name 'dat' in template; templates can read data, event, resource, timestamp"
+    ]
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{{ ''.__class__.__mro__ }}", "{{ data.__class__ }}", "{{ data['__init__'] }}", "{{ data.id.__class__ }}"],
+)
+def test_sandbox_escape_attempt_is_refused(engine, mappings_copy, template):
+    head = "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: call.ended\n  properties:\n"
+    text = f'{head}    x: "{template}"\n'
+    write(mappings_copy, "call.ended.yaml", text)
+    run = engine("validate", str(mappings_copy))
+    assert run.code == 1
+    [finding] = findings(run)
+    assert finding.startswith("call.ended.yaml:6:8: access to '__")
+    assert "is not allowed: templates run in a sandbox" in finding
+
+
+def test_sandbox_refuses_unsafe_calls_at_render(engine, mappings_copy):
+    # No underscore, so it passes the static check; the sandbox itself must stop it when it runs.
+    text = (
+        "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: call.ended\n"
+        '  properties:\n    x: "{{ data.tags.append(1) }}"\n'
+    )
+    write(mappings_copy, "call.ended.yaml", text)
+    run = engine("validate", str(mappings_copy))
+    assert run.code == 1
+    assert any(f.startswith("call.ended.yaml:6:8: fails on") and "SecurityError" in f for f in findings(run))
+
+
+def test_statements_are_refused_with_the_inline_alternative(engine, mappings_copy):
+    text = (
+        "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: call.ended\n"
+        '  properties:\n    x: "{% if data.id %}yes{% endif %}"\n'
+    )
+    write(mappings_copy, "call.ended.yaml", text)
+    run = engine("validate", str(mappings_copy))
+    [finding] = findings(run)
+    assert finding.startswith("call.ended.yaml:6:8: statements ({% ... %}) are not supported")
+
+
+def test_template_failing_on_a_sparse_payload_names_the_line(engine, mappings_copy):
+    text = (
+        "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: call.ended\n"
+        '  properties:\n    minutes: "{{ data.duration / 60 }}"\n'
+    )
+    write(mappings_copy, "call.ended.yaml", text)
+    run = engine("validate", str(mappings_copy))
+    assert run.code == 1
+    lines = findings(run)
+    assert lines and all(line.startswith("call.ended.yaml:6:14: fails on a webhook whose data is") for line in lines)
+    assert "TypeError" in lines[0]
+
+
+def test_template_failing_on_a_sample_webhook_names_the_sample(engine, mappings_copy):
+    text = (
+        "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: call.ended\n"
+        '  properties:\n    per_minute: "{{ 60 / data.duration if data.duration is not none else none }}"\n'
+    )
+    write(mappings_copy, "call.ended.yaml", text)
+    sample = json.loads((mappings_copy.parent / "tests/fixtures/call.ended.json").read_text())
+    sample["data"]["duration"] = 0
+    (mappings_copy.parent / "tests/fixtures/call.ended--zero.json").write_text(json.dumps(sample))
+    run = engine("validate", str(mappings_copy))
+    assert findings(run) == [
+        "call.ended.yaml:6:17: fails on sample call.ended--zero.json: ZeroDivisionError: division by zero"
+    ]
+
+
+def test_missing_base_and_extends_cycle(engine, mappings_copy):
+    write(mappings_copy, "call.ended.yaml", "aircall_event: call.ended\nextends: _nope.yaml\nsegment:\n  event: e\n")
+    write(mappings_copy, "_a.yaml", "extends: _b.yaml\n")
+    write(mappings_copy, "_b.yaml", "extends: _a.yaml\n")
+    write(mappings_copy, "call.hungup.yaml", "aircall_event: call.hungup\nextends: _a.yaml\nsegment:\n  event: e\n")
+    run = engine("validate", str(mappings_copy))
+    assert findings(run) == [
+        "call.ended.yaml:2:10: base '_nope.yaml' not found",
+        "_b.yaml:1:10: extends cycle: call.hungup.yaml -> _a.yaml -> _b.yaml -> _a.yaml",
+    ]
+
+
+def test_two_files_claiming_one_event(engine, mappings_copy):
+    write(mappings_copy, "call.ended.copy.yaml", (mappings_copy / "call.ended.yaml").read_text())
+    run = engine("validate", str(mappings_copy))
+    assert findings(run) == ["call.ended.yaml:1:16: event 'call.ended' is already mapped by call.ended.copy.yaml"]
+
+
+def test_missing_mapping_for_an_enabled_event(engine, mappings_copy):
+    (mappings_copy / "number.deleted.yaml").unlink()
+    run = engine("validate", str(mappings_copy))
+    assert findings(run) == [
+        "number.deleted.yaml:1:1: no mapping for enabled event 'number.deleted' (AIRCALL_EVENTS): "
+        "add the file or disable the event"
+    ]
+    subset = engine("validate", str(mappings_copy), env={"AIRCALL_EVENTS": "call.ended,user.created"})
+    assert subset.code == 0, subset.out
+
+
+def test_unmapped_event_in_aircall_events_is_reported(engine):
+    run = engine("validate", "mappings", env={"AIRCALL_EVENTS": "call.ended, call.endded"})
+    assert run.code == 1
+    assert findings(run)[0].startswith("call.endded.yaml:1:1: no mapping for enabled event 'call.endded'")
+
+
+def test_message_invalid_for_segment_and_over_32kb(engine, mappings_copy):
+    text = (
+        "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: call.ended\n"
+        "  properties:\n    padding: \"{{ 'x' * 40000 }}\"\n"
+    )
+    write(mappings_copy, "call.ended.yaml", text)
+    write(
+        mappings_copy, "call.hungup.yaml", "aircall_event: call.hungup\nextends: _call.yaml\nsegment:\n  event: ' '\n"
+    )
+    run = engine("validate", str(mappings_copy))
+    lines = findings(run)
+    assert any(
+        re.match(
+            r"call\.ended\.yaml:1:1: fails on sample call\.ended\.json: call\.ended\.yaml: message is "
+            r"\d+ bytes; Segment's limit is 32768",
+            line,
+        )
+        for line in lines
+    )
+    assert any(
+        line.startswith("call.hungup.yaml:1:1: fails on sample call.hungup.json: call.hungup.yaml: event name")
+        for line in lines
+    )
+
+
+def test_all_problems_are_reported_in_one_run(engine, mappings_copy):
+    write(mappings_copy, "call.ended.yaml", "aircall_event: call.ended\nsegment:\n  type: trak\n  event: e\n")
+    write(mappings_copy, "user.created.yaml", "aircall_event: user.created\nextends: _user.yaml\nsegment:\n  evnt: x\n")
+    write(mappings_copy, "number.opened.yaml", "aircall_event: number.opened\nsegment: [\n")
+    run = engine("validate", str(mappings_copy))
+    files = sorted({line.split(":")[0] for line in findings(run)})
+    assert files == ["call.ended.yaml", "number.opened.yaml", "user.created.yaml"]
+    assert "3 problem(s)" in run.err
+
+
+def test_json_output_for_machines(engine, mappings_copy):
+    write(mappings_copy, "call.ended.yaml", "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  evnt: x\n")
+    run = engine("validate", str(mappings_copy), "--json")
+    assert run.code == 1
+    report = run.json()
+    assert report["ok"] is False
+    assert [(Path(f["file"]).name, f["line"], f["column"]) for f in report["findings"]] == [("call.ended.yaml", 4, 3)]
+    clean = engine("validate", "mappings", "--json", cwd=ROOT).json()
+    assert clean["ok"] is True and clean["mappings"] == 26 and clean["samples"] >= 26
+
+
+def test_missing_folder_and_bad_setting_are_usage_errors(engine, tmp_path):
+    run = engine("validate", str(tmp_path / "nope"))
+    assert run.code == 1 and "mappings folder not found" in run.out
+    bad = engine("validate", "mappings", env={"AIRCALL_EVENTS": "call ended"})
+    assert bad.code == 2
+    assert bad.err.strip() == "engine: AIRCALL_EVENTS: 'call ended' is not an Aircall event name (like call.ended)"
+    assert "Traceback" not in bad.err
