@@ -15,6 +15,15 @@ def write(mappings: Path, name: str, text: str) -> None:
     (mappings / name).write_text(text, encoding="utf-8")
 
 
+# Lines 1 to 4 of a call.ended.yaml; what a test adds starts at line 5.
+CALL_ENDED_HEAD = "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: call.ended\n"
+
+
+def validate_call_ended(engine, mappings: Path, more: str):
+    write(mappings, "call.ended.yaml", CALL_ENDED_HEAD + more)
+    return engine("validate", str(mappings))
+
+
 def findings(run) -> list[str]:
     """The FILE:LINE:COL: lines of the output, with the folder taken off the path."""
     return [re.sub(r"^.*?mappings/", "", line) for line in run.out.splitlines() if re.match(r"^\S.*:\d+:\d+: ", line)]
@@ -76,33 +85,21 @@ def test_track_without_event_name_after_merging_bases(engine, mappings_copy):
 
 
 def test_jinja_syntax_error_points_at_the_template_with_a_caret(engine, mappings_copy):
-    text = (
-        "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: call.ended\n"
-        '  properties:\n    duration: "{{ data.duration }"\n'
-    )
-    write(mappings_copy, "call.ended.yaml", text)
-    run = engine("validate", str(mappings_copy))
+    run = validate_call_ended(engine, mappings_copy, '  properties:\n    duration: "{{ data.duration }"\n')
     assert findings(run) == ["call.ended.yaml:6:15: template syntax error: unexpected '}'"]
     assert '        duration: "{{ data.duration }"\n                  ^' in run.out
 
 
 def test_error_on_second_line_of_a_block_template_names_that_file_line(engine, mappings_copy):
-    text = (
-        "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: call.ended\n"
-        "  properties:\n    summary: |\n      {{ data.id }}\n      {{ data.id + }}\n"
+    run = validate_call_ended(
+        engine, mappings_copy, "  properties:\n    summary: |\n      {{ data.id }}\n      {{ data.id + }}\n"
     )
-    write(mappings_copy, "call.ended.yaml", text)
-    run = engine("validate", str(mappings_copy))
     [finding] = findings(run)
     assert finding.startswith("call.ended.yaml:8:7: template syntax error:")
 
 
 def test_unknown_variable_is_refused_before_anything_runs(engine, mappings_copy):
-    text = (
-        "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: call.ended\n  userId: '{{ dat.user.id }}'\n"
-    )
-    write(mappings_copy, "call.ended.yaml", text)
-    run = engine("validate", str(mappings_copy))
+    run = validate_call_ended(engine, mappings_copy, "  userId: '{{ dat.user.id }}'\n")
     assert findings(run) == [
         "call.ended.yaml:5:11: unknown name 'dat' in template; templates can read data, event, resource, timestamp"
     ]
@@ -113,10 +110,7 @@ def test_unknown_variable_is_refused_before_anything_runs(engine, mappings_copy)
     ["{{ ''.__class__.__mro__ }}", "{{ data.__class__ }}", "{{ data['__init__'] }}", "{{ data.id.__class__ }}"],
 )
 def test_sandbox_escape_attempt_is_refused(engine, mappings_copy, template):
-    head = "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: call.ended\n  properties:\n"
-    text = f'{head}    x: "{template}"\n'
-    write(mappings_copy, "call.ended.yaml", text)
-    run = engine("validate", str(mappings_copy))
+    run = validate_call_ended(engine, mappings_copy, f'  properties:\n    x: "{template}"\n')
     assert run.code == 1
     [finding] = findings(run)
     assert finding.startswith("call.ended.yaml:6:8: access to '__")
@@ -125,34 +119,19 @@ def test_sandbox_escape_attempt_is_refused(engine, mappings_copy, template):
 
 def test_sandbox_refuses_unsafe_calls_at_render(engine, mappings_copy):
     # No underscore, so it passes the static check; the sandbox itself must stop it when it runs.
-    text = (
-        "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: call.ended\n"
-        '  properties:\n    x: "{{ data.tags.append(1) }}"\n'
-    )
-    write(mappings_copy, "call.ended.yaml", text)
-    run = engine("validate", str(mappings_copy))
+    run = validate_call_ended(engine, mappings_copy, '  properties:\n    x: "{{ data.tags.append(1) }}"\n')
     assert run.code == 1
     assert any(f.startswith("call.ended.yaml:6:8: fails on") and "SecurityError" in f for f in findings(run))
 
 
 def test_statements_are_refused_with_the_inline_alternative(engine, mappings_copy):
-    text = (
-        "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: call.ended\n"
-        '  properties:\n    x: "{% if data.id %}yes{% endif %}"\n'
-    )
-    write(mappings_copy, "call.ended.yaml", text)
-    run = engine("validate", str(mappings_copy))
+    run = validate_call_ended(engine, mappings_copy, '  properties:\n    x: "{% if data.id %}yes{% endif %}"\n')
     [finding] = findings(run)
     assert finding.startswith("call.ended.yaml:6:8: statements ({% ... %}) are not supported")
 
 
 def test_template_failing_on_a_sparse_payload_names_the_line(engine, mappings_copy):
-    text = (
-        "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: call.ended\n"
-        '  properties:\n    minutes: "{{ data.duration / 60 }}"\n'
-    )
-    write(mappings_copy, "call.ended.yaml", text)
-    run = engine("validate", str(mappings_copy))
+    run = validate_call_ended(engine, mappings_copy, '  properties:\n    minutes: "{{ data.duration / 60 }}"\n')
     assert run.code == 1
     lines = findings(run)
     assert lines and all(line.startswith("call.ended.yaml:6:14: fails on a webhook whose data is") for line in lines)
