@@ -1,12 +1,5 @@
-"""The webhook server lands with the server issue; until then `uvicorn server:app` only answers /healthz."""
+"""`uvicorn server:app`: the webhook server, run from the repository root. `engine serve` runs the same app."""
 
-from starlette.applications import Starlette
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from engine.app import create_app
 
-
-async def healthz(request):  # TODO(server issue): outbox depth, delivery state, Segment configured
-    return JSONResponse({"status": "ok", "webhooks": "not implemented yet"})
-
-
-app = Starlette(routes=[Route("/healthz", healthz)])
+app = create_app()

@@ -156,7 +156,7 @@ def main() -> None:
         assert engine_out == plain_call_message(webhook), webhook.event
         assert engine_out == per_property(mappings.get(webhook.event))(webhook), webhook.event
 
-    def engine(webhook: Webhook) -> list[dict]:
+    def engine(webhook: Webhook) -> list:
         return mappings.get(webhook.event).render(webhook)
 
     naive = {event: per_property(mappings.get(event)) for event in plain_events}

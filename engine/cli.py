@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +16,9 @@ from engine.envelope import EnvelopeError, parse_webhook
 from engine.findings import MappingError
 from engine.mapping import load_mappings
 from engine.message import RenderError
+from engine.operations import replay_dead_letters
+from engine.outbox import SqliteOutbox, sqlite_path
+from engine.runtime import load_server_mappings
 from engine.validate import find_fixtures, validate
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
@@ -51,6 +56,30 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("payload", help="a webhook body as Aircall POSTs it, or - for standard input")
     render.add_argument("--mappings", type=Path, help="mappings folder (default ENGINE_MAPPINGS or mappings/)")
     render.set_defaults(run=_render)
+
+    serve = commands.add_parser("serve", help="run the webhook server (uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="server processes sharing the outbox (default 1)")
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        default="127.0.0.1",
+        help="proxies whose X-Forwarded-* headers are trusted (default 127.0.0.1: a proxy on this machine)",
+    )
+    serve.set_defaults(run=_serve)
+
+    outbox = commands.add_parser("outbox", help="inspect the outbox and replay dead letters")
+    outbox_commands = outbox.add_subparsers(required=True, metavar="ACTION")
+    status = outbox_commands.add_parser("status", help="pending, delivered and dead-lettered messages")
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--dead", action="store_true", help="also list the dead letters with their reasons")
+    status.set_defaults(run=_outbox_status)
+    replay = outbox_commands.add_parser(
+        "replay", help="retry pending messages now; with --dead, re-render dead letters with the current mappings"
+    )
+    replay.add_argument("--dead", action="store_true", help="replay dead letters")
+    replay.add_argument("--id", type=int, action="append", dest="ids", help="only this dead letter (repeatable)")
+    replay.set_defaults(run=_outbox_replay)
     return parser
 
 
@@ -101,12 +130,95 @@ def _render(args: argparse.Namespace) -> int:
     if mapping is None:
         raise UsageError(f"{args.payload}: no mapping for event {webhook.event!r} in {directory}")
     try:
-        messages = [json.loads(body) for body in mapping.render_json(webhook)]
+        messages = [json.loads(encoded.body) for encoded in mapping.render_json(webhook)]
     except RenderError as exc:
         print(f"engine: cannot render {args.payload}: {exc}", file=sys.stderr)
         return EXIT_FINDINGS
     print(json.dumps(messages, indent=2, ensure_ascii=False))
     return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = load_settings(args.env_file)
+    try:  # the same checks as the server's start-up, to fail here with a plain message and exit 2
+        load_server_mappings(settings)
+    except MappingError as exc:
+        for finding in exc.findings:
+            print(finding, file=sys.stderr)
+        raise UsageError(f"the mappings in {settings.mappings_dir} have problems; run `engine validate`") from None
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    os.environ["ENGINE_ENV_FILE"] = args.env_file  # the workers read the settings themselves
+    uvicorn.run(
+        "engine.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        proxy_headers=True,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        timeout_graceful_shutdown=30,
+        log_level=settings.log_level,
+    )
+    return EXIT_OK
+
+
+def _open_outbox(args: argparse.Namespace) -> SqliteOutbox:
+    settings = load_settings(args.env_file)
+    try:
+        return SqliteOutbox(sqlite_path(settings.db), create=False)
+    except FileNotFoundError:
+        raise UsageError(f"ENGINE_DB: no outbox at {settings.db} (the server creates it on first start)") from None
+    except (ValueError, sqlite3.Error) as exc:
+        raise UsageError(f"ENGINE_DB: cannot open {settings.db}: {exc}") from None
+
+
+def _outbox_status(args: argparse.Namespace) -> int:
+    outbox = _open_outbox(args)
+    stats = outbox.stats()
+    letters = outbox.dead_letters() if args.dead else []
+    if args.json:
+        report = stats.as_dict()
+        if args.dead:
+            report["dead"] = [
+                {"id": d.id, "message_id": d.message_id, "event": d.event, "reason": d.reason, "attempts": d.attempts}
+                for d in letters
+            ]
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    age = "-" if stats.oldest_pending_age is None else f"{stats.oldest_pending_age:.0f}s"
+    print(f"pending {stats.pending} (due now {stats.due}, oldest {age})")
+    print(f"delivered {stats.delivered} (kept for the retention period)")
+    print(f"dead letters {stats.dead_letters}")
+    if stats.last_error:
+        print(f"last error: {stats.last_error}")
+    for letter in letters:
+        what = letter.message_id or "whole webhook"
+        print(f"  dead #{letter.id} {letter.event} {what}: {letter.reason}")
+    return EXIT_OK
+
+
+def _outbox_replay(args: argparse.Namespace) -> int:
+    outbox = _open_outbox(args)
+    if not args.dead:
+        if args.ids:
+            raise UsageError("--id selects dead letters: use it with --dead")
+        print(f"{outbox.retry_now()} pending message(s) due now")
+        return EXIT_OK
+    settings = load_settings(args.env_file)
+    try:
+        mappings = load_mappings(settings.mappings_dir)
+    except MappingError as exc:
+        for finding in exc.findings:
+            print(finding, file=sys.stderr)
+        return EXIT_FINDINGS
+    report = replay_dead_letters(outbox, mappings, args.ids)
+    print(f"replayed {len(report.replayed)} dead letter(s): {report.messages} message(s) queued again")
+    for letter_id, reason in report.failed:
+        print(f"  dead #{letter_id} still fails: {reason}", file=sys.stderr)
+    return EXIT_FINDINGS if report.failed else EXIT_OK
 
 
 def _read_payload(name: str) -> bytes:

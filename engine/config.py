@@ -52,6 +52,16 @@ class Settings:
     aircall_api_id: str | None = field(default=None, repr=False)
     aircall_api_token: str | None = field(default=None, repr=False)
     aircall_api_url: str = "https://api.aircall.io/v1"
+    max_body_bytes: int = 1024 * 1024
+    body_timeout_seconds: float = 10.0
+    segment_timeout_seconds: float = 10.0
+    retention_days: float = 7.0
+    max_age_hours: float = 72.0
+    lease_seconds: float = 60.0
+    backoff_base_seconds: float = 1.0
+    backoff_cap_seconds: float = 600.0
+    log_format: str = "plain"
+    log_level: str = "INFO"
 
 
 def parse_events(value: str | None) -> frozenset[str]:
@@ -104,6 +114,24 @@ def load_settings(env_file: str | Path | None = ".env", environ_: Environ = envi
         value = config(name, default=None)
         return value.strip() or None if value is not None else None
 
+    def number(name: str, default: float, minimum: float, integer: bool = False) -> float:
+        value = optional(name)
+        if value is None:
+            return default
+        try:
+            parsed = int(value) if integer else float(value)
+        except ValueError:
+            raise ConfigError(f"{name}: {value!r} is not a number") from None
+        if not parsed >= minimum:  # also refuses NaN
+            raise ConfigError(f"{name}: {value!r} must be at least {minimum:g}")
+        return parsed
+
+    def choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = (optional(name) or default).lower()
+        if value not in allowed:
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+        return value
+
     def url(name: str, default: str) -> str:
         value = (optional(name) or default).rstrip("/")
         if not re.match(r"^https?://[^\s/]+", value):
@@ -121,4 +149,14 @@ def load_settings(env_file: str | Path | None = ".env", environ_: Environ = envi
         aircall_api_id=optional("AIRCALL_API_ID"),
         aircall_api_token=optional("AIRCALL_API_TOKEN"),
         aircall_api_url=url("AIRCALL_API_URL", Settings.aircall_api_url),
+        max_body_bytes=int(number("ENGINE_MAX_BODY_BYTES", Settings.max_body_bytes, 1024, integer=True)),
+        body_timeout_seconds=number("ENGINE_BODY_TIMEOUT_SECONDS", Settings.body_timeout_seconds, 0.1),
+        segment_timeout_seconds=number("SEGMENT_TIMEOUT_SECONDS", Settings.segment_timeout_seconds, 0.1),
+        retention_days=number("ENGINE_RETENTION_DAYS", Settings.retention_days, 0),
+        max_age_hours=number("ENGINE_MAX_AGE_HOURS", Settings.max_age_hours, 0.001),
+        lease_seconds=number("ENGINE_LEASE_SECONDS", Settings.lease_seconds, 1),
+        backoff_base_seconds=number("ENGINE_BACKOFF_BASE_SECONDS", Settings.backoff_base_seconds, 0.01),
+        backoff_cap_seconds=number("ENGINE_BACKOFF_CAP_SECONDS", Settings.backoff_cap_seconds, 0.01),
+        log_format=choice("ENGINE_LOG_FORMAT", Settings.log_format, ("plain", "json")),
+        log_level=choice("ENGINE_LOG_LEVEL", Settings.log_level.lower(), ("debug", "info", "warning", "error")),
     )

@@ -18,7 +18,7 @@ from jsonschema import ValidationError
 from engine import yamlsource
 from engine.envelope import Webhook
 from engine.findings import Finding, MappingError, caret_excerpt
-from engine.message import RenderError, encode, finish
+from engine.message import Encoded, RenderError, encode, finish
 from engine.schemas import mapping_file_validator, resolved_mapping_validator
 from engine.templating import (
     MappingEnvironment,
@@ -85,10 +85,10 @@ class CompiledMapping:
         except RenderError as exc:
             raise RenderError(f"{self.path.name}: {exc}") from None
 
-    def render_json(self, webhook: Webhook) -> list[bytes]:
+    def render_json(self, webhook: Webhook) -> list[Encoded]:
         """The messages encoded as Segment receives them, each checked to be JSON and within 32 KB."""
         try:
-            return [encode(message) for message in self.render(webhook)]
+            return [Encoded(message["messageId"], encode(message)) for message in self.render(webhook)]
         except RenderError as exc:
             text = str(exc)
             raise RenderError(text if text.startswith(self.path.name) else f"{self.path.name}: {text}") from None

@@ -6,7 +6,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from jinja2.runtime import Undefined
 
@@ -22,7 +22,12 @@ class RenderError(Exception):
     """A mapping produced something that cannot be sent (or failed to run) for this webhook."""
 
 
-def message_id(webhook: Webhook, index: int) -> str:
+def webhook_key(webhook: Webhook) -> str:
+    """The webhook's own deterministic id: the outbox keeps one copy of a webhook Aircall sent twice."""
+    return message_id(webhook, "webhook")
+
+
+def message_id(webhook: Webhook, index: int | str) -> str:
     """The same webhook always gives the same id, so Aircall's redeliveries and our retries deduplicate.
 
     A webhook is identified by its event, its object's id and its timestamp. The rest of the payload is left
@@ -90,6 +95,11 @@ def finish(raw: dict[str, Any], index: int, webhook: Webhook) -> dict[str, Any]:
         message["traits"] = raw.get("traits") or {}
     message["context"] = {"library": {"name": LIBRARY_NAME, "version": __version__}}
     return message
+
+
+class Encoded(NamedTuple):
+    message_id: str
+    body: bytes  # compact UTF-8 JSON
 
 
 def encode(message: dict[str, Any]) -> bytes:

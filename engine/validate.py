@@ -93,7 +93,7 @@ def _check_render(mapping: CompiledMapping, webhook: Webhook, label: str, report
         ]
         report.findings.extend(located or [_mapping_finding(mapping, f"fails on {label}: {exc}")])
         return
-    for body in encoded:
+    for _, body in encoded:
         message = json.loads(body)
         report.messages += 1
         error = best_match(segment_message_validator().iter_errors(message))

@@ -25,9 +25,11 @@ def mappings():
 @pytest.mark.parametrize("path", fixture_paths(), ids=lambda p: p.stem)
 def test_sample_webhook_renders_to_pinned_segment_messages(path, mappings, snapshot):
     webhook = parse_webhook(path.read_bytes())
-    messages = [json.loads(body) for body in mappings.get(webhook.event).render_json(webhook)]
+    encoded = mappings.get(webhook.event).render_json(webhook)
+    messages = [json.loads(body) for _, body in encoded]
     assert messages == snapshot
-    for body, message in zip(mappings.get(webhook.event).render_json(webhook), messages, strict=True):
+    for (message_id, body), message in zip(encoded, messages, strict=True):
+        assert message_id == message["messageId"]
         assert list(segment_message_validator().iter_errors(message)) == []
         assert len(body) <= MAX_MESSAGE_BYTES
 

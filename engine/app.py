@@ -1,0 +1,94 @@
+"""The Starlette application: routes, and a lifespan that owns the runtime (mappings, outbox, delivery)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from engine import __version__, logs
+from engine.config import ConfigError, load_settings
+from engine.findings import MappingError
+from engine.runtime import Runtime, build_runtime
+from engine.webhook import receive
+
+log = logging.getLogger("engine.server")
+
+
+async def healthz(request: Request) -> Response:
+    runtime: Runtime = request.state.runtime
+    try:
+        stats = await runtime.stats()
+    except Exception as exc:
+        return JSONResponse({"status": "error", "reason": f"outbox unreadable: {exc}"}, status_code=503)
+    delivery = runtime.delivery.state
+    body = {
+        "status": "ok",
+        "version": __version__,
+        "segment_configured": runtime.delivery.client is not None,
+        "outbox": stats.as_dict(),
+        "delivery": {
+            "last_error": delivery.last_error,
+            "last_error_at": delivery.last_error_at,
+            "last_success_at": delivery.last_success_at,
+            "paused_until": delivery.paused_until or None,
+        },
+        "mappings": len(runtime.mappings),
+        "events_enabled": len(runtime.settings.events),
+    }
+    if runtime.delivery.client is None:
+        body["warning"] = "SEGMENT_WRITE_KEY is not set: messages are kept in the outbox, not sent"
+    return JSONResponse(body)
+
+
+async def metrics(request: Request) -> Response:
+    runtime: Runtime = request.state.runtime
+    try:
+        await runtime.stats()  # refreshes the outbox gauges
+    except Exception:
+        log.exception("outbox unreadable for /metrics")
+    return Response(runtime.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def create_app(env_file: str | None = None) -> Starlette:
+    """The app; settings are read when it starts, from the environment then `env_file` (ENGINE_ENV_FILE, .env)."""
+    env_file = env_file or os.environ.get("ENGINE_ENV_FILE", ".env")
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Runtime]]:
+        try:
+            settings = load_settings(env_file)
+            logs.configure(settings.log_format, settings.log_level)
+            runtime = build_runtime(settings)
+        except (ConfigError, MappingError) as exc:
+            logs.configure()
+            log.error("cannot start: %s", exc)
+            raise
+        await runtime.start()
+        log.info(
+            "started: %d mappings, %d events enabled, outbox %s, Segment %s",
+            len(runtime.mappings), len(settings.events), settings.db,
+            settings.segment_api_url if settings.segment_write_key else "NOT CONFIGURED (SEGMENT_WRITE_KEY unset)",
+        )  # fmt: skip
+        if not settings.webhook_tokens:
+            log.warning("AIRCALL_WEBHOOK_TOKEN is not set: every webhook is refused with 401")
+        try:
+            yield {"runtime": runtime}
+        finally:
+            await runtime.stop()
+            log.info("stopped")
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/aircall", receive, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )

@@ -1,0 +1,447 @@
+"""The outbox: Segment messages committed durably before Aircall gets its 200, until Segment has them.
+
+The store is synchronous and owns one SQLite connection; `engine.committer` runs it on a thread of its own
+for the server (group commit), the CLI uses it directly. The interface (enqueue, claim, ack, retry, dead,
+stats, prune) is what a PostgreSQL outbox for several replicas has to provide too.
+
+A message row is pending until acknowledged. Claiming a batch moves its rows' `due_at` past a lease, so that
+no other worker (another `--workers` process) takes them meanwhile, and a worker that dies mid-batch lets
+them become due again when the lease runs out. One partial index on `due_at` over pending rows serves every
+claim, however many delivered rows wait for pruning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from engine.envelope import Webhook
+from engine.message import webhook_key
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE webhooks (
+        key         TEXT PRIMARY KEY,         -- deterministic: a redelivered webhook is the same row
+        event       TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        body        BLOB NOT NULL             -- the envelope without its token, for replay
+    ) WITHOUT ROWID;
+    CREATE TABLE messages (
+        id           INTEGER PRIMARY KEY,
+        message_id   TEXT NOT NULL UNIQUE,    -- Segment's messageId: the idempotency key
+        webhook_key  TEXT NOT NULL,
+        event        TEXT NOT NULL,
+        body         BLOB NOT NULL,           -- the message as sent, compact JSON
+        size         INTEGER NOT NULL,
+        created_at   REAL NOT NULL,
+        due_at       REAL NOT NULL,           -- next attempt, or the end of a claim's lease
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        lease_owner  TEXT,
+        last_error   TEXT,
+        delivered_at REAL                     -- null while pending
+    );
+    CREATE INDEX messages_pending ON messages (due_at) WHERE delivered_at IS NULL;
+    CREATE INDEX messages_delivered ON messages (delivered_at) WHERE delivered_at IS NOT NULL;
+    CREATE TABLE dead_letters (
+        id          INTEGER PRIMARY KEY,
+        message_id  TEXT,                     -- null when the webhook itself could not be mapped
+        event       TEXT NOT NULL,
+        body        BLOB,                     -- the message, when there was one
+        webhook     BLOB NOT NULL,            -- the envelope without its token: replay re-renders it
+        reason      TEXT NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        created_at  REAL NOT NULL,
+        replayed_at REAL
+    );
+    """,
+}
+
+
+class OutboxUnavailable(Exception):
+    """The outbox cannot take a write now (disk full, read-only, locked): the webhook must get 503."""
+
+
+@dataclass(frozen=True)
+class StoredWebhook:
+    key: str
+    event: str
+    body: bytes  # JSON envelope, token removed
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    message_id: str
+    event: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    message_id: str
+    body: bytes
+    attempts: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: int
+    message_id: str | None
+    event: str
+    reason: str
+    attempts: int
+    created_at: float
+    replayed_at: float | None
+    webhook: bytes
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    pending: int
+    due: int
+    delivered: int
+    dead_letters: int
+    oldest_pending_age: float | None  # seconds
+    last_error: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "pending": self.pending,
+            "due": self.due,
+            "delivered": self.delivered,
+            "dead_letters": self.dead_letters,
+            "oldest_pending_age_seconds": None
+            if self.oldest_pending_age is None
+            else round(self.oldest_pending_age, 3),
+            "last_error": self.last_error,
+        }
+
+
+class Outbox(Protocol):
+    """What delivery, the webhook endpoint and the CLI need of a store."""
+
+    def enqueue(self, batch: Sequence[tuple[StoredWebhook, Sequence[NewMessage]]]) -> list[int]: ...
+    def keep_webhook(self, webhook: StoredWebhook, reason: str) -> None: ...
+    def claim(self, limit: int, lease_seconds: float, owner: str) -> list[Claimed]: ...
+    def ack(self, ids: Iterable[int]) -> None: ...
+    def retry(
+        self, ids: Iterable[int], delay: float, error: str | None, owner: str, attempted: bool = True
+    ) -> None: ...
+    def dead(self, ids: Iterable[int], reason: str) -> None: ...
+    def release(self, owner: str) -> None: ...
+    def stats(self) -> OutboxStats: ...
+    def prune(self, older_than_seconds: float) -> int: ...
+    def next_due(self) -> float | None: ...
+    def close(self) -> None: ...
+
+
+def sqlite_path(setting: str) -> Path:
+    """ENGINE_DB: a file path, or sqlite:///relative/path and sqlite:////absolute/path."""
+    if setting.startswith("sqlite:///"):
+        return Path(setting.removeprefix("sqlite:///"))
+    if "://" in setting:
+        raise ValueError(f"ENGINE_DB: {setting!r} is not a SQLite path (PostgreSQL is not supported yet)")
+    return Path(setting)
+
+
+class SqliteOutbox:
+    """The outbox in one SQLite file, WAL mode, full fsync on commit. Not thread-safe: one thread uses it."""
+
+    def __init__(self, path: Path, *, create: bool = True) -> None:
+        self.path = Path(path)
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif not self.path.exists():
+            raise FileNotFoundError(f"no outbox at {self.path}")
+        self._conn: sqlite3.Connection | None = None
+        self._connect()
+
+    # -- connection ----------------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before Aircall hears 200, even across a power cut. Group commit pays
+            # for the fsync once per batch of webhooks.
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self._conn if self._conn is not None else self._connect()
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"outbox {self.path} has schema {version}, newer than this engine's {SCHEMA_VERSION}")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(_MIGRATIONS[target]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={target}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def _write(self, work):  # type: ignore[no-untyped-def]
+        """Run `work(conn)` in one IMMEDIATE transaction; storage failures become OutboxUnavailable."""
+        try:
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+        except sqlite3.OperationalError as exc:
+            # Disk full, read-only file, I/O error, lock held too long: let the next write start afresh.
+            self._reset()
+            raise OutboxUnavailable(str(exc)) from exc
+        except sqlite3.DatabaseError as exc:
+            self._reset()
+            raise OutboxUnavailable(str(exc)) from exc
+
+    def _reset(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        self._reset()
+
+    # -- writes ----------------------------------------------------------------------------------------------
+
+    def enqueue(self, batch: Sequence[tuple[StoredWebhook, Sequence[NewMessage]]]) -> list[int]:
+        """Store several webhooks' messages in one transaction (group commit). Returns, per webhook, how
+        many of its messages were new: a redelivered webhook adds nothing."""
+        now = time.time()
+
+        def work(conn: sqlite3.Connection) -> list[int]:
+            added = []
+            for webhook, messages in batch:
+                conn.execute(
+                    "INSERT INTO webhooks (key, event, received_at, body) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (key) DO NOTHING",
+                    (webhook.key, webhook.event, now, webhook.body),
+                )
+                before = conn.total_changes
+                conn.executemany(
+                    "INSERT INTO messages (message_id, webhook_key, event, body, size, created_at, due_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING",
+                    [(m.message_id, webhook.key, m.event, m.body, len(m.body), now, now) for m in messages],
+                )
+                added.append(conn.total_changes - before)
+            return added
+
+        return self._write(work)
+
+    def keep_webhook(self, webhook: StoredWebhook, reason: str) -> None:
+        """A webhook that could not be mapped: kept whole, with the reason, for replay after a fix."""
+        now = time.time()
+        self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO dead_letters (message_id, event, body, webhook, reason, created_at) "
+                "VALUES (NULL, ?, NULL, ?, ?, ?)",
+                (webhook.event, webhook.body, reason, now),
+            )
+        )
+
+    def claim(self, limit: int, lease_seconds: float, owner: str) -> list[Claimed]:
+        now = time.time()
+
+        def work(conn: sqlite3.Connection) -> list[Claimed]:
+            rows = conn.execute(
+                "UPDATE messages SET due_at = ?, lease_owner = ? WHERE id IN ("
+                "  SELECT id FROM messages WHERE delivered_at IS NULL AND due_at <= ? ORDER BY due_at LIMIT ?"
+                ") RETURNING id, message_id, body, attempts, created_at",
+                (now + lease_seconds, owner, now, limit),
+            ).fetchall()
+            return sorted((Claimed(*row) for row in rows), key=lambda c: c.id)
+
+        return self._write(work)
+
+    def ack(self, ids: Iterable[int]) -> None:
+        now = time.time()
+        ids = list(ids)
+        self._write(
+            lambda conn: conn.executemany(
+                "UPDATE messages SET delivered_at = ?, lease_owner = NULL, last_error = NULL, "
+                "attempts = attempts + 1 WHERE id = ?",
+                [(now, i) for i in ids],
+            )
+        )
+
+    def retry(self, ids: Iterable[int], delay: float, error: str | None, owner: str, attempted: bool = True) -> None:
+        """Make claimed messages due again after `delay`; `attempted=False` for those never sent (postponed)."""
+        due = time.time() + delay
+        ids = list(ids)
+        self._write(
+            lambda conn: conn.executemany(
+                "UPDATE messages SET due_at = ?, attempts = attempts + ?, last_error = COALESCE(?, last_error), "
+                "lease_owner = NULL "
+                "WHERE id = ? AND delivered_at IS NULL AND (lease_owner = ? OR lease_owner IS NULL)",
+                [(due, int(attempted), error[:1000] if error else None, i, owner) for i in ids],
+            )
+        )
+
+    def dead(self, ids: Iterable[int], reason: str) -> None:
+        """Move messages that Segment will never accept (or that are too old) to the dead letters."""
+        now = time.time()
+        ids = list(ids)
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO dead_letters (message_id, event, body, webhook, reason, attempts, created_at) "
+                "SELECT m.message_id, m.event, m.body, w.body, ?, m.attempts + 1, ? "
+                "FROM messages m JOIN webhooks w ON w.key = m.webhook_key "
+                "WHERE m.id = ? AND m.delivered_at IS NULL",
+                [(reason[:2000], now, i) for i in ids],
+            )
+            conn.executemany("DELETE FROM messages WHERE id = ? AND delivered_at IS NULL", [(i,) for i in ids])
+
+        self._write(work)
+
+    def release(self, owner: str) -> None:
+        """A worker stopping cleanly hands its claims back at once instead of waiting for the lease."""
+        now = time.time()
+        self._write(
+            lambda conn: conn.execute(
+                "UPDATE messages SET due_at = ?, lease_owner = NULL WHERE lease_owner = ? AND delivered_at IS NULL "
+                "AND due_at > ?",
+                (now, owner, now),
+            )
+        )
+
+    def prune(self, older_than_seconds: float) -> int:
+        """Delete delivered messages past the retention, and webhooks nothing refers to any more."""
+        cutoff = time.time() - older_than_seconds
+
+        def work(conn: sqlite3.Connection) -> int:
+            deleted = conn.execute(
+                "DELETE FROM messages WHERE delivered_at IS NOT NULL AND delivered_at < ?", (cutoff,)
+            ).rowcount
+            conn.execute(
+                "DELETE FROM webhooks WHERE received_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM messages m WHERE m.webhook_key = webhooks.key)",
+                (cutoff,),
+            )
+            return deleted
+
+        return self._write(work)
+
+    # -- reads -------------------------------------------------------------------------------------------
+
+    def stats(self) -> OutboxStats:
+        conn = self.conn
+        now = time.time()
+        pending, due, oldest = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(due_at <= ?), 0), MIN(created_at) FROM messages WHERE delivered_at IS NULL",
+            (now,),
+        ).fetchone()
+        delivered = conn.execute("SELECT COUNT(*) FROM messages WHERE delivered_at IS NOT NULL").fetchone()[0]
+        dead = conn.execute("SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL").fetchone()[0]
+        last_error = conn.execute(
+            "SELECT last_error FROM messages WHERE delivered_at IS NULL AND last_error IS NOT NULL "
+            "ORDER BY due_at DESC LIMIT 1"
+        ).fetchone()
+        return OutboxStats(
+            pending=pending,
+            due=due,
+            delivered=delivered,
+            dead_letters=dead,
+            oldest_pending_age=None if oldest is None else max(now - oldest, 0.0),
+            last_error=last_error[0] if last_error else None,
+        )
+
+    def next_due(self) -> float | None:
+        row = self.conn.execute("SELECT MIN(due_at) FROM messages WHERE delivered_at IS NULL").fetchone()
+        return row[0]
+
+    def dead_letters(self, include_replayed: bool = False, ids: Sequence[int] | None = None) -> list[DeadLetter]:
+        query = "SELECT id, message_id, event, reason, attempts, created_at, replayed_at, webhook FROM dead_letters"
+        clauses, params = [], []
+        if not include_replayed:
+            clauses.append("replayed_at IS NULL")
+        if ids:
+            clauses.append(f"id IN ({','.join('?' * len(ids))})")
+            params.extend(ids)
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        return [DeadLetter(*row) for row in self.conn.execute(query + " ORDER BY id", params)]
+
+    def mark_replayed(self, ids: Iterable[int]) -> None:
+        now = time.time()
+        ids = list(ids)
+        self._write(
+            lambda conn: conn.executemany(
+                "UPDATE dead_letters SET replayed_at = ? WHERE id = ?", [(now, i) for i in ids]
+            )
+        )
+
+    def retry_now(self) -> int:
+        """Every pending message due at once, skipping what is left of its backoff."""
+        now = time.time()
+        return self._write(
+            lambda conn: (
+                conn.execute(
+                    "UPDATE messages SET due_at = ? WHERE delivered_at IS NULL AND due_at > ? AND lease_owner IS NULL",
+                    (now, now),
+                ).rowcount
+            )
+        )
+
+    def message_bodies(self) -> list[bytes]:
+        """Every message body, delivered or not (tests and inspection)."""
+        return [row[0] for row in self.conn.execute("SELECT body FROM messages ORDER BY id")]
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (executescript would commit the surrounding transaction)."""
+    statements, current = [], []
+    for line in script.splitlines():
+        current.append(line.split("--", 1)[0])
+        if line.rstrip().endswith(";") and sqlite3.complete_statement("\n".join(current)):
+            statements.append("\n".join(current).strip())
+            current = []
+    return [s for s in statements if s.strip(" ;\n")]
+
+
+def new_owner() -> str:
+    """An id for one delivery worker: host process and a random part."""
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def stored_webhook(webhook: Webhook) -> StoredWebhook:
+    """The webhook as the outbox keeps it for replay: its envelope without the token."""
+    envelope = {
+        "resource": webhook.resource,
+        "event": webhook.event,
+        "timestamp": webhook.timestamp,
+        "data": webhook.data,
+    }
+    body = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    return StoredWebhook(webhook_key(webhook), webhook.event, body)

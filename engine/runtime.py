@@ -1,0 +1,120 @@
+"""Everything that lives as long as the server process: built once in the app's lifespan, torn down after it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.committer import Committer
+from engine.config import ConfigError, Settings
+from engine.delivery import Delivery, DeliveryPolicy
+from engine.events import ALL_EVENTS
+from engine.mapping import Mappings, load_mappings
+from engine.metrics import Metrics
+from engine.outbox import OutboxStats, SqliteOutbox, sqlite_path
+from engine.segment import SegmentClient
+from engine.selection import Selection
+
+log = logging.getLogger("engine.server")
+
+STATS_MAX_AGE = 1.0  # seconds a /healthz or /metrics answer may reuse outbox counts: probes are frequent
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    mappings: Mappings
+    selection: Selection
+    outbox: SqliteOutbox
+    committer: Committer
+    delivery: Delivery
+    metrics: Metrics
+    token_digests: tuple[bytes, ...]
+    known_events: frozenset[str]
+    _reader: SqliteOutbox
+    _stats: tuple[float, OutboxStats] | None = None
+    _stats_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _task: asyncio.Task[None] | None = None
+
+    def event_label(self, event: str) -> str:
+        """Events as metric labels, bounded: what no mapping and no Aircall documentation names is 'other'."""
+        return event if event in self.known_events else "other"
+
+    async def stats(self) -> OutboxStats:
+        """Outbox counts, read on a connection of their own so that a count never delays a commit."""
+        async with self._stats_lock:
+            if self._stats is None or time.monotonic() - self._stats[0] > STATS_MAX_AGE:
+                stats = await asyncio.to_thread(self._reader.stats)
+                self._stats = (time.monotonic(), stats)
+                self.metrics.outbox(stats)
+            return self._stats[1]
+
+    async def start(self) -> None:
+        self.committer.start()
+        self._task = asyncio.create_task(self.delivery.run(), name="delivery")
+
+    async def stop(self) -> None:
+        await self.delivery.stop()
+        if self._task is not None:
+            await self._task
+        await asyncio.to_thread(self.committer.stop)
+        self._reader.close()
+
+
+def load_server_mappings(settings: Settings) -> Mappings:
+    """The mappings, and one for every enabled event; MappingError or ConfigError otherwise."""
+    mappings = load_mappings(settings.mappings_dir)
+    unmapped = sorted(settings.events - mappings.by_event.keys())
+    if unmapped:
+        raise ConfigError(
+            f"AIRCALL_EVENTS: {', '.join(unmapped)} has no mapping in {settings.mappings_dir}; "
+            "add the file or disable the event"
+        )
+    return mappings
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Load and check everything; raise ConfigError or MappingError with a message naming what is wrong."""
+    mappings = load_server_mappings(settings)
+    try:
+        path = sqlite_path(settings.db)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    outbox = _open(path)
+    metrics = Metrics()
+    committer = Committer(outbox, on_commit=metrics.committed)
+    client = (
+        SegmentClient(settings.segment_api_url, settings.segment_write_key, settings.segment_timeout_seconds)
+        if settings.segment_write_key
+        else None
+    )
+    policy = DeliveryPolicy(
+        lease_seconds=settings.lease_seconds,
+        backoff_base=settings.backoff_base_seconds,
+        backoff_cap=settings.backoff_cap_seconds,
+        max_age_seconds=settings.max_age_hours * 3600,
+        retention_seconds=settings.retention_days * 86400,
+    )
+    return Runtime(
+        settings=settings,
+        mappings=mappings,
+        selection=Selection(settings.events, settings.numbers),
+        outbox=outbox,
+        committer=committer,
+        delivery=Delivery(committer, client, policy, observe=metrics.delivery),
+        metrics=metrics,
+        token_digests=tuple(hashlib.sha256(t.encode()).digest() for t in settings.webhook_tokens),
+        known_events=frozenset(ALL_EVENTS) | mappings.by_event.keys(),
+        _reader=_open(path),
+    )
+
+
+def _open(path: Path) -> SqliteOutbox:
+    try:
+        return SqliteOutbox(path)
+    except Exception as exc:  # sqlite3 errors, a folder we cannot create
+        raise ConfigError(f"ENGINE_DB: cannot open the outbox at {path}: {exc}") from None

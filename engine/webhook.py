@@ -1,0 +1,142 @@
+"""POST /webhooks/aircall: envelope check, token, selection, mapping, outbox commit, answer; in that order.
+
+Aircall disables a webhook that keeps failing, so everything stored or deliberately ignored gets a 2xx, and
+the answer never waits on Segment. A 5xx is given only when the outbox cannot take the write, so that Aircall
+retries a webhook we could not keep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from engine.envelope import EnvelopeError, parse_json, webhook_from_json
+from engine.message import RenderError
+from engine.outbox import NewMessage, OutboxUnavailable, stored_webhook
+
+if TYPE_CHECKING:
+    from engine.runtime import Runtime
+
+log = logging.getLogger("engine.webhook")
+
+
+class Refusal(Exception):
+    def __init__(self, status: int, outcome: str, reason: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.status, self.outcome, self.reason, self.headers = status, outcome, reason, headers
+
+
+async def receive(request: Request) -> Response:
+    runtime: Runtime = request.state.runtime
+    started = time.perf_counter()
+    event = "unknown"
+    try:
+        _check_content_type(request)
+        body = await _read_body(request, runtime.settings.max_body_bytes, runtime.settings.body_timeout_seconds)
+        try:
+            document = parse_json(body)
+            webhook = webhook_from_json(document)
+        except EnvelopeError as exc:
+            raise Refusal(400, "bad_request", str(exc)) from None
+        event = runtime.event_label(webhook.event)
+        if not runtime.settings.webhook_tokens:
+            raise Refusal(401, "unauthorized", "no token is configured: set AIRCALL_WEBHOOK_TOKEN")
+        if not token_matches(webhook.token, runtime.token_digests):
+            raise Refusal(401, "unauthorized", "wrong token")
+        skip = runtime.selection.skip_reason(webhook)
+        if skip is not None:
+            return _answer(runtime, started, event, 200, "ignored", {"status": "ignored", "reason": skip})
+        mapping = runtime.mappings.get(webhook.event)
+        if mapping is None:
+            reason = f"no mapping for event {webhook.event!r}"
+            return _answer(runtime, started, event, 200, "unmapped", {"status": "ignored", "reason": reason})
+        record = stored_webhook(webhook)
+        try:
+            encoded = mapping.render_json(webhook)
+        except RenderError as exc:
+            # The mapping does not fit this payload: keep the webhook for a replay once the mapping is fixed.
+            await _store(runtime.committer.call(runtime.outbox.keep_webhook, record, str(exc)))
+            log.warning("webhook event=%s kept as dead letter: %s", webhook.event, exc)
+            payload = {"status": "dead_lettered", "reason": str(exc)}
+            return _answer(runtime, started, event, 200, "dead_lettered", payload)
+        messages = [NewMessage(message_id, webhook.event, body) for message_id, body in encoded]
+        added = await _store(runtime.committer.enqueue(record, messages))
+        runtime.delivery.wake()
+        payload = {"status": "accepted", "messages": len(messages)}
+        if messages and not added:
+            payload["duplicate"] = True
+        return _answer(runtime, started, event, 200, "accepted", payload)
+    except Refusal as refusal:
+        return _answer(
+            runtime, started, event, refusal.status, refusal.outcome,
+            {"status": "error", "reason": refusal.reason}, refusal.headers,
+        )  # fmt: skip
+
+
+def token_matches(given: str, digests: tuple[bytes, ...]) -> bool:
+    """Constant time: every configured token is compared, digests make the lengths equal."""
+    candidate = hashlib.sha256(given.encode()).digest()
+    matched = False
+    for digest in digests:
+        matched |= hmac.compare_digest(candidate, digest)
+    return matched
+
+
+def _check_content_type(request: Request) -> None:
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise Refusal(415, "unsupported_media_type", "content type must be application/json")
+
+
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The body, refused as soon as it passes `limit` bytes or takes longer than `timeout` seconds to arrive."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise Refusal(400, "bad_request", "invalid Content-Length")
+        if int(declared) > limit:
+            raise Refusal(413, "too_large", f"body over {limit} bytes")
+    chunks, size = [], 0
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise Refusal(413, "too_large", f"body over {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Refusal(408, "timeout", f"body not received within {timeout:g}s") from None
+    except ClientDisconnect:
+        raise Refusal(400, "bad_request", "client disconnected before the body was complete") from None
+    return b"".join(chunks)
+
+
+async def _store(operation):  # type: ignore[no-untyped-def]
+    try:
+        return await operation
+    except OutboxUnavailable as exc:
+        log.error("outbox unavailable: %s", exc)
+        raise Refusal(503, "unavailable", "outbox unavailable; retry later", {"Retry-After": "5"}) from None
+
+
+def _answer(
+    runtime: Runtime,
+    started: float,
+    event: str,
+    status: int,
+    outcome: str,
+    payload: dict[str, object],
+    headers: dict[str, str] | None = None,
+) -> Response:
+    seconds = time.perf_counter() - started
+    runtime.metrics.webhook(event, outcome, seconds)
+    detail = payload.get("reason") or f"messages={payload.get('messages', 0)}"
+    log.info("webhook event=%s status=%d outcome=%s %s ms=%.1f", event, status, outcome, detail, seconds * 1000)
+    return JSONResponse(payload, status_code=status, headers=headers)
