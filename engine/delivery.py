@@ -94,14 +94,20 @@ class Delivery:
                     claimed = await self.committer.call(
                         self.outbox.claim, self.policy.claim_limit, self.policy.lease_seconds, self.owner
                     )
+                    if claimed:
+                        await self._deliver(claimed)
+                    else:
+                        await self._idle()
                 except OutboxUnavailable as exc:
+                    # Disk full or read-only: what was claimed becomes due again when its lease ends; an ack
+                    # that could not be written means Segment gets those messages twice, and deduplicates them.
                     self._error(f"outbox unavailable: {exc}")
-                    await self._sleep(self.policy.idle_poll_seconds)
-                    continue
-                if claimed:
-                    await self._deliver(claimed)
-                else:
-                    await self._idle()
+                    log.error("delivery paused, outbox unavailable: %s", exc)
+                    await self._pause(self.policy.idle_poll_seconds)
+                except Exception:
+                    # Whatever happens, the worker must outlive it: a dead worker is a silent outage.
+                    log.exception("delivery failed unexpectedly; retrying")
+                    await self._pause(self.policy.idle_poll_seconds)
         finally:
             try:
                 await self.committer.call(self.outbox.release, self.owner)

@@ -52,13 +52,13 @@ def webhook_from_json(document: Any) -> Webhook:
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "envelope"
         if where == "token":  # never echo a secret, even a malformed one
-            raise EnvelopeError("not an Aircall webhook: token: must be a string of 1 to 512 characters")
+            raise EnvelopeError("not an Aircall webhook: token: must be a string of at most 512 characters")
         raise EnvelopeError(f"not an Aircall webhook: {where}: {_short(error.message)}")
     return Webhook(
         resource=document["resource"],
         event=document["event"],
         timestamp=document["timestamp"],
-        token=document["token"],
+        token=document.get("token", ""),
         data=document["data"],
     )
 

@@ -170,13 +170,13 @@ class SqliteOutbox:
     # -- connection ----------------------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=3.0)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is on disk before Aircall hears 200, even across a power cut. Group commit pays
             # for the fsync once per batch of webhooks.
             conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute("PRAGMA busy_timeout=3000")  # a webhook waits at most this long on a lock
             self._migrate(conn)
         except BaseException:
             conn.close()

@@ -1,0 +1,437 @@
+"""The webhook server through real HTTP: `engine serve` (uvicorn) in front of a real SQLite file, delivering to
+the strict fake Segment. Each test says what Aircall and the operator see."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+
+import pytest
+import requests
+
+from tests.conftest import run_engine
+from tests.harness import (
+    TOKEN,
+    Engine,
+    FakeSegment,
+    call_webhook,
+    expected_ids,
+    sample,
+    sample_names,
+    wait_for,
+)
+
+
+@pytest.fixture(scope="module")
+def segment(tmp_path_factory):
+    fake = FakeSegment(tmp_path_factory.mktemp("segment"))
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(autouse=True)
+def fresh_segment(segment):
+    segment.control(reset=True)
+
+
+@pytest.fixture
+def engine_server(tmp_path, segment):
+    servers: list[Engine] = []
+
+    def start(workers: int = 1, with_segment: bool = True, **settings: str) -> Engine:
+        server = Engine(tmp_path, segment if with_segment else None, **settings).start(workers)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+# -- answers to Aircall ------------------------------------------------------------------------------------
+
+
+def test_accepted_webhook_reaches_segment_with_its_messages(engine_server, segment):
+    server = engine_server()
+    answer = server.post(sample("user.created"))
+    assert (answer.status_code, answer.json()) == (200, {"status": "accepted", "messages": 2})
+    received = segment.wait_for_ids(set(expected_ids(sample("user.created"))))
+    assert {m["type"] for m in received["messages"]} == {"track", "identify"}
+
+
+def test_every_status_code_of_the_contract(engine_server):
+    server = engine_server(ENGINE_MAX_BODY_BYTES="65536")
+    good = sample("call.ended")
+    assert server.post(b"{}", headers={"Content-Type": "text/plain"}).status_code == 415
+    too_big = server.post(json.dumps({**good, "padding": "x" * 70_000}).encode())
+    assert (too_big.status_code, too_big.json()["reason"]) == (413, "body over 65536 bytes")
+    chunked = requests.post(
+        f"{server.url}/webhooks/aircall",
+        data=iter([b'{"padding": "', b"x" * 40_000, b"x" * 40_000, b'"}']),  # no Content-Length: counted as read
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert chunked.status_code == 413
+    not_json = server.post(b'{"event": ')
+    assert not_json.status_code == 400 and not_json.json()["reason"].startswith("body is not valid JSON")
+    not_envelope = server.post({"event": "call.ended"})
+    assert not_envelope.status_code == 400
+    assert not_envelope.json()["reason"].startswith("not an Aircall webhook")
+    assert server.post({**good, "token": "wrong"}).status_code == 401
+    missing = {k: v for k, v in good.items() if k != "token"}
+    assert server.post(missing).status_code == 401
+    assert requests.get(f"{server.url}/webhooks/aircall", timeout=5).status_code == 405
+    assert server.post(good).status_code == 200
+    wait_for(lambda: stored(server) == 1, what="one webhook stored")
+
+
+def stored(server: Engine) -> int:
+    outbox = server.health()["outbox"]
+    return outbox["pending"] + outbox["delivered"] + outbox["dead_letters"]
+
+
+def test_wrong_token_stores_nothing(engine_server, segment):
+    server = engine_server()
+    for token in ("", "45b1b6f1a2c3d4e5f60718293a4b5c6", TOKEN + "x", TOKEN.upper()):
+        assert server.post({**sample("call.ended"), "token": token}).status_code == 401
+    time.sleep(1.1)  # /healthz may reuse counts for a second
+    assert stored(server) == 0
+    assert 'aircall_webhooks_total{event="call.ended",outcome="unauthorized"} 4.0' in server.metrics()
+
+
+def test_two_tokens_accepted_during_rotation(engine_server):
+    server = engine_server(AIRCALL_WEBHOOK_TOKEN=f"new-token-1234, {TOKEN}")
+    assert server.post(sample("call.ended")).status_code == 200
+    assert server.post({**sample("call.hungup"), "token": "new-token-1234"}).status_code == 200
+    assert server.post({**sample("call.hungup"), "token": "old-token"}).status_code == 401
+
+
+def test_no_token_configured_refuses_everything(engine_server):
+    server = engine_server(AIRCALL_WEBHOOK_TOKEN="")
+    answer = server.post(sample("call.ended"))
+    assert answer.status_code == 401
+    assert answer.json()["reason"] == "no token is configured: set AIRCALL_WEBHOOK_TOKEN"
+
+
+def test_unknown_event_is_ignored_and_counted(engine_server):
+    server = engine_server(AIRCALL_EVENTS="call.ended")
+    unknown = {**sample("call.ended"), "event": "call.teleported"}
+    # Not enabled, so ignored by selection first; with it enabled but unmapped, the server would not start.
+    assert server.post(unknown).json() == {"status": "ignored", "reason": "event not enabled (AIRCALL_EVENTS)"}
+    assert 'aircall_webhooks_total{event="other",outcome="ignored"} 1.0' in server.metrics()
+
+
+def test_event_enabled_by_default_but_unmapped_is_ignored(engine_server, tmp_path):
+    import shutil
+
+    from tests.conftest import MAPPINGS
+
+    mappings = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, mappings)
+    server = engine_server(ENGINE_MAPPINGS=str(mappings), AIRCALL_EVENTS="call.ended,call.hungup")
+    (mappings / "call.hungup.yaml").unlink()  # after start: the server compiled its mappings already
+    answer = server.post({**sample("call.ended"), "event": "message.sent", "resource": "message"})
+    assert answer.json()["status"] == "ignored"
+
+
+# -- selection --------------------------------------------------------------------------------------------
+
+
+def test_aircall_events_and_numbers_select_what_is_sent(engine_server, segment):
+    server = engine_server(AIRCALL_EVENTS="call.ended,user.created,number.opened", AIRCALL_NUMBERS="+33 1 76 36 06 95")
+    other_number = sample("call.ended")
+    other_number["data"]["id"] += 1
+    other_number["data"]["number"] = {"id": 1, "digits": "+49 30 9999999"}
+    answers = {
+        "call.ended": server.post(sample("call.ended")).json(),
+        "call.hungup": server.post(sample("call.hungup")).json(),
+        "other number": server.post(other_number).json(),
+        "user.created": server.post(sample("user.created")).json(),
+        "number.opened": server.post(sample("number.opened")).json(),
+    }
+    assert answers["call.ended"]["status"] == "accepted"
+    assert answers["call.hungup"] == {"status": "ignored", "reason": "event not enabled (AIRCALL_EVENTS)"}
+    assert answers["other number"] == {"status": "ignored", "reason": "number not active (AIRCALL_NUMBERS)"}
+    assert answers["user.created"]["status"] == "accepted"  # users are not bound to a number
+    assert answers["number.opened"]["status"] == "accepted"  # the number itself, by its digits
+    expected = set(expected_ids(sample("call.ended")) + expected_ids(sample("user.created")))
+    expected |= set(expected_ids(sample("number.opened")))
+    received = segment.wait_for_ids(expected)
+    time.sleep(0.5)
+    assert set(segment.message_ids()) == expected == {m["messageId"] for m in received["messages"]}
+
+
+def test_numbers_by_id_and_events_null_sends_nothing(engine_server):
+    by_id = engine_server(AIRCALL_NUMBERS="745821")
+    assert by_id.post(sample("call.ended")).json()["status"] == "accepted"
+    by_id.stop()
+    nothing = engine_server(AIRCALL_EVENTS="null")
+    assert nothing.post(sample("call.ended")).json()["status"] == "ignored"
+
+
+# -- delivery ---------------------------------------------------------------------------------------------
+
+
+def test_every_event_reaches_segment_once_even_when_delivered_twice(engine_server, segment):
+    server = engine_server()
+    expected: set[str] = set()
+    for name in sample_names():
+        envelope = sample(name)
+        expected |= set(expected_ids(envelope))
+        assert server.post(envelope).json()["status"] == "accepted"
+    redelivered = server.post(sample("call.ended")).json()
+    assert redelivered == {"status": "accepted", "messages": 1, "duplicate": True}
+    received = segment.wait_for_ids(expected)
+    wait_for(lambda: server.health()["outbox"]["pending"] == 0, what="empty outbox")
+    assert sorted(m["messageId"] for m in segment.received()["messages"]) == sorted(expected)
+    assert received["duplicates"] == 0
+    events = {m.get("event") for m in received["messages"] if m["type"] == "track"}
+    assert len(events) == 26
+
+
+def test_segment_down_for_a_while_then_back_loses_nothing(engine_server, segment):
+    segment.control(fail_for=3.0, status=503)
+    server = engine_server()
+    webhooks = [call_webhook(n) for n in range(20)]
+    for envelope in webhooks:
+        assert server.post(envelope).status_code == 200  # answered at once, Segment or not
+    wait_for(lambda: server.health()["outbox"]["pending"] == 20, what="20 pending")
+    expected = {i for w in webhooks for i in expected_ids(w)}
+    received = segment.wait_for_ids(expected, timeout=30)
+    statuses = [r["status"] for r in received["requests"]]
+    assert 503 in statuses and statuses[-1] == 200
+    assert received["duplicates"] == 0
+    assert segment_failures_were_paced(received["requests"])
+
+
+def segment_failures_were_paced(requests_log: list[dict]) -> bool:
+    """During the outage the worker backs off instead of sending one request per batch in a tight loop."""
+    failures = [r for r in requests_log if r["status"] == 503]
+    return len(failures) <= 12
+
+
+def test_429_retry_after_is_honoured(engine_server, segment):
+    segment.control(fail_next=1, status=429, retry_after="2")
+    server = engine_server()
+    server.post(sample("call.ended"))
+    received = segment.wait_for_ids(set(expected_ids(sample("call.ended"))), timeout=15)
+    first, second = received["requests"][0], received["requests"][1]
+    assert first["status"] == 429 and second["status"] == 200
+    assert second["time"] - first["time"] >= 1.9
+
+
+def test_poison_message_is_dead_lettered_and_the_rest_of_its_batch_delivered(engine_server, segment, tmp_path):
+    webhooks = [call_webhook(n) for n in range(7)]
+    poison = expected_ids(webhooks[3])[0]
+    segment.control(fail_for=1.0, status=500, reject_message_ids=[poison])
+    server = engine_server()
+    for envelope in webhooks:
+        server.post(envelope)
+    good = {i for w in webhooks for i in expected_ids(w)} - {poison}
+    received = segment.wait_for_ids(good)
+    assert poison not in {m["messageId"] for m in received["messages"]}
+    wait_for(lambda: server.health()["outbox"]["dead_letters"] == 1, what="one dead letter")
+    status = run_engine("outbox", "status", "--json", "--dead", env={"ENGINE_DB": str(server.db)}).json()
+    assert status["dead_letters"] == 1 and status["pending"] == 0
+    [dead] = status["dead"]
+    assert dead["message_id"] == poison
+    assert dead["reason"] == f'Segment answered 400: {{"success":false,"message":"message {poison} rejected"}}'
+    # The operator fixes the cause (here: Segment accepts it now) and replays.
+    segment.control(reject_message_ids=[])
+    replay = run_engine("outbox", "replay", "--dead", env={"ENGINE_DB": str(server.db)})
+    assert (replay.code, replay.out.strip()) == (0, "replayed 1 dead letter(s): 1 message(s) queued again")
+    segment.wait_for_ids({poison})
+
+
+def test_timeouts_and_connection_resets_are_retried(engine_server, segment):
+    segment.control(fail_next=1, hang_for=3.0, reset_connection=1)
+    server = engine_server(SEGMENT_TIMEOUT_SECONDS="1")
+    server.post(sample("call.ended"))
+    received = segment.wait_for_ids(set(expected_ids(sample("call.ended"))), timeout=20)
+    assert received["duplicates"] == 0
+    assert "last_error" in server.health()["delivery"]
+
+
+def test_no_write_key_keeps_messages_then_sends_them_after_restart_with_one(engine_server, segment):
+    server = engine_server(with_segment=False)
+    health = server.health()
+    assert health["segment_configured"] is False and "SEGMENT_WRITE_KEY" in health["warning"]
+    webhooks = [call_webhook(n) for n in range(5)]
+    for envelope in webhooks:
+        assert server.post(envelope).status_code == 200
+    wait_for(lambda: server.health()["outbox"]["pending"] == 5, what="5 pending")
+    assert segment.message_ids() == []
+    assert "SEGMENT_WRITE_KEY is not set" in server.process.log
+    server.stop()
+    restarted = engine_server()
+    segment.wait_for_ids({i for w in webhooks for i in expected_ids(w)})
+    wait_for(lambda: restarted.health()["outbox"]["pending"] == 0, what="drained")
+
+
+def test_restart_with_a_backlog_drains_it(engine_server, segment):
+    segment.control(fail_for=60.0, status=503)
+    server = engine_server()
+    webhooks = [call_webhook(n) for n in range(50)]
+    for envelope in webhooks:
+        assert server.post(envelope).status_code == 200
+    server.stop()  # SIGTERM: uvicorn finishes in-flight requests, then our lifespan closes the outbox
+    assert "engine.server stopped" in server.process.log and "Application shutdown complete" in server.process.log
+    segment.control(fail_for=0.0)
+    engine_server()
+    received = segment.wait_for_ids({i for w in webhooks for i in expected_ids(w)})
+    assert received["duplicates"] == 0
+
+
+def test_kill_9_during_a_burst_loses_no_acknowledged_webhook(engine_server, segment):
+    server = engine_server()
+    acknowledged: list[dict] = []
+
+    def send(n: int) -> None:
+        envelope = call_webhook(n)
+        try:
+            if server.post(envelope, timeout=5).status_code == 200:
+                acknowledged.append(envelope)
+        except requests.RequestException:
+            pass  # the server died under this request: Aircall would retry it
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(send, n) for n in range(400)]
+        wait_for(lambda: len(acknowledged) >= 100, what="100 acknowledged webhooks")
+        server.kill()
+        for future in futures:
+            future.result()
+    assert 100 <= len(acknowledged) < 400
+    engine_server()
+    expected = {i for w in acknowledged for i in expected_ids(w)}
+    received = segment.wait_for_ids(expected, timeout=40)
+    assert expected <= {m["messageId"] for m in received["messages"]}
+
+
+def test_two_workers_never_send_a_message_twice(engine_server, segment):
+    server = engine_server(workers=2)
+    webhooks = [call_webhook(n) for n in range(300)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda w: server.post(w).status_code, webhooks))
+    assert answers == [200] * 300
+    received = segment.wait_for_ids({i for w in webhooks for i in expected_ids(w)})
+    assert received["duplicates"] == 0
+
+
+# -- a mapping that fails on a payload --------------------------------------------------------------------
+
+
+def test_mapping_failing_at_run_time_keeps_the_webhook_for_replay(engine_server, segment, tmp_path):
+    import shutil
+
+    from tests.conftest import MAPPINGS
+
+    mappings = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, mappings)
+    strict = "aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: call.ended\n"
+    (mappings / "call.ended.yaml").write_text(strict + "  properties:\n    minutes: '{{ data.duration / 60 }}'\n")
+    server = engine_server(ENGINE_MAPPINGS=str(mappings))
+    strange = sample("call.ended")
+    strange["data"]["duration"] = "two hundred"
+    answer = server.post(strange)
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "dead_lettered" and "TypeError" in answer.json()["reason"]
+    wait_for(lambda: server.health()["outbox"]["dead_letters"] == 1, what="a dead letter")
+    env = {"ENGINE_DB": str(server.db), "ENGINE_MAPPINGS": str(mappings)}
+    still = run_engine("outbox", "replay", "--dead", env=env)
+    assert still.code == 1 and "still fails" in still.err
+    (mappings / "call.ended.yaml").write_text(strict)  # the operator fixes the mapping
+    fixed = run_engine("outbox", "replay", "--dead", env=env)
+    assert fixed.code == 0, fixed.err
+    segment.wait_for_ids(set(expected_ids(strange)))
+    assert run_engine("outbox", "status", "--json", env=env).json()["dead_letters"] == 0
+
+
+# -- operations ---------------------------------------------------------------------------------------------
+
+
+def test_healthz_and_metrics(engine_server, segment):
+    server = engine_server()
+    server.post(sample("call.ended"))
+    segment.wait_for_ids(set(expected_ids(sample("call.ended"))))
+    wait_for(lambda: server.health()["outbox"]["delivered"] == 1, what="delivered")
+    health = wait_for(lambda: (h := server.health())["outbox"]["pending"] == 0 and h, what="empty outbox")
+    assert health["status"] == "ok" and health["segment_configured"] is True
+    assert health["outbox"]["pending"] == 0 and health["outbox"]["oldest_pending_age_seconds"] is None
+    metrics = server.metrics()
+    for line in (
+        'aircall_webhooks_total{event="call.ended",outcome="accepted"} 1.0',
+        "segment_messages_enqueued_total 1.0",
+        "segment_messages_delivered_total 1.0",
+        'segment_requests_total{status="200"} 1.0',
+        "outbox_pending_messages 0.0",
+        "outbox_dead_letters 0.0",
+    ):
+        assert line in metrics
+    assert "segment_request_seconds_bucket" in metrics and "aircall_webhook_seconds_bucket" in metrics
+
+
+def test_secrets_never_reach_logs_health_or_metrics(engine_server, segment):
+    server = engine_server(ENGINE_LOG_FORMAT="json")
+    server.post(sample("call.ended"))
+    server.post({**sample("call.ended"), "token": "a-wrong-token-value"})
+    segment.wait_for_ids(set(expected_ids(sample("call.ended"))))
+    server.stop()
+    exposed = server.process.log + json.dumps(segment.received()["messages"])
+    for secret in (TOKEN, "a-wrong-token-value", "test-write-key", "dGVzdC13cml0ZS1rZXk6"):  # last: Basic auth
+        assert secret not in exposed
+    assert any(json.loads(line).get("logger") == "engine.webhook" for line in server.process.log.splitlines()
+               if line.startswith("{"))  # fmt: skip
+
+
+def test_bad_setting_stops_start_up_naming_it(tmp_path):
+    run = run_engine(
+        "serve", "--port", "1", env={"AIRCALL_EVENTS": "call.ended,call.endded", "ENGINE_DB": str(tmp_path / "o")}
+    )
+    assert run.code == 2
+    assert "AIRCALL_EVENTS: call.endded has no mapping in mappings" in run.err
+    run = run_engine("serve", env={"ENGINE_MAX_BODY_BYTES": "lots"})
+    assert (run.code, run.err.strip()) == (2, "engine: ENGINE_MAX_BODY_BYTES: 'lots' is not a number")
+
+
+# -- storage faults ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs for the outbox, to fill up or make read-only; root and mount(8) are needed."""
+    import subprocess
+
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}): storage faults not tested")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_full_disk_gets_503_then_recovers_by_itself(engine_server, segment, small_disk):
+    server = engine_server(ENGINE_DB=str(small_disk / "outbox.sqlite3"))
+    assert server.post(call_webhook(0)).status_code == 200
+    filler = small_disk / "filler"
+    with open(filler, "wb") as out:  # fill the disk to the last byte
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError:
+            pass
+    answers = [server.post(call_webhook(n)) for n in range(1, 30)]
+    refused = [a for a in answers if a.status_code == 503]
+    assert refused, "a full disk must refuse webhooks"
+    assert {a.status_code for a in answers} <= {200, 503}
+    assert refused[0].headers["Retry-After"] == "5"
+    assert refused[0].json() == {"status": "error", "reason": "outbox unavailable; retry later"}
+    acknowledged = [call_webhook(n) for n, a in zip(range(1, 30), answers, strict=True) if a.status_code == 200]
+    filler.unlink()
+    assert server.post(call_webhook(99)).status_code == 200  # no restart needed
+    expected = {i for w in [call_webhook(0), call_webhook(99), *acknowledged] for i in expected_ids(w)}
+    received = segment.wait_for_ids(expected)
+    assert 'outcome="unavailable"' in server.metrics()
+    assert received["duplicates"] == 0
