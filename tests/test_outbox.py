@@ -1,0 +1,171 @@
+"""The outbox contract: what any store (SQLite now, PostgreSQL later) must do, on a real SQLite file.
+
+Written against the Outbox interface so that another backend can run the same tests by adding a fixture param.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from engine.envelope import Webhook
+from engine.outbox import SCHEMA_VERSION, NewMessage, SqliteOutbox, stored_webhook
+
+
+@pytest.fixture(params=["sqlite"])
+def outbox(request, tmp_path):
+    store = SqliteOutbox(tmp_path / "var" / "outbox.sqlite3")
+    yield store
+    store.close()
+
+
+def webhook(n: int, event: str = "call.ended") -> Webhook:
+    return Webhook("call", event, 1_700_000_000 + n, "secret-token", {"id": n, "duration": 10})
+
+
+def messages(n: int, count: int = 1) -> list[NewMessage]:
+    return [NewMessage(f"m-{n}-{i}", "call.ended", b'{"messageId":"m-%d-%d"}' % (n, i)) for i in range(count)]
+
+
+def fill(outbox, count: int) -> None:
+    outbox.enqueue([(stored_webhook(webhook(n)), messages(n)) for n in range(count)])
+
+
+def test_file_and_folder_are_created_with_a_versioned_schema(outbox):
+    assert outbox.path.exists()
+    version = sqlite3.connect(outbox.path).execute("PRAGMA user_version").fetchone()[0]
+    assert version == SCHEMA_VERSION
+    assert sqlite3.connect(outbox.path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_reopening_keeps_everything_and_does_not_migrate_again(outbox, tmp_path):
+    fill(outbox, 3)
+    outbox.close()
+    again = SqliteOutbox(outbox.path)
+    assert again.stats().pending == 3
+
+
+def test_enqueue_is_idempotent_on_message_id(outbox):
+    record = stored_webhook(webhook(1))
+    assert outbox.enqueue([(record, messages(1, 2))]) == [2]
+    assert outbox.enqueue([(record, messages(1, 2))]) == [0]
+    assert outbox.stats().pending == 2
+
+
+def test_group_of_webhooks_in_one_transaction_reports_each(outbox):
+    batch = [(stored_webhook(webhook(n)), messages(n, n % 3 + 1)) for n in range(10)]
+    assert outbox.enqueue(batch) == [n % 3 + 1 for n in range(10)]
+
+
+def test_stored_webhook_never_keeps_the_token(outbox):
+    record = stored_webhook(webhook(1))
+    assert b"secret-token" not in record.body and b'"duration":10' in record.body
+
+
+def test_a_claim_is_exclusive_until_its_lease_ends(outbox):
+    fill(outbox, 5)
+    first = outbox.claim(10, lease_seconds=0.3, owner="a")
+    assert [c.message_id for c in first] == [f"m-{n}-0" for n in range(5)]
+    assert outbox.claim(10, lease_seconds=0.3, owner="b") == []
+    time.sleep(0.35)  # worker a died: its lease runs out
+    assert len(outbox.claim(10, lease_seconds=30, owner="b")) == 5
+
+
+def test_claim_respects_the_limit_and_order(outbox):
+    fill(outbox, 5)
+    assert [c.message_id for c in outbox.claim(2, 30, "a")] == ["m-0-0", "m-1-0"]
+    assert [c.message_id for c in outbox.claim(2, 30, "a")] == ["m-2-0", "m-3-0"]
+
+
+def test_ack_marks_delivered_and_prune_removes_after_retention(outbox):
+    fill(outbox, 3)
+    claimed = outbox.claim(10, 30, "a")
+    outbox.ack([c.id for c in claimed[:2]])
+    stats = outbox.stats()
+    assert (stats.pending, stats.delivered) == (1, 2)
+    assert outbox.prune(older_than_seconds=3600) == 0  # within retention: kept
+    assert outbox.prune(older_than_seconds=0) == 2
+    assert outbox.stats().delivered == 0 and outbox.stats().pending == 1
+    assert len(outbox.message_bodies()) == 1
+
+
+def test_retry_counts_the_attempt_and_waits(outbox):
+    fill(outbox, 1)
+    [claimed] = outbox.claim(10, 30, "a")
+    outbox.retry([claimed.id], delay=0.2, error="Segment answered 503", owner="a")
+    assert outbox.claim(10, 30, "a") == []
+    stats = outbox.stats()
+    assert stats.last_error == "Segment answered 503" and stats.due == 0
+    time.sleep(0.25)
+    [again] = outbox.claim(10, 30, "a")
+    assert again.attempts == 1
+
+
+def test_postponed_messages_are_not_counted_as_attempted(outbox):
+    fill(outbox, 1)
+    [claimed] = outbox.claim(10, 30, "a")
+    outbox.retry([claimed.id], 0, None, "a", attempted=False)
+    assert outbox.claim(10, 30, "a")[0].attempts == 0
+
+
+def test_another_workers_retry_does_not_steal_a_live_claim(outbox):
+    fill(outbox, 1)
+    [claimed] = outbox.claim(10, 0.01, "a")
+    time.sleep(0.02)
+    outbox.claim(10, 30, "b")  # a's lease ran out, b holds it now
+    outbox.retry([claimed.id], 0, "late answer for a", "a")
+    assert outbox.claim(10, 30, "c") == []  # still b's
+
+
+def test_dead_moves_the_message_with_its_webhook_and_reason(outbox):
+    fill(outbox, 2)
+    claimed = outbox.claim(10, 30, "a")
+    outbox.dead([claimed[0].id], "Segment answered 400: bad")
+    [letter] = outbox.dead_letters()
+    assert (letter.message_id, letter.reason, letter.attempts) == ("m-0-0", "Segment answered 400: bad", 1)
+    assert b'"id":0' in letter.webhook
+    assert outbox.stats().pending == 1 and outbox.stats().dead_letters == 1
+    outbox.mark_replayed([letter.id])
+    assert outbox.dead_letters() == [] and outbox.stats().dead_letters == 0
+
+
+def test_keep_webhook_stores_an_unmappable_webhook(outbox):
+    outbox.keep_webhook(stored_webhook(webhook(7)), "call.ended.yaml: TypeError")
+    [letter] = outbox.dead_letters()
+    assert letter.message_id is None and letter.reason == "call.ended.yaml: TypeError"
+
+
+def test_release_hands_claims_back_at_once(outbox):
+    fill(outbox, 3)
+    outbox.claim(10, 300, "a")
+    outbox.release("a")
+    assert len(outbox.claim(10, 30, "b")) == 3
+
+
+def test_stats_and_next_due(outbox):
+    assert outbox.stats().oldest_pending_age is None and outbox.next_due() is None
+    fill(outbox, 2)
+    stats = outbox.stats()
+    assert (stats.pending, stats.due, stats.dead_letters) == (2, 2, 0)
+    assert stats.oldest_pending_age >= 0 and outbox.next_due() <= time.time()
+
+
+def test_retry_now_skips_the_backoff(outbox):
+    fill(outbox, 2)
+    claimed = outbox.claim(10, 30, "a")
+    outbox.retry([c.id for c in claimed], 3600, "down", "a")
+    assert outbox.claim(10, 30, "a") == []
+    assert outbox.retry_now() == 2
+    assert len(outbox.claim(10, 30, "a")) == 2
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "o.sqlite3"
+    SqliteOutbox(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer than this engine's"):
+        SqliteOutbox(path)
