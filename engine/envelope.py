@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,11 +45,36 @@ def parse_json(body: bytes | str) -> Any:
         raise EnvelopeError(f"body is not valid JSON: {exc}") from None
 
 
+_RESOURCE = re.compile(r"[a-z_]{1,64}\Z")
+_EVENT = re.compile(r"[a-z_]{1,64}\.[a-z_]{1,64}\Z")
+
+
+def clearly_valid(document: dict[str, Any]) -> bool:
+    """A quick check that implies the schema's: what passes it is valid (tests prove the implication).
+
+    jsonschema costs about 100 µs an envelope on the webhook path; this costs 2. Anything this does not
+    clearly accept goes through the schema, which decides and explains.
+    """
+    resource, event, timestamp = document.get("resource"), document.get("event"), document.get("timestamp")
+    token = document.get("token", "")
+    return bool(
+        type(resource) is str
+        and _RESOURCE.match(resource)
+        and type(event) is str
+        and _EVENT.match(event)
+        and type(timestamp) is int
+        and 0 <= timestamp <= 253402300799
+        and type(token) is str
+        and len(token) <= 512
+        and type(document.get("data")) is dict
+    )
+
+
 def webhook_from_json(document: Any) -> Webhook:
     """Check a decoded document against the envelope schema and return the webhook it carries."""
     if not isinstance(document, dict):
         raise EnvelopeError(f"not an Aircall webhook: expected a JSON object, got {type(document).__name__}")
-    error = best_match(webhook_validator().iter_errors(document))
+    error = None if clearly_valid(document) else best_match(webhook_validator().iter_errors(document))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "envelope"
         if where == "token":  # never echo a secret, even a malformed one
@@ -57,7 +83,7 @@ def webhook_from_json(document: Any) -> Webhook:
     return Webhook(
         resource=document["resource"],
         event=document["event"],
-        timestamp=document["timestamp"],
+        timestamp=int(document["timestamp"]),  # the schema's integer admits 1.0
         token=document.get("token", ""),
         data=document["data"],
     )

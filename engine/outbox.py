@@ -13,8 +13,10 @@ claim, however many delivered rows wait for pruning.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import re
 import sqlite3
 import time
 import uuid
@@ -31,11 +33,12 @@ SCHEMA_VERSION = 1
 _MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE webhooks (
-        key         TEXT PRIMARY KEY,         -- deterministic: a redelivered webhook is the same row
+        id          INTEGER PRIMARY KEY,      -- a rowid table: rows of kilobytes insert faster than WITHOUT ROWID
+        key         TEXT NOT NULL UNIQUE,     -- deterministic: a redelivered webhook is the same row
         event       TEXT NOT NULL,
         received_at REAL NOT NULL,
         body        BLOB NOT NULL             -- the envelope without its token, for replay
-    ) WITHOUT ROWID;
+    );
     CREATE TABLE messages (
         id           INTEGER PRIMARY KEY,
         message_id   TEXT NOT NULL UNIQUE,    -- Segment's messageId: the idempotency key
@@ -430,13 +433,35 @@ def _statements(script: str) -> list[str]:
     return [s for s in statements if s.strip(" ;\n")]
 
 
+@functools.lru_cache(maxsize=16)
+def _token_pair(token: str) -> re.Pattern[bytes]:
+    encoded = json.dumps(token)[1:-1].encode()
+    return re.compile(rb'"token"\s*:\s*"' + re.escape(encoded) + rb'"')
+
+
+def _blank_token(raw: bytes, token: str) -> bytes | None:
+    pattern = _token_pair(token)
+    found = pattern.findall(raw)
+    if len(found) != 1:
+        return None
+    blanked = pattern.sub(b'"token":""', raw)
+    return blanked if (not token or token.encode() not in blanked) else None
+
+
 def new_owner() -> str:
     """An id for one delivery worker: host process and a random part."""
     return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def stored_webhook(webhook: Webhook) -> StoredWebhook:
-    """The webhook as the outbox keeps it for replay: its envelope without the token."""
+def stored_webhook(webhook: Webhook, raw: bytes | None = None) -> StoredWebhook:
+    """The webhook as the outbox keeps it for replay: its envelope without the token.
+
+    From the raw body when the token can be blanked in it for certain (one `"token": "..."` pair holding it):
+    re-encoding a 3 KB envelope costs a tenth of a webhook's time. Otherwise it is encoded afresh.
+    """
+    body = _blank_token(raw, webhook.token) if raw is not None else None
+    if body is not None:
+        return StoredWebhook(webhook_key(webhook), webhook.event, body)
     envelope = {
         "resource": webhook.resource,
         "event": webhook.event,

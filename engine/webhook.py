@@ -57,7 +57,7 @@ async def receive(request: Request) -> Response:
         if mapping is None:
             reason = f"no mapping for event {webhook.event!r}"
             return _answer(runtime, started, event, 200, "unmapped", {"status": "ignored", "reason": reason})
-        record = stored_webhook(webhook)
+        record = stored_webhook(webhook, body)
         try:
             encoded = mapping.render_json(webhook)
         except RenderError as exc:

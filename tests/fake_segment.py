@@ -174,8 +174,13 @@ async def received(request: Request) -> Response:
     )
 
 
+async def count(request: Request) -> Response:
+    return JSONResponse({"messages": len(STATE.messages), "requests": len(STATE.requests)})
+
+
 app = Starlette(
     routes=[
+        Route("/_count", count, methods=["GET"]),
         Route("/v1/batch", batch, methods=["POST"]),
         Route("/_control", control, methods=["POST"]),
         Route("/_received", received, methods=["GET"]),

@@ -1,0 +1,232 @@
+"""Server benchmarks, each against a baseline measured in the same run on the same machine.
+
+    python bench/bench_server.py ingest   # engine vs a bare Starlette app, concurrency 32; then 1,000 req/s paced
+    python bench/bench_server.py drain    # 100,000 queued messages into the fake Segment, vs segment-analytics-python
+    python bench/bench_server.py memory   # server RSS with a 1,000,000-message backlog vs an empty outbox
+
+`drain` needs `pip install segment-analytics-python` (the comparison only; the engine does not use it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from load import run_load  # noqa: E402
+
+from engine.envelope import webhook_from_json  # noqa: E402
+from engine.mapping import load_mappings  # noqa: E402
+from engine.outbox import NewMessage, SqliteOutbox, stored_webhook  # noqa: E402
+from tests.harness import TOKEN, WRITE_KEY, FakeSegment, base_env, free_port, wait_for  # noqa: E402
+
+SAMPLE = json.loads((ROOT / "tests/fixtures/call.ended.json").read_text())
+
+
+def call_body(n: int) -> bytes:
+    envelope = json.loads(json.dumps(SAMPLE))
+    envelope["data"]["id"] = 500_000_000 + n
+    return json.dumps(envelope).encode()
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return f"CPython {platform.python_version()}, {platform.machine()}, {cpu}, {os.cpu_count()} cores"
+
+
+def start(args: list[str], env: dict[str, str], port: int, health: str, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    wait_for(lambda: requests.get(f"http://127.0.0.1:{port}{health}", timeout=1).status_code < 500, 30, what=health)
+    return proc
+
+
+def engine_server(tmp: Path, port: int, **settings: str) -> subprocess.Popen[bytes]:
+    env = base_env() | {"AIRCALL_WEBHOOK_TOKEN": TOKEN, "ENGINE_DB": str(tmp / "outbox.sqlite3"),
+                        "ENGINE_LOG_LEVEL": "warning"} | settings  # fmt: skip
+    engine = Path(sys.executable).parent / "engine"
+    return start([str(engine), "serve", "--port", str(port)], env, port, "/healthz", tmp / "engine.log")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(30)
+
+
+# -- ingest ---------------------------------------------------------------------------------------------------
+
+
+def ingest(total: int) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=ROOT / "var" if (ROOT / "var").is_dir() else None))
+    bodies = [call_body(n) for n in range(total * 4)]
+    bare_port, engine_port = free_port(), free_port()
+    bare = start([sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(bare_port), "--log-level",
+                  "warning", "--app-dir", str(ROOT / "bench")], base_env(), bare_port, "/webhooks/aircall",
+                 tmp / "bare.log")  # fmt: skip
+    engine = engine_server(tmp, engine_port)
+    try:
+        rounds: dict[str, list] = {"bare": [], "engine": []}
+        offset = 0
+        for _ in range(2):  # interleaved, best of two: both see the same machine state
+            for name, port in (("bare", bare_port), ("engine", engine_port)):
+                result = asyncio.run(run_load("127.0.0.1", port, "/webhooks/aircall",
+                                              lambda n, o=offset: bodies[o + n], total, concurrency=32))  # fmt: skip
+                assert set(result.statuses) == {200}, result.statuses
+                rounds[name].append(result)
+                offset += total if name == "engine" else 0
+        best = {name: max(results, key=lambda r: r.rate) for name, results in rounds.items()}
+        paced = asyncio.run(run_load("127.0.0.1", engine_port, "/webhooks/aircall",
+                                     lambda n: bodies[offset + n], 5000, concurrency=32, rate=1000))  # fmt: skip
+        metrics = requests.get(f"http://127.0.0.1:{engine_port}/metrics", timeout=5).text
+    finally:
+        stop(engine)
+        stop(bare)
+    group = [line for line in metrics.splitlines() if line.startswith("outbox_commit_webhooks_")]
+    count = float(next(line for line in group if line.startswith("outbox_commit_webhooks_count")).split()[1])
+    total_webhooks = float(next(line for line in group if line.startswith("outbox_commit_webhooks_sum")).split()[1])
+    print(f"# ingest, {machine()}; one uvicorn process each; client on the same machine, concurrency 32")
+    print(f"{'server':<34}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
+    for name, label in (("bare", "bare Starlette (parse JSON, 200)"), ("engine", "engine (durable commit, mapping)")):
+        s = best[name].summary()
+        print(f"{label:<34}{s['rate']:>9,.0f}{s['p50_ms']:>9.2f}{s['p99_ms']:>9.2f}")
+    s = paced.summary()
+    print(f"{'engine paced at 1,000 req/s':<34}{s['rate']:>9,.0f}{s['p50_ms']:>9.2f}{s['p99_ms']:>9.2f}")
+    print(f"ratio engine/bare throughput: {best['engine'].rate / best['bare'].rate:.2f}")
+    print(f"group commit: {total_webhooks / count:.1f} webhooks per commit on average ({count:.0f} commits)")
+
+
+# -- drain ----------------------------------------------------------------------------------------------------
+
+
+def queued_messages(count: int) -> list[tuple[str, bytes]]:
+    mappings = load_mappings(ROOT / "mappings")
+    out = []
+    for n in range(count):
+        webhook = webhook_from_json(json.loads(call_body(n)))
+        out.extend(mappings.get(webhook.event).render_json(webhook))
+    return out
+
+
+def fake_count(segment: FakeSegment) -> int:
+    return requests.get(f"{segment.url}/_count", timeout=10).json()["messages"]
+
+
+def drain(count: int) -> None:
+    import analytics  # segment-analytics-python, for the comparison only
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-drain-"))
+    messages = queued_messages(count)
+    outbox = SqliteOutbox(tmp / "outbox.sqlite3")
+    for start_at in range(0, len(messages), 5000):
+        chunk = messages[start_at : start_at + 5000]
+        webhook = stored_webhook(webhook_from_json(json.loads(call_body(start_at))))
+        outbox.enqueue([(webhook, [NewMessage(i, "call.ended", body) for i, body in chunk])])
+    outbox.close()
+    segment = FakeSegment(tmp)
+    try:
+        port = free_port()
+        began = time.perf_counter()
+        engine = engine_server(tmp, port, SEGMENT_API_URL=segment.url, SEGMENT_WRITE_KEY=WRITE_KEY)
+        wait_for(lambda: fake_count(segment) >= count, 600, 0.2, what="drain")
+        engine_seconds = time.perf_counter() - began  # includes the server's start-up
+        stop(engine)
+        segment.control(reset=True)
+
+        decoded = [json.loads(body) for _, body in messages]
+        client = analytics.Client(WRITE_KEY, host=segment.url, max_queue_size=count + 1, upload_size=100,
+                                  sync_mode=False, gzip=False)  # fmt: skip
+        began = time.perf_counter()
+        for m in decoded:
+            client.track(user_id=m.get("userId"), anonymous_id=m.get("anonymousId"), event=m["event"],
+                         properties=m["properties"], timestamp=None, message_id=m["messageId"])  # fmt: skip
+        client.flush()
+        wait_for(lambda: fake_count(segment) >= count, 600, 0.2, what="analytics-python drain")
+        library_seconds = time.perf_counter() - began
+        client.shutdown()
+    finally:
+        segment.stop()
+    print(f"# drain of {count:,} queued messages into the fake Segment, {machine()}")
+    print(f"engine (from the durable outbox, start-up included): {engine_seconds:.1f} s, "
+          f"{count / engine_seconds:,.0f} msg/s")  # fmt: skip
+    print(f"segment-analytics-python (in memory, not durable):   {library_seconds:.1f} s, "
+          f"{count / library_seconds:,.0f} msg/s")  # fmt: skip
+    print(f"ratio engine/library throughput: {library_seconds / engine_seconds:.2f}")
+
+
+# -- memory ---------------------------------------------------------------------------------------------------
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def memory(count: int) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-memory-"))
+    template = queued_messages(1)[0][1]
+    empty_dir, full_dir = tmp / "empty", tmp / "full"
+    empty_dir.mkdir()
+    full_dir.mkdir()
+    outbox = SqliteOutbox(full_dir / "outbox.sqlite3")
+    webhook = stored_webhook(webhook_from_json(json.loads(call_body(0))))
+    for start_at in range(0, count, 10_000):
+        outbox.enqueue([(webhook, [NewMessage(f"bench-{n}", "call.ended", template)
+                                   for n in range(start_at, min(start_at + 10_000, count))])])  # fmt: skip
+    outbox.close()
+    size_mb = (full_dir / "outbox.sqlite3").stat().st_size / 1e6
+    segment = FakeSegment(tmp)
+    segment.control(fail_for=3600.0, status=503)  # Segment down: the backlog stays while we measure
+    figures = {}
+    try:
+        for name, folder in (("empty", empty_dir), ("full", full_dir)):
+            port = free_port()
+            proc = engine_server(folder, port, SEGMENT_API_URL=segment.url, SEGMENT_WRITE_KEY=WRITE_KEY)
+            for n in range(200):
+                requests.post(f"http://127.0.0.1:{port}/webhooks/aircall", data=call_body(10**7 + n),
+                              headers={"Content-Type": "application/json"}, timeout=10)  # fmt: skip
+            health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=60).json()
+            time.sleep(3)  # a few delivery cycles against the failing Segment
+            figures[name] = (rss_kib(proc.pid), health["outbox"]["pending"])
+            stop(proc)
+    finally:
+        segment.stop()
+    print(f"# server memory, {machine()}; outbox file {size_mb:,.0f} MB with the backlog")
+    for name, (rss, pending) in figures.items():
+        print(f"{name:<6} outbox: {pending:>9,} pending, RSS {rss / 1024:,.1f} MiB")
+    print(f"ratio full/empty RSS: {figures['full'][0] / figures['empty'][0]:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=["ingest", "drain", "memory"])
+    parser.add_argument("--count", type=int, help="requests per ingest round, messages to drain or to keep")
+    args = parser.parse_args()
+    if args.what == "ingest":
+        ingest(args.count or 5000)
+    elif args.what == "drain":
+        drain(args.count or 100_000)
+    else:
+        memory(args.count or 1_000_000)
+
+
+if __name__ == "__main__":
+    main()
