@@ -129,7 +129,7 @@ def fake_count(segment: FakeSegment) -> int:
 
 
 def drain(count: int) -> None:
-    import analytics  # segment-analytics-python, for the comparison only
+    from segment import analytics  # segment-analytics-python, for the comparison only
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-drain-"))
     messages = queued_messages(count)
@@ -150,8 +150,8 @@ def drain(count: int) -> None:
         segment.control(reset=True)
 
         decoded = [json.loads(body) for _, body in messages]
-        client = analytics.Client(WRITE_KEY, host=segment.url, max_queue_size=count + 1, upload_size=100,
-                                  sync_mode=False, gzip=False)  # fmt: skip
+        client = analytics.Client(WRITE_KEY, host=segment.url, max_queue_size=count + 1,
+                                  upload_size=100, gzip=False)  # fmt: skip: its defaults, as a user has them
         began = time.perf_counter()
         for m in decoded:
             client.track(user_id=m.get("userId"), anonymous_id=m.get("anonymousId"), event=m["event"],
@@ -203,8 +203,8 @@ def memory(count: int) -> None:
             for n in range(200):
                 requests.post(f"http://127.0.0.1:{port}/webhooks/aircall", data=call_body(10**7 + n),
                               headers={"Content-Type": "application/json"}, timeout=10)  # fmt: skip
+            time.sleep(3)  # a few delivery cycles against the failing Segment; /healthz counts are then fresh
             health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=60).json()
-            time.sleep(3)  # a few delivery cycles against the failing Segment
             figures[name] = (rss_kib(proc.pid), health["outbox"]["pending"])
             stop(proc)
     finally:

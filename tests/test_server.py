@@ -435,3 +435,18 @@ def test_full_disk_gets_503_then_recovers_by_itself(engine_server, segment, smal
     received = segment.wait_for_ids(expected)
     assert 'outcome="unavailable"' in server.metrics()
     assert received["duplicates"] == 0
+
+
+def test_delivered_messages_are_pruned_after_the_retention_period(engine_server, segment):
+    server = engine_server()
+    server.post(sample("call.ended"))
+    segment.wait_for_ids(set(expected_ids(sample("call.ended"))))
+    wait_for(lambda: server.health()["outbox"]["delivered"] == 1, what="delivered")
+    server.stop()
+    # Retention 0: the prune that runs at start-up (and then hourly) removes what was delivered.
+    pruned = engine_server(ENGINE_RETENTION_DAYS="0")
+    health = pruned.health()["outbox"]
+    assert (health["delivered"], health["pending"]) == (0, 0)
+    import sqlite3
+
+    assert sqlite3.connect(pruned.db).execute("SELECT COUNT(*) FROM webhooks").fetchone()[0] == 0
