@@ -49,3 +49,47 @@ def mappings_copy(tmp_path: Path) -> Path:
 
 def fixture_paths() -> list[Path]:
     return sorted(FIXTURES.glob("*.json"))
+
+
+# -- real processes: the fake Segment (one per session, reset for each test) and `engine serve` ---------------
+
+
+@pytest.fixture(scope="session")
+def segment_process(tmp_path_factory):
+    from tests.harness import FakeSegment
+
+    fake = FakeSegment(tmp_path_factory.mktemp("segment"))
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def segment(segment_process):
+    segment_process.control(reset=True)
+    return segment_process
+
+
+@pytest.fixture
+def engine_server(tmp_path, segment):
+    """start(workers=1, with_segment=True, **settings) -> a running `engine serve`, stopped after the test."""
+    from tests.harness import Engine
+
+    servers: list[Engine] = []
+
+    def start(workers: int = 1, with_segment: bool = True, wait: bool = True, **settings: str) -> Engine:
+        server = Engine(tmp_path, segment if with_segment else None, **settings).start(workers, wait=wait)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    from tests.harness import FIGURES
+
+    if FIGURES:
+        terminalreporter.write_sep("-", "reliability figures")
+        for name, value in sorted(FIGURES.items()):
+            terminalreporter.write_line(f"{name}: {value:g}")

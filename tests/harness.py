@@ -24,6 +24,14 @@ TOKEN = "45b1b6f1a2c3d4e5f60718293a4b5c6d"  # the token in every sample webhook
 WRITE_KEY = "test-write-key"
 
 
+# Figures the reliability suite reports at the end of the run (see pytest_terminal_summary in conftest.py).
+FIGURES: dict[str, float] = {}
+
+
+def count(name: str, amount: float = 1) -> None:
+    FIGURES[name] = FIGURES.get(name, 0) + amount
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -7,47 +7,18 @@ import concurrent.futures
 import json
 import time
 
-import pytest
 import requests
 
 from tests.conftest import run_engine
 from tests.harness import (
     TOKEN,
     Engine,
-    FakeSegment,
     call_webhook,
     expected_ids,
     sample,
     sample_names,
     wait_for,
 )
-
-
-@pytest.fixture(scope="module")
-def segment(tmp_path_factory):
-    fake = FakeSegment(tmp_path_factory.mktemp("segment"))
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(autouse=True)
-def fresh_segment(segment):
-    segment.control(reset=True)
-
-
-@pytest.fixture
-def engine_server(tmp_path, segment):
-    servers: list[Engine] = []
-
-    def start(workers: int = 1, with_segment: bool = True, **settings: str) -> Engine:
-        server = Engine(tmp_path, segment if with_segment else None, **settings).start(workers)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
 
 # -- answers to Aircall ------------------------------------------------------------------------------------
 
@@ -392,49 +363,6 @@ def test_bad_setting_stops_start_up_naming_it(tmp_path):
     assert "AIRCALL_EVENTS: call.endded has no mapping in mappings" in run.err
     run = run_engine("serve", env={"ENGINE_MAX_BODY_BYTES": "lots"})
     assert (run.code, run.err.strip()) == (2, "engine: ENGINE_MAX_BODY_BYTES: 'lots' is not a number")
-
-
-# -- storage faults ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 2 MB tmpfs for the outbox, to fill up or make read-only; root and mount(8) are needed."""
-    import subprocess
-
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}): storage faults not tested")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def test_full_disk_gets_503_then_recovers_by_itself(engine_server, segment, small_disk):
-    server = engine_server(ENGINE_DB=str(small_disk / "outbox.sqlite3"))
-    assert server.post(call_webhook(0)).status_code == 200
-    filler = small_disk / "filler"
-    with open(filler, "wb") as out:  # fill the disk to the last byte
-        try:
-            while True:
-                out.write(b"\0" * 65536)
-                out.flush()
-        except OSError:
-            pass
-    answers = [server.post(call_webhook(n)) for n in range(1, 30)]
-    refused = [a for a in answers if a.status_code == 503]
-    assert refused, "a full disk must refuse webhooks"
-    assert {a.status_code for a in answers} <= {200, 503}
-    assert refused[0].headers["Retry-After"] == "5"
-    assert refused[0].json() == {"status": "error", "reason": "outbox unavailable; retry later"}
-    acknowledged = [call_webhook(n) for n, a in zip(range(1, 30), answers, strict=True) if a.status_code == 200]
-    filler.unlink()
-    assert server.post(call_webhook(99)).status_code == 200  # no restart needed
-    expected = {i for w in [call_webhook(0), call_webhook(99), *acknowledged] for i in expected_ids(w)}
-    received = segment.wait_for_ids(expected)
-    assert 'outcome="unavailable"' in server.metrics()
-    assert received["duplicates"] == 0
 
 
 def test_delivered_messages_are_pruned_after_the_retention_period(engine_server, segment):
