@@ -33,10 +33,21 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (_INF, -_INF):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+_INF = float("inf")
+
+
 def parse_json(body: bytes | str) -> Any:
-    """Strict JSON: no NaN or Infinity (Python accepts them, Segment and warehouses do not)."""
+    """Strict JSON: no NaN or Infinity, no number too large for a double (Python accepts them; Segment and
+    warehouses do not), no integer beyond Python's 4,300 digits."""
     try:
-        return json.loads(body, parse_constant=_refuse_constant)
+        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite)
     except RecursionError:
         raise EnvelopeError("body is not valid JSON: nested too deeply") from None
     except UnicodeDecodeError:

@@ -342,19 +342,6 @@ def test_healthz_and_metrics(engine_server, segment):
     assert "segment_request_seconds_bucket" in metrics and "aircall_webhook_seconds_bucket" in metrics
 
 
-def test_secrets_never_reach_logs_health_or_metrics(engine_server, segment):
-    server = engine_server(ENGINE_LOG_FORMAT="json")
-    server.post(sample("call.ended"))
-    server.post({**sample("call.ended"), "token": "a-wrong-token-value"})
-    segment.wait_for_ids(set(expected_ids(sample("call.ended"))))
-    server.stop()
-    exposed = server.process.log + json.dumps(segment.received()["messages"])
-    for secret in (TOKEN, "a-wrong-token-value", "test-write-key", "dGVzdC13cml0ZS1rZXk6"):  # last: Basic auth
-        assert secret not in exposed
-    assert any(json.loads(line).get("logger") == "engine.webhook" for line in server.process.log.splitlines()
-               if line.startswith("{"))  # fmt: skip
-
-
 def test_bad_setting_stops_start_up_naming_it(tmp_path):
     run = run_engine(
         "serve", "--port", "1", env={"AIRCALL_EVENTS": "call.ended,call.endded", "ENGINE_DB": str(tmp_path / "o")}
