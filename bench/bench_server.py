@@ -150,8 +150,9 @@ def drain(count: int) -> None:
         segment.control(reset=True)
 
         decoded = [json.loads(body) for _, body in messages]
-        client = analytics.Client(WRITE_KEY, host=segment.url, max_queue_size=count + 1,
-                                  upload_size=100, gzip=False)  # fmt: skip: its defaults, as a user has them
+        client = analytics.Client(
+            WRITE_KEY, host=segment.url, max_queue_size=count + 1, upload_size=100, gzip=False
+        )  # fmt: skip: its defaults, as a user has them
         began = time.perf_counter()
         for m in decoded:
             client.track(user_id=m.get("userId"), anonymous_id=m.get("anonymousId"), event=m["event"],
