@@ -7,11 +7,15 @@ import json
 import os
 import sqlite3
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from engine import __version__
-from engine.config import ConfigError, load_settings
+from engine.aircall_api import AircallClient, AircallError
+from engine.backfill import RESOURCES, Progress, backfill, parse_date
+from engine.backfill import now as backfill_now
+from engine.config import ConfigError, Settings, load_settings, parse_events
 from engine.envelope import EnvelopeError, parse_webhook
 from engine.findings import MappingError
 from engine.mapping import load_mappings
@@ -19,6 +23,7 @@ from engine.message import RenderError
 from engine.operations import replay_dead_letters
 from engine.outbox import SqliteOutbox, sqlite_path
 from engine.runtime import load_server_mappings
+from engine.selection import Selection
 from engine.validate import find_fixtures, validate
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
@@ -80,6 +85,30 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--dead", action="store_true", help="replay dead letters")
     replay.add_argument("--id", type=int, action="append", dest="ids", help="only this dead letter (repeatable)")
     replay.set_defaults(run=_outbox_replay)
+
+    aircall = commands.add_parser("aircall", help="set up Aircall from the terminal (AIRCALL_API_ID/TOKEN)")
+    aircall_commands = aircall.add_subparsers(required=True, metavar="ACTION")
+    connect = aircall_commands.add_parser("connect", help="create (or find) the webhook and print its token")
+    connect.add_argument("--url", required=True, help="the public URL of /webhooks/aircall on your server")
+    connect.add_argument("--events", help="comma-separated events (default AIRCALL_EVENTS, else all 26)")
+    connect.add_argument("--name", default="aircall-segment", help="the webhook's name in Aircall")
+    connect.add_argument(
+        "--write-env", nargs="?", const=".env", metavar="FILE",
+        help="also put the token in AIRCALL_WEBHOOK_TOKEN of this settings file (default .env)",
+    )  # fmt: skip
+    connect.set_defaults(run=_aircall_connect)
+    aircall_commands.add_parser("webhooks", help="list the account's webhooks").set_defaults(run=_aircall_webhooks)
+    aircall_commands.add_parser("numbers", help="list numbers with their ids and digits").set_defaults(
+        run=_aircall_numbers
+    )
+
+    back = commands.add_parser("backfill", help="send history from Aircall's REST API through the mappings")
+    back.add_argument("--since", required=True, help="start date, YYYY-MM-DD (UTC) or ISO 8601")
+    back.add_argument("--until", help="end date, excluded (default: now)")
+    back.add_argument(
+        "--resources", default="calls,users,contacts,numbers", help="comma list of calls, users, contacts, numbers"
+    )
+    back.set_defaults(run=_backfill)
     return parser
 
 
@@ -219,6 +248,125 @@ def _outbox_replay(args: argparse.Namespace) -> int:
     for letter_id, reason in report.failed:
         print(f"  dead #{letter_id} still fails: {reason}", file=sys.stderr)
     return EXIT_FINDINGS if report.failed else EXIT_OK
+
+
+def _aircall_client(args: argparse.Namespace) -> tuple[Settings, AircallClient]:
+    settings = load_settings(args.env_file)
+    if not (settings.aircall_api_id and settings.aircall_api_token):
+        raise UsageError("set AIRCALL_API_ID and AIRCALL_API_TOKEN (Aircall dashboard: Integrations, API keys)")
+    return settings, AircallClient(settings.aircall_api_url, settings.aircall_api_id, settings.aircall_api_token)
+
+
+def _aircall(action):  # type: ignore[no-untyped-def]
+    """Run an Aircall API action; a refusal or an unreachable API is a one-line error and exit 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return action(args)
+        except AircallError as exc:
+            raise UsageError(str(exc)) from None
+
+    return run
+
+
+@_aircall
+def _aircall_connect(args: argparse.Namespace) -> int:
+    settings, client = _aircall_client(args)
+    events = sorted(parse_events(args.events) if args.events is not None else settings.events)
+    if not events:
+        raise UsageError("no events to subscribe: AIRCALL_EVENTS (or --events) selects none")
+    existing = next((w for w in client.webhooks() if w.get("url") == args.url), None)
+    webhook = existing or client.create_webhook(args.url, events, args.name)
+    token = webhook.get("token")
+    if not token:
+        raise UsageError("Aircall did not return the webhook's token")
+    verb = "found" if existing else "created"
+    print(f"{verb} webhook {webhook.get('webhook_id') or webhook.get('id')} for {args.url}", file=sys.stderr)
+    if existing and sorted(existing.get("events") or []) != events:
+        print("note: its events differ from the ones asked for; change them in the Aircall dashboard", file=sys.stderr)
+    if args.write_env:
+        write_env_token(Path(args.write_env), token)
+        print(f"AIRCALL_WEBHOOK_TOKEN written to {args.write_env}", file=sys.stderr)
+    print(token)
+    return EXIT_OK
+
+
+def write_env_token(path: Path, token: str) -> None:
+    """Put the token first in AIRCALL_WEBHOOK_TOKEN, keeping tokens already there (a rotation loses nothing)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    for index, line in enumerate(lines):
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == "AIRCALL_WEBHOOK_TOKEN":
+            kept = [t.strip() for t in value.strip().strip("\"'").split(",") if t.strip() and t.strip() != token]
+            lines[index] = "AIRCALL_WEBHOOK_TOKEN=" + ",".join([token, *kept])
+            break
+    else:
+        lines.append(f"AIRCALL_WEBHOOK_TOKEN={token}")
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+
+
+@_aircall
+def _aircall_webhooks(args: argparse.Namespace) -> int:
+    _, client = _aircall_client(args)
+    for webhook in client.webhooks():
+        state = "active" if webhook.get("active", True) else "inactive"
+        ident = webhook.get("webhook_id") or webhook.get("id")
+        print(f"{ident}\t{state}\t{len(webhook.get('events') or [])} events\t{webhook.get('url')}")
+    return EXIT_OK
+
+
+@_aircall
+def _aircall_numbers(args: argparse.Namespace) -> int:
+    _, client = _aircall_client(args)
+    for number in client.numbers():
+        print(f"{number.get('id')}\t{number.get('digits')}\t{number.get('name')}\t{number.get('country') or ''}")
+    return EXIT_OK
+
+
+@_aircall
+def _backfill(args: argparse.Namespace) -> int:
+    settings, client = _aircall_client(args)
+    try:
+        since = parse_date(args.since, "--since")
+        until = parse_date(args.until, "--until") if args.until else backfill_now()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if until <= since:
+        raise UsageError("--until must be after --since")
+    names = [n.strip() for n in args.resources.split(",") if n.strip()]
+    unknown = [n for n in names if n not in RESOURCES]
+    if unknown or not names:
+        raise UsageError(f"--resources: {', '.join(unknown) or 'none'}; choose from {', '.join(RESOURCES)}")
+    try:
+        mappings = load_server_mappings(settings)
+    except MappingError as exc:
+        for finding in exc.findings:
+            print(finding, file=sys.stderr)
+        return EXIT_FINDINGS
+    outbox = SqliteOutbox(sqlite_path(settings.db))
+    selection = Selection(settings.events, settings.numbers)
+    last_line = [0.0]
+
+    def report(progress: Progress, final: bool = False) -> None:
+        if final or time.monotonic() - last_line[0] >= 2:
+            last_line[0] = time.monotonic()
+            log = client.log
+            print(
+                f"{progress.resource}: {progress.fetched} fetched, {progress.queued} queued, "
+                f"{progress.skipped} skipped, {progress.dead_lettered} dead-lettered; "
+                f"window {progress.windows_done}/{progress.windows_total}; "
+                f"{log.requests} requests, rate-limit waits {log.waits} ({log.seconds:.1f} s)",
+                file=sys.stderr,
+            )
+
+    for name in names:
+        progress = backfill(client, outbox, mappings, selection, RESOURCES[name], since, until, report)
+        report(progress, final=True)
+        print(f"{name}\tfetched {progress.fetched}\tqueued {progress.queued}\tskipped {progress.skipped}"
+              f"\tdead-lettered {progress.dead_lettered}")  # fmt: skip
+    print(f"rate limit: {client.log.waits} waits, {client.log.seconds:.1f} s of {client.log.requests} requests")
+    return EXIT_OK
 
 
 def _read_payload(name: str) -> bytes:

@@ -28,7 +28,7 @@ from typing import Protocol
 from engine.envelope import Webhook
 from engine.message import webhook_key
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -65,6 +65,19 @@ _MIGRATIONS: dict[int, str] = {
         attempts    INTEGER NOT NULL DEFAULT 0,
         created_at  REAL NOT NULL,
         replayed_at REAL
+    );
+    """,
+    2: """
+    CREATE TABLE backfills (
+        resource    TEXT NOT NULL,            -- calls, users, contacts, numbers
+        since       INTEGER NOT NULL,         -- the range asked for, unix seconds
+        until       INTEGER NOT NULL,
+        done_until  INTEGER NOT NULL,         -- every window before this is queued
+        fetched     INTEGER NOT NULL DEFAULT 0,
+        queued      INTEGER NOT NULL DEFAULT 0,
+        finished_at REAL,                     -- null while a run of this range is unfinished
+        updated_at  REAL NOT NULL,
+        PRIMARY KEY (resource, since, until)
     );
     """,
 }
@@ -414,6 +427,50 @@ class SqliteOutbox:
                     "UPDATE messages SET due_at = ? WHERE delivered_at IS NULL AND due_at > ? AND lease_owner IS NULL",
                     (now, now),
                 ).rowcount
+            )
+        )
+
+    # -- backfill progress ---------------------------------------------------------------------------------
+
+    def backfill_resume_point(self, resource: str, since: int, until: int) -> int:
+        """Where a backfill of this range starts: after what an unfinished run did, else from the beginning."""
+        now = time.time()
+
+        def work(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT done_until, finished_at FROM backfills WHERE resource = ? AND since = ? AND until = ?",
+                (resource, since, until),
+            ).fetchone()
+            if row is not None and row[1] is None:
+                return row[0]
+            conn.execute(
+                "INSERT INTO backfills (resource, since, until, done_until, updated_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (resource, since, until) DO UPDATE SET done_until = excluded.done_until, "
+                "fetched = 0, queued = 0, finished_at = NULL, updated_at = excluded.updated_at",
+                (resource, since, until, since, now),
+            )
+            return since
+
+        return self._write(work)
+
+    def backfill_window_done(
+        self, resource: str, since: int, until: int, done_until: int, fetched: int, queued: int
+    ) -> None:
+        now = time.time()
+        self._write(
+            lambda conn: conn.execute(
+                "UPDATE backfills SET done_until = ?, fetched = fetched + ?, queued = queued + ?, updated_at = ? "
+                "WHERE resource = ? AND since = ? AND until = ?",
+                (done_until, fetched, queued, now, resource, since, until),
+            )
+        )
+
+    def backfill_finished(self, resource: str, since: int, until: int) -> None:
+        now = time.time()
+        self._write(
+            lambda conn: conn.execute(
+                "UPDATE backfills SET finished_at = ?, updated_at = ? WHERE resource = ? AND since = ? AND until = ?",
+                (now, now, resource, since, until),
             )
         )
 

@@ -123,6 +123,32 @@ class FakeSegment:
         self.process.stop()
 
 
+class FakeAircall:
+    API_ID, API_TOKEN = "api-id", "api-token"
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = base_env() | {"FAKE_AIRCALL_ID": self.API_ID, "FAKE_AIRCALL_TOKEN": self.API_TOKEN}
+        args = [sys.executable, "-m", "uvicorn", "tests.fake_aircall:app", "--port", str(self.port),
+                "--log-level", "warning"]  # fmt: skip
+        self.process = Process(args, env, tmp / "fake-aircall.log").start()
+        wait_for(lambda: requests.get(f"{self.url}/_stats", timeout=1).ok, what="fake Aircall")
+
+    def control(self, **order: object) -> None:
+        requests.post(f"{self.url}/_control", json=order, timeout=5).raise_for_status()
+
+    def stats(self) -> dict:
+        return requests.get(f"{self.url}/_stats", timeout=5).json()
+
+    def settings(self) -> dict[str, str]:
+        return {"AIRCALL_API_URL": f"{self.url}/v1", "AIRCALL_API_ID": self.API_ID,
+                "AIRCALL_API_TOKEN": self.API_TOKEN}  # fmt: skip
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
 class Engine:
     """`engine serve` on a free port, with the settings a test gives."""
 

@@ -178,3 +178,21 @@ def test_raw_body_is_stored_with_the_token_blanked():
     escaped = b'{"token": "s3\\u0063r3t", "data": {"note": "s3cr3t"}, "resource": "call", "event": "call.ended"}'
     fallback = stored_webhook(Webhook("call", "call.ended", 1, "s3cr3t", {"note": "s3cr3t"}), escaped)
     assert b"token" not in fallback.body  # could not be sure of the raw body: encoded afresh, token left out
+
+
+def test_an_outbox_of_the_previous_schema_is_migrated_keeping_its_messages(tmp_path):
+    from engine.outbox import _MIGRATIONS, _statements
+
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    for statement in _statements(_MIGRATIONS[1]):
+        conn.execute(statement)
+    conn.execute("INSERT INTO messages (message_id, webhook_key, event, body, size, created_at, due_at) "
+                 "VALUES ('m', 'w', 'call.ended', x'7b7d', 2, 0, 0)")  # fmt: skip
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    outbox = SqliteOutbox(path)
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert outbox.stats().pending == 1
+    assert outbox.backfill_resume_point("calls", 0, 10) == 0  # the new table is there
