@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from engine.aircall_api import AircallClient
@@ -22,6 +21,7 @@ from engine.mapping import Mappings
 from engine.message import RenderError
 from engine.outbox import NewMessage, SqliteOutbox, stored_webhook
 from engine.selection import Selection
+from engine.templating import parse_iso
 
 
 def _unix(value: Any) -> int | None:
@@ -30,11 +30,8 @@ def _unix(value: Any) -> int | None:
     if isinstance(value, int | float):
         return int(value)
     if isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
+        moment = parse_iso(value)
+        return None if moment is None else int(moment.timestamp())
     return None
 
 
@@ -80,11 +77,10 @@ class Progress:
 
 def parse_date(text: str, name: str) -> int:
     """`2025-01-31` (midnight UTC) or an ISO 8601 date and time; unix seconds."""
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{name}: {text!r} is not a date (YYYY-MM-DD) or an ISO 8601 time") from None
-    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
+    moment = parse_iso(text)
+    if moment is None:
+        raise ValueError(f"{name}: {text!r} is not a date (YYYY-MM-DD) or an ISO 8601 time")
+    return int(moment.timestamp())
 
 
 def backfill(

@@ -8,7 +8,7 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from engine import __version__
@@ -18,7 +18,7 @@ from engine.backfill import now as backfill_now
 from engine.config import ConfigError, Settings, load_settings, parse_events
 from engine.envelope import EnvelopeError, parse_webhook
 from engine.findings import MappingError
-from engine.mapping import load_mappings
+from engine.mapping import Mappings, load_mappings
 from engine.message import RenderError
 from engine.operations import replay_dead_letters
 from engine.outbox import SqliteOutbox, sqlite_path
@@ -149,11 +149,8 @@ def _render(args: argparse.Namespace) -> int:
         webhook = parse_webhook(body)
     except EnvelopeError as exc:
         raise UsageError(f"{args.payload}: {exc}") from None
-    try:
-        mappings = load_mappings(directory)
-    except MappingError as exc:
-        for finding in exc.findings:
-            print(finding, file=sys.stderr)
+    mappings = _mappings_or_findings(lambda: load_mappings(directory))
+    if mappings is None:
         return EXIT_FINDINGS
     mapping = mappings.get(webhook.event)
     if mapping is None:
@@ -237,11 +234,8 @@ def _outbox_replay(args: argparse.Namespace) -> int:
         print(f"{outbox.retry_now()} pending message(s) due now")
         return EXIT_OK
     settings = load_settings(args.env_file)
-    try:
-        mappings = load_mappings(settings.mappings_dir)
-    except MappingError as exc:
-        for finding in exc.findings:
-            print(finding, file=sys.stderr)
+    mappings = _mappings_or_findings(lambda: load_mappings(settings.mappings_dir))
+    if mappings is None:
         return EXIT_FINDINGS
     report = replay_dead_letters(outbox, mappings, args.ids)
     print(f"replayed {len(report.replayed)} dead letter(s): {report.messages} message(s) queued again")
@@ -338,11 +332,8 @@ def _backfill(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in RESOURCES]
     if unknown or not names:
         raise UsageError(f"--resources: {', '.join(unknown) or 'none'}; choose from {', '.join(RESOURCES)}")
-    try:
-        mappings = load_server_mappings(settings)
-    except MappingError as exc:
-        for finding in exc.findings:
-            print(finding, file=sys.stderr)
+    mappings = _mappings_or_findings(lambda: load_server_mappings(settings))
+    if mappings is None:
         return EXIT_FINDINGS
     outbox = SqliteOutbox(sqlite_path(settings.db))
     selection = Selection(settings.events, settings.numbers)
@@ -367,6 +358,16 @@ def _backfill(args: argparse.Namespace) -> int:
               f"\tdead-lettered {progress.dead_lettered}")  # fmt: skip
     print(f"rate limit: {client.log.waits} waits, {client.log.seconds:.1f} s of {client.log.requests} requests")
     return EXIT_OK
+
+
+def _mappings_or_findings(load: Callable[[], Mappings]) -> Mappings | None:
+    """The mappings, or None after printing every finding (the caller exits 1)."""
+    try:
+        return load()
+    except MappingError as exc:
+        for finding in exc.findings:
+            print(finding, file=sys.stderr)
+        return None
 
 
 def _read_payload(name: str) -> bytes:

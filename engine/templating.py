@@ -109,14 +109,18 @@ def iso8601(value: Any) -> str | None:
     if isinstance(value, int | float):
         return _iso_from_unix(value)
     if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return value  # unknown format: pass it on rather than lose it
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return _format_utc(parsed)
+        parsed = parse_iso(value)
+        return value if parsed is None else _format_utc(parsed)  # unknown format: pass it on, not lose it
     return None
+
+
+def parse_iso(text: str) -> datetime | None:
+    """An ISO 8601 date or time ('Z' accepted), as an aware datetime; UTC when it names no zone."""
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _iso_from_unix(seconds: float) -> str | None:
