@@ -15,6 +15,7 @@ from starlette.routing import Route
 from engine import __version__, logs
 from engine.config import ConfigError, load_settings
 from engine.findings import MappingError
+from engine.outbox import describe_db
 from engine.runtime import Runtime, build_runtime
 from engine.webhook import receive
 
@@ -73,7 +74,7 @@ def create_app(env_file: str | None = None) -> Starlette:
         await runtime.start()
         log.info(
             "started: %d mappings, %d events enabled, outbox %s, Segment %s",
-            len(runtime.mappings), len(settings.events), settings.db,
+            len(runtime.mappings), len(settings.events), describe_db(settings.db),
             settings.segment_api_url if settings.segment_write_key else "NOT CONFIGURED (SEGMENT_WRITE_KEY unset)",
         )  # fmt: skip
         if not settings.webhook_tokens:

@@ -19,7 +19,7 @@ from engine.aircall_api import AircallClient
 from engine.envelope import Webhook
 from engine.mapping import Mappings
 from engine.message import RenderError
-from engine.outbox import NewMessage, SqliteOutbox, stored_webhook
+from engine.outbox import NewMessage, Outbox, stored_webhook
 from engine.selection import Selection
 from engine.templating import parse_iso
 
@@ -85,7 +85,7 @@ def parse_date(text: str, name: str) -> int:
 
 def backfill(
     client: AircallClient,
-    outbox: SqliteOutbox,
+    outbox: Outbox,
     mappings: Mappings,
     selection: Selection,
     resource: Resource,

@@ -21,7 +21,7 @@ from engine.findings import MappingError
 from engine.mapping import Mappings, load_mappings
 from engine.message import RenderError
 from engine.operations import replay_dead_letters
-from engine.outbox import SqliteOutbox, sqlite_path
+from engine.outbox import Outbox, OutboxUnavailable, describe_db, open_outbox
 from engine.runtime import load_server_mappings
 from engine.selection import Selection
 from engine.validate import find_fixtures, validate
@@ -191,14 +191,14 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _open_outbox(args: argparse.Namespace) -> SqliteOutbox:
+def _open_outbox(args: argparse.Namespace, create: bool = False) -> Outbox:
     settings = load_settings(args.env_file)
     try:
-        return SqliteOutbox(sqlite_path(settings.db), create=False)
+        return open_outbox(settings.db, create=create)
     except FileNotFoundError:
         raise UsageError(f"ENGINE_DB: no outbox at {settings.db} (the server creates it on first start)") from None
-    except (ValueError, sqlite3.Error) as exc:
-        raise UsageError(f"ENGINE_DB: cannot open {settings.db}: {exc}") from None
+    except (ValueError, sqlite3.Error, OutboxUnavailable) as exc:
+        raise UsageError(f"ENGINE_DB: cannot open {describe_db(settings.db)}: {exc}") from None
 
 
 def _outbox_status(args: argparse.Namespace) -> int:
@@ -335,7 +335,7 @@ def _backfill(args: argparse.Namespace) -> int:
     mappings = _mappings_or_findings(lambda: load_server_mappings(settings))
     if mappings is None:
         return EXIT_FINDINGS
-    outbox = SqliteOutbox(sqlite_path(settings.db))
+    outbox = _open_outbox(args, create=True)
     selection = Selection(settings.events, settings.numbers)
     last_line = [0.0]
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from engine.envelope import EnvelopeError, webhook_from_json
 from engine.mapping import Mappings
 from engine.message import RenderError
-from engine.outbox import NewMessage, SqliteOutbox, stored_webhook
+from engine.outbox import NewMessage, Outbox, stored_webhook
 
 
 @dataclass
@@ -19,7 +19,7 @@ class ReplayReport:
     failed: list[tuple[int, str]] = field(default_factory=list)  # still not renderable: id, reason
 
 
-def replay_dead_letters(outbox: SqliteOutbox, mappings: Mappings, ids: list[int] | None = None) -> ReplayReport:
+def replay_dead_letters(outbox: Outbox, mappings: Mappings, ids: list[int] | None = None) -> ReplayReport:
     """Re-render each dead letter's webhook with the current mappings and enqueue the messages again.
 
     The messageIds are the same as the first time, so whatever Segment already had is not duplicated.

@@ -159,6 +159,15 @@ class Outbox(Protocol):
     def stats(self) -> OutboxStats: ...
     def prune(self, older_than_seconds: float) -> int: ...
     def next_due(self) -> float | None: ...
+    def retry_now(self) -> int: ...
+    def dead_letters(self, include_replayed: bool = False, ids: Sequence[int] | None = None) -> list[DeadLetter]: ...
+    def mark_replayed(self, ids: Iterable[int]) -> None: ...
+    def message_bodies(self) -> list[bytes]: ...
+    def backfill_resume_point(self, resource: str, since: int, until: int) -> int: ...
+    def backfill_window_done(
+        self, resource: str, since: int, until: int, done_until: int, fetched: int, queued: int
+    ) -> None: ...
+    def backfill_finished(self, resource: str, since: int, until: int) -> None: ...
     def close(self) -> None: ...
 
 
@@ -167,8 +176,30 @@ def sqlite_path(setting: str) -> Path:
     if setting.startswith("sqlite:///"):
         return Path(setting.removeprefix("sqlite:///"))
     if "://" in setting:
-        raise ValueError(f"ENGINE_DB: {setting!r} is not a SQLite path (PostgreSQL is not supported yet)")
+        raise ValueError(f"ENGINE_DB: {describe_db(setting)!r} is neither a SQLite path nor a postgresql:// URL")
     return Path(setting)
+
+
+def is_postgres(setting: str) -> bool:
+    return setting.startswith(("postgresql://", "postgres://"))
+
+
+def describe_db(setting: str) -> str:
+    """ENGINE_DB as logs may show it: a PostgreSQL URL without its password."""
+    scheme, sep, rest = setting.partition("://")
+    credentials, at, location = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return setting
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{location}"
+
+
+def open_outbox(setting: str, *, create: bool = True) -> Outbox:
+    """The outbox ENGINE_DB names: a SQLite file (the default) or a PostgreSQL database shared by replicas."""
+    if is_postgres(setting):
+        from engine.outbox_pg import PostgresOutbox  # psycopg is needed only by those who use it
+
+        return PostgresOutbox(setting)
+    return SqliteOutbox(sqlite_path(setting), create=create)
 
 
 class SqliteOutbox:

@@ -7,7 +7,6 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from engine.committer import Committer
 from engine.config import ConfigError, Settings
@@ -15,7 +14,7 @@ from engine.delivery import Delivery, DeliveryPolicy
 from engine.events import ALL_EVENTS
 from engine.mapping import Mappings, load_mappings
 from engine.metrics import Metrics
-from engine.outbox import OutboxStats, SqliteOutbox, sqlite_path
+from engine.outbox import Outbox, OutboxStats, describe_db, open_outbox
 from engine.segment import SegmentClient
 from engine.selection import Selection
 
@@ -29,13 +28,13 @@ class Runtime:
     settings: Settings
     mappings: Mappings
     selection: Selection
-    outbox: SqliteOutbox
+    outbox: Outbox
     committer: Committer
     delivery: Delivery
     metrics: Metrics
     token_digests: tuple[bytes, ...]
     known_events: frozenset[str]
-    _reader: SqliteOutbox
+    _reader: Outbox
     _stats: tuple[float, OutboxStats] | None = None
     _stats_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _task: asyncio.Task[None] | None = None
@@ -80,11 +79,7 @@ def load_server_mappings(settings: Settings) -> Mappings:
 def build_runtime(settings: Settings) -> Runtime:
     """Load and check everything; raise ConfigError or MappingError with a message naming what is wrong."""
     mappings = load_server_mappings(settings)
-    try:
-        path = sqlite_path(settings.db)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    outbox = _open(path)
+    outbox = _open(settings.db)
     metrics = Metrics()
     committer = Committer(outbox, on_commit=metrics.committed)
     client = (
@@ -109,12 +104,14 @@ def build_runtime(settings: Settings) -> Runtime:
         metrics=metrics,
         token_digests=tuple(hashlib.sha256(t.encode()).digest() for t in settings.webhook_tokens),
         known_events=frozenset(ALL_EVENTS) | mappings.by_event.keys(),
-        _reader=_open(path),
+        _reader=_open(settings.db),
     )
 
 
-def _open(path: Path) -> SqliteOutbox:
+def _open(setting: str) -> Outbox:
     try:
-        return SqliteOutbox(path)
-    except Exception as exc:  # sqlite3 errors, a folder we cannot create
-        raise ConfigError(f"ENGINE_DB: cannot open the outbox at {path}: {exc}") from None
+        return open_outbox(setting)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    except Exception as exc:  # sqlite3 errors, a folder we cannot create, PostgreSQL unreachable
+        raise ConfigError(f"ENGINE_DB: cannot open the outbox at {describe_db(setting)}: {exc}") from None

@@ -93,3 +93,22 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_sep("-", "reliability figures")
         for name, value in sorted(FIGURES.items()):
             terminalreporter.write_line(f"{name}: {value:g}")
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A PostgreSQL server of the tests' own, or a skip that says why there is none."""
+    from tests.postgres import Cluster
+
+    try:
+        cluster = Cluster()
+    except (FileNotFoundError, OSError) as exc:
+        pytest.skip(f"no PostgreSQL to test against: {exc}")
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster) -> str:
+    """A fresh, empty database on the test cluster."""
+    return postgres_cluster.new_database()

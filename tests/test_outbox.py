@@ -11,11 +11,22 @@ import time
 import pytest
 
 from engine.envelope import Webhook
-from engine.outbox import SCHEMA_VERSION, NewMessage, SqliteOutbox, stored_webhook
+from engine.outbox import SCHEMA_VERSION, NewMessage, SqliteOutbox, open_outbox, stored_webhook
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def outbox(request, tmp_path):
+    """The same contract for each backend: SQLite in a file, PostgreSQL in a fresh database."""
+    if request.param == "postgres":
+        store = open_outbox(request.getfixturevalue("postgres_url"))
+    else:
+        store = SqliteOutbox(tmp_path / "var" / "outbox.sqlite3")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def sqlite_outbox(tmp_path):
     store = SqliteOutbox(tmp_path / "var" / "outbox.sqlite3")
     yield store
     store.close()
@@ -33,14 +44,16 @@ def fill(outbox, count: int) -> None:
     outbox.enqueue([(stored_webhook(webhook(n)), messages(n)) for n in range(count)])
 
 
-def test_file_and_folder_are_created_with_a_versioned_schema(outbox):
+def test_file_and_folder_are_created_with_a_versioned_schema(sqlite_outbox):
+    outbox = sqlite_outbox
     assert outbox.path.exists()
     version = sqlite3.connect(outbox.path).execute("PRAGMA user_version").fetchone()[0]
     assert version == SCHEMA_VERSION
     assert sqlite3.connect(outbox.path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_reopening_keeps_everything_and_does_not_migrate_again(outbox, tmp_path):
+def test_reopening_keeps_everything_and_does_not_migrate_again(sqlite_outbox, tmp_path):
+    outbox = sqlite_outbox
     fill(outbox, 3)
     outbox.close()
     again = SqliteOutbox(outbox.path)
@@ -86,6 +99,7 @@ def test_ack_marks_delivered_and_prune_removes_after_retention(outbox):
     stats = outbox.stats()
     assert (stats.pending, stats.delivered) == (1, 2)
     assert outbox.prune(older_than_seconds=3600) == 0  # within retention: kept
+    time.sleep(0.01)
     assert outbox.prune(older_than_seconds=0) == 2
     assert outbox.stats().delivered == 0 and outbox.stats().pending == 1
     assert len(outbox.message_bodies()) == 1

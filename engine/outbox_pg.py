@@ -1,0 +1,359 @@
+"""The outbox on PostgreSQL, for several `engine serve` replicas sharing one database (ENGINE_DB=postgresql://…).
+
+Same interface and behaviour as the SQLite outbox. What differs is what several machines need:
+- claims take rows with `FOR UPDATE SKIP LOCKED`, so replicas never wait on, nor take, each other's batch;
+- every time (due, lease, delivered) is the database's clock, so replicas with drifting clocks agree;
+- the schema is created and migrated under an advisory lock, so replicas starting together do it once;
+- a lost connection is an OutboxUnavailable (the webhook gets 503) and the pool reconnects by itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from engine.outbox import (
+    Claimed,
+    DeadLetter,
+    NewMessage,
+    OutboxStats,
+    OutboxUnavailable,
+    StoredWebhook,
+    describe_db,
+)
+
+T = TypeVar("T")
+SCHEMA_VERSION = 2
+_NOW = "extract(epoch from clock_timestamp())"
+_MIGRATION_LOCK = 0x61697263616C6C  # any constant the replicas share: 'aircall'
+
+_MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE webhooks (
+            id          BIGSERIAL PRIMARY KEY,
+            key         TEXT NOT NULL UNIQUE,
+            event       TEXT NOT NULL,
+            received_at DOUBLE PRECISION NOT NULL,
+            body        BYTEA NOT NULL
+        )""",
+        """CREATE TABLE messages (
+            id           BIGSERIAL PRIMARY KEY,
+            message_id   TEXT NOT NULL UNIQUE,
+            webhook_key  TEXT NOT NULL,
+            event        TEXT NOT NULL,
+            body         BYTEA NOT NULL,
+            size         INTEGER NOT NULL,
+            created_at   DOUBLE PRECISION NOT NULL,
+            due_at       DOUBLE PRECISION NOT NULL,
+            attempts     INTEGER NOT NULL DEFAULT 0,
+            lease_owner  TEXT,
+            last_error   TEXT,
+            delivered_at DOUBLE PRECISION
+        )""",
+        "CREATE INDEX messages_pending ON messages (due_at) WHERE delivered_at IS NULL",
+        "CREATE INDEX messages_delivered ON messages (delivered_at) WHERE delivered_at IS NOT NULL",
+        """CREATE TABLE dead_letters (
+            id          BIGSERIAL PRIMARY KEY,
+            message_id  TEXT,
+            event       TEXT NOT NULL,
+            body        BYTEA,
+            webhook     BYTEA NOT NULL,
+            reason      TEXT NOT NULL,
+            attempts    INTEGER NOT NULL DEFAULT 0,
+            created_at  DOUBLE PRECISION NOT NULL,
+            replayed_at DOUBLE PRECISION
+        )""",
+    ],
+    2: [
+        """CREATE TABLE backfills (
+            resource    TEXT NOT NULL,
+            since       BIGINT NOT NULL,
+            until       BIGINT NOT NULL,
+            done_until  BIGINT NOT NULL,
+            fetched     INTEGER NOT NULL DEFAULT 0,
+            queued      INTEGER NOT NULL DEFAULT 0,
+            finished_at DOUBLE PRECISION,
+            updated_at  DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (resource, since, until)
+        )""",
+    ],
+}
+
+
+class PostgresOutbox:
+    """Thread-safe: each operation takes a pooled connection for one transaction."""
+
+    def __init__(self, url: str, *, max_connections: int = 4, connect_timeout: float = 5.0) -> None:
+        self.path = describe_db(url)  # what logs and errors may show: never the password
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_connections,
+            kwargs={"autocommit": True, "connect_timeout": int(connect_timeout)},  # transactions: explicit
+            timeout=connect_timeout,
+            open=False,
+            check=ConnectionPool.check_connection,
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+        except psycopg_pool_errors() as exc:
+            self._pool.close()
+            raise OutboxUnavailable(f"cannot connect to PostgreSQL at {self.path}: {exc}") from None
+        self._write(self._migrate)
+
+    # -- plumbing ------------------------------------------------------------------------------------------
+
+    def _write(self, work: Callable[[psycopg.Connection], T]) -> T:
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                return work(conn)
+        except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
+            raise OutboxUnavailable(_first_line(exc)) from exc
+        except psycopg_pool_errors() as exc:
+            raise OutboxUnavailable(f"no PostgreSQL connection: {_first_line(exc)}") from exc
+
+    def _migrate(self, conn: psycopg.Connection) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS engine_schema (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM engine_schema").fetchone()
+        version = row[0] if row else 0
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"outbox schema {version} is newer than this engine's {SCHEMA_VERSION}")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[target]:
+                conn.execute(statement)
+        if row is None:
+            conn.execute("INSERT INTO engine_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+        else:
+            conn.execute("UPDATE engine_schema SET version = %s", (SCHEMA_VERSION,))
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # -- writes ----------------------------------------------------------------------------------------------
+
+    def enqueue(self, batch: Sequence[tuple[StoredWebhook, Sequence[NewMessage]]]) -> list[int]:
+        def work(conn: psycopg.Connection) -> list[int]:
+            added = []
+            with conn.cursor() as cur:
+                cur.executemany(
+                    f"INSERT INTO webhooks (key, event, received_at, body) VALUES (%s, %s, {_NOW}, %s) "
+                    "ON CONFLICT (key) DO NOTHING",
+                    [(w.key, w.event, w.body) for w, _ in batch],
+                )
+                for webhook, messages in batch:
+                    count = 0
+                    for m in messages:
+                        cur.execute(
+                            "INSERT INTO messages (message_id, webhook_key, event, body, size, created_at, due_at) "
+                            f"VALUES (%s, %s, %s, %s, %s, {_NOW}, {_NOW}) ON CONFLICT (message_id) DO NOTHING",
+                            (m.message_id, webhook.key, m.event, m.body, len(m.body)),
+                        )
+                        count += cur.rowcount
+                    added.append(count)
+            return added
+
+        return self._write(work)
+
+    def keep_webhook(self, webhook: StoredWebhook, reason: str) -> None:
+        self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO dead_letters (message_id, event, body, webhook, reason, created_at) "
+                f"VALUES (NULL, %s, NULL, %s, %s, {_NOW})",
+                (webhook.event, webhook.body, reason),
+            )
+        )
+
+    def claim(self, limit: int, lease_seconds: float, owner: str) -> list[Claimed]:
+        def work(conn: psycopg.Connection) -> list[Claimed]:
+            rows = conn.execute(
+                f"UPDATE messages SET due_at = {_NOW} + %s, lease_owner = %s WHERE id IN ("
+                f"  SELECT id FROM messages WHERE delivered_at IS NULL AND due_at <= {_NOW}"
+                "  ORDER BY due_at LIMIT %s FOR UPDATE SKIP LOCKED"
+                ") RETURNING id, message_id, body, attempts, created_at",
+                (lease_seconds, owner, limit),
+            ).fetchall()
+            return sorted((Claimed(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows), key=lambda c: c.id)
+
+        return self._write(work)
+
+    def ack(self, ids: Iterable[int]) -> None:
+        ids = list(ids)
+        self._write(
+            lambda conn: conn.execute(
+                f"UPDATE messages SET delivered_at = {_NOW}, lease_owner = NULL, last_error = NULL, "
+                "attempts = attempts + 1 WHERE id = ANY(%s)",
+                (ids,),
+            )
+        )
+
+    def retry(self, ids: Iterable[int], delay: float, error: str | None, owner: str, attempted: bool = True) -> None:
+        ids = list(ids)
+        self._write(
+            lambda conn: conn.execute(
+                f"UPDATE messages SET due_at = {_NOW} + %s, attempts = attempts + %s, "
+                "last_error = COALESCE(%s, last_error), lease_owner = NULL "
+                "WHERE id = ANY(%s) AND delivered_at IS NULL AND (lease_owner = %s OR lease_owner IS NULL)",
+                (delay, int(attempted), error[:1000] if error else None, ids, owner),
+            )
+        )
+
+    def dead(self, ids: Iterable[int], reason: str) -> None:
+        ids = list(ids)
+
+        def work(conn: psycopg.Connection) -> None:
+            conn.execute(
+                "INSERT INTO dead_letters (message_id, event, body, webhook, reason, attempts, created_at) "
+                f"SELECT m.message_id, m.event, m.body, w.body, %s, m.attempts + 1, {_NOW} "
+                "FROM messages m JOIN webhooks w ON w.key = m.webhook_key "
+                "WHERE m.id = ANY(%s) AND m.delivered_at IS NULL",
+                (reason[:2000], ids),
+            )
+            conn.execute("DELETE FROM messages WHERE id = ANY(%s) AND delivered_at IS NULL", (ids,))
+
+        self._write(work)
+
+    def release(self, owner: str) -> None:
+        self._write(
+            lambda conn: conn.execute(
+                f"UPDATE messages SET due_at = {_NOW}, lease_owner = NULL "
+                f"WHERE lease_owner = %s AND delivered_at IS NULL AND due_at > {_NOW}",
+                (owner,),
+            )
+        )
+
+    def prune(self, older_than_seconds: float) -> int:
+        def work(conn: psycopg.Connection) -> int:
+            deleted = conn.execute(
+                f"DELETE FROM messages WHERE delivered_at IS NOT NULL AND delivered_at < {_NOW} - %s",
+                (older_than_seconds,),
+            ).rowcount
+            conn.execute(
+                f"DELETE FROM webhooks WHERE received_at < {_NOW} - %s AND NOT EXISTS "
+                "(SELECT 1 FROM messages m WHERE m.webhook_key = webhooks.key)",
+                (older_than_seconds,),
+            )
+            return deleted
+
+        return self._write(work)
+
+    def retry_now(self) -> int:
+        return self._write(
+            lambda conn: (
+                conn.execute(
+                    f"UPDATE messages SET due_at = {_NOW} WHERE delivered_at IS NULL AND due_at > {_NOW} "
+                    "AND lease_owner IS NULL"
+                ).rowcount
+            )
+        )
+
+    def mark_replayed(self, ids: Iterable[int]) -> None:
+        ids = list(ids)
+        self._write(
+            lambda conn: conn.execute(f"UPDATE dead_letters SET replayed_at = {_NOW} WHERE id = ANY(%s)", (ids,))
+        )
+
+    # -- reads -------------------------------------------------------------------------------------------
+
+    def stats(self) -> OutboxStats:
+        def work(conn: psycopg.Connection) -> OutboxStats:
+            pending, due, oldest_age = conn.execute(
+                f"SELECT COUNT(*), COUNT(*) FILTER (WHERE due_at <= {_NOW}), {_NOW} - MIN(created_at) "
+                "FROM messages WHERE delivered_at IS NULL"
+            ).fetchone()
+            delivered = conn.execute("SELECT COUNT(*) FROM messages WHERE delivered_at IS NOT NULL").fetchone()[0]
+            dead = conn.execute("SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL").fetchone()[0]
+            last = conn.execute(
+                "SELECT last_error FROM messages WHERE delivered_at IS NULL AND last_error IS NOT NULL "
+                "ORDER BY due_at DESC LIMIT 1"
+            ).fetchone()
+            return OutboxStats(
+                pending, due, delivered, dead, None if oldest_age is None else max(oldest_age, 0.0),
+                last[0] if last else None,
+            )  # fmt: skip
+
+        return self._write(work)
+
+    def next_due(self) -> float | None:
+        """When the next message is due, in this process's clock (the delivery loop sleeps until then)."""
+        import time
+
+        row = self._write(
+            lambda conn: conn.execute(
+                f"SELECT MIN(due_at) - {_NOW} FROM messages WHERE delivered_at IS NULL"
+            ).fetchone()
+        )
+        return None if row[0] is None else time.time() + row[0]
+
+    def dead_letters(self, include_replayed: bool = False, ids: Sequence[int] | None = None) -> list[DeadLetter]:
+        query = "SELECT id, message_id, event, reason, attempts, created_at, replayed_at, webhook FROM dead_letters"
+        clauses: list[str] = []
+        params: list[Any] = []
+        if not include_replayed:
+            clauses.append("replayed_at IS NULL")
+        if ids:
+            clauses.append("id = ANY(%s)")
+            params.append(list(ids))
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        rows = self._write(lambda conn: conn.execute(query + " ORDER BY id", params).fetchall())
+        return [DeadLetter(*row[:7], bytes(row[7])) for row in rows]
+
+    def message_bodies(self) -> list[bytes]:
+        rows = self._write(lambda conn: conn.execute("SELECT body FROM messages ORDER BY id").fetchall())
+        return [bytes(r[0]) for r in rows]
+
+    # -- backfill progress ---------------------------------------------------------------------------------
+
+    def backfill_resume_point(self, resource: str, since: int, until: int) -> int:
+        def work(conn: psycopg.Connection) -> int:
+            row = conn.execute(
+                "SELECT done_until, finished_at FROM backfills WHERE resource = %s AND since = %s AND until = %s "
+                "FOR UPDATE",
+                (resource, since, until),
+            ).fetchone()
+            if row is not None and row[1] is None:
+                return row[0]
+            conn.execute(
+                "INSERT INTO backfills (resource, since, until, done_until, updated_at) "
+                f"VALUES (%s, %s, %s, %s, {_NOW}) ON CONFLICT (resource, since, until) DO UPDATE SET "
+                "done_until = excluded.done_until, fetched = 0, queued = 0, finished_at = NULL, "
+                "updated_at = excluded.updated_at",
+                (resource, since, until, since),
+            )
+            return since
+
+        return self._write(work)
+
+    def backfill_window_done(
+        self, resource: str, since: int, until: int, done_until: int, fetched: int, queued: int
+    ) -> None:
+        self._write(
+            lambda conn: conn.execute(
+                "UPDATE backfills SET done_until = %s, fetched = fetched + %s, queued = queued + %s, "
+                f"updated_at = {_NOW} WHERE resource = %s AND since = %s AND until = %s",
+                (done_until, fetched, queued, resource, since, until),
+            )
+        )
+
+    def backfill_finished(self, resource: str, since: int, until: int) -> None:
+        self._write(
+            lambda conn: conn.execute(
+                f"UPDATE backfills SET finished_at = {_NOW}, updated_at = {_NOW} "
+                "WHERE resource = %s AND since = %s AND until = %s",
+                (resource, since, until),
+            )
+        )
+
+
+def psycopg_pool_errors() -> tuple[type[BaseException], ...]:
+    from psycopg_pool import PoolTimeout
+
+    return (PoolTimeout, psycopg.OperationalError)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
