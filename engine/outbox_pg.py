@@ -9,6 +9,7 @@ Same interface and behaviour as the SQLite outbox. What differs is what several 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -86,8 +87,12 @@ _MIGRATIONS: dict[int, list[str]] = {
 class PostgresOutbox:
     """Thread-safe: each operation takes a pooled connection for one transaction."""
 
-    def __init__(self, url: str, *, max_connections: int = 4, connect_timeout: float = 5.0) -> None:
+    RETRY_AFTER_FAILURE = 1.0  # seconds during which a failed database is not asked again
+
+    def __init__(self, url: str, *, max_connections: int = 4, connect_timeout: float = 3.0) -> None:
         self.path = describe_db(url)  # what logs and errors may show: never the password
+        self._down_until = 0.0
+        self._down_reason = ""
         self._pool = ConnectionPool(
             url,
             min_size=1,
@@ -107,13 +112,29 @@ class PostgresOutbox:
     # -- plumbing ------------------------------------------------------------------------------------------
 
     def _write(self, work: Callable[[psycopg.Connection], T]) -> T:
-        try:
-            with self._pool.connection() as conn, conn.transaction():
-                return work(conn)
-        except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
-            raise OutboxUnavailable(_first_line(exc)) from exc
-        except psycopg_pool_errors() as exc:
-            raise OutboxUnavailable(f"no PostgreSQL connection: {_first_line(exc)}") from exc
+        """One transaction. A connection found broken (the server restarted since it was opened) is dropped by
+        the pool and the work tried once more on a fresh one: every operation here is idempotent (inserts
+        ignore what exists, updates set values), so a commit whose answer was lost does no harm twice."""
+        if time.monotonic() < self._down_until:
+            # Known down a moment ago: answer at once, so that webhooks queued behind this one get their 503
+            # in milliseconds instead of each waiting out a connection timeout.
+            raise OutboxUnavailable(f"PostgreSQL unavailable: {self._down_reason}")
+        for attempt in (1, 2):
+            try:
+                with self._pool.connection() as conn, conn.transaction():
+                    return work(conn)
+            except psycopg.OperationalError as exc:
+                if attempt == 2 or self._pool.closed:
+                    self._mark_down(_first_line(exc))
+                    raise OutboxUnavailable(_first_line(exc)) from exc
+            except psycopg_pool_errors() as exc:
+                self._mark_down(f"no connection: {_first_line(exc)}")
+                raise OutboxUnavailable(f"no PostgreSQL connection: {_first_line(exc)}") from exc
+        raise AssertionError("unreachable")
+
+    def _mark_down(self, reason: str) -> None:
+        self._down_until = time.monotonic() + self.RETRY_AFTER_FAILURE
+        self._down_reason = reason
 
     def _migrate(self, conn: psycopg.Connection) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
@@ -279,8 +300,6 @@ class PostgresOutbox:
 
     def next_due(self) -> float | None:
         """When the next message is due, in this process's clock (the delivery loop sleeps until then)."""
-        import time
-
         row = self._write(
             lambda conn: conn.execute(
                 f"SELECT MIN(due_at) - {_NOW} FROM messages WHERE delivered_at IS NULL"

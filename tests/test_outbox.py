@@ -210,3 +210,14 @@ def test_an_outbox_of_the_previous_schema_is_migrated_keeping_its_messages(tmp_p
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert outbox.stats().pending == 1
     assert outbox.backfill_resume_point("calls", 0, 10) == 0  # the new table is there
+
+
+def test_database_urls_are_shown_without_their_password():
+    from engine.outbox import describe_db
+
+    assert (
+        describe_db("postgresql://bridge:s3cret@db.internal:5432/engine")
+        == "postgresql://bridge:***@db.internal:5432/engine"
+    )
+    assert describe_db("postgresql://bridge@db/engine") == "postgresql://bridge@db/engine"
+    assert describe_db("var/outbox.sqlite3") == "var/outbox.sqlite3"
