@@ -49,7 +49,7 @@ async def split_load(ports: list[int], bodies: list[bytes], total: int) -> LoadR
 
 
 def ingest(cluster: Cluster, count: int) -> None:
-    bodies = [call_body(n) for n in range(count * 3)]
+    bodies = [call_body(n) for n in range((count + 400) * 3)]
     rows = []
     for label, settings_list in (
         ("1 replica, SQLite", [{}]),
