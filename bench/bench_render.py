@@ -92,7 +92,7 @@ def plain_call_message(webhook: Webhook) -> list[dict]:
 
 def per_property(mapping) -> callable:
     """The same templates, each compiled and rendered on its own."""
-    compiled = [(t.path, compile_expression(mapping._env, t.parsed.node)) for t in mapping.fields]
+    compiled = [(t.path, compile_expression(mapping._env, t.node)) for t in mapping.fields]
 
     def render(webhook: Webhook) -> list[dict]:
         variables = webhook.template_variables()

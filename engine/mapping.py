@@ -22,7 +22,6 @@ from engine.message import Encoded, RenderError, encode, finish
 from engine.schemas import mapping_file_validator, resolved_mapping_validator
 from engine.templating import (
     MappingEnvironment,
-    ParsedValue,
     TemplateProblem,
     compile_expression,
     dict_node,
@@ -62,14 +61,13 @@ class TemplateField:
 
     path: yamlsource.Path_  # e.g. ("segment", "properties", "duration")
     origin: Origin
-    parsed: ParsedValue
+    node: nodes.Expr
 
 
 @dataclass
 class CompiledMapping:
     event: str
     path: Path
-    message_types: tuple[str, ...]
     fields: tuple[TemplateField, ...]
     _build: Callable[[Mapping[str, Any]], list[dict[str, Any]]]
     _env: MappingEnvironment = field(repr=False)
@@ -100,7 +98,7 @@ class CompiledMapping:
         """
         variables = webhook.template_variables()
         for template in self.fields:
-            node = template.parsed.node
+            node = template.node
             # A text template fails in one of its {{ }} parts; trying each part names the line.
             parts = (
                 [p for p in node.nodes if not isinstance(p, nodes.Const)] if isinstance(node, nodes.Concat) else [node]
@@ -345,13 +343,13 @@ def _compile(
         nonlocal failed
         origin = _origin_of(origins, at, source)
         try:
-            parsed = parse_value(env, value)
+            node = parse_value(env, value)
         except TemplateProblem as problem:
             failed = True
             findings.append(_template_finding(origin, problem))
             return nodes.Const(None)
-        fields.append(TemplateField(at, origin, parsed))
-        return parsed.node
+        fields.append(TemplateField(at, origin, node))
+        return node
 
     def parse_fields(values: dict[str, Any], at: yamlsource.Path_) -> nodes.Dict:
         return dict_node(
@@ -369,7 +367,6 @@ def _compile(
     return CompiledMapping(
         event=document["aircall_event"],
         path=source.path,
-        message_types=tuple(spec["type"] for _, spec in specs),
         fields=tuple(fields),
         _build=compile_expression(env, nodes.List(message_nodes)),
         _env=env,

@@ -106,12 +106,12 @@ def encode(message: dict[str, Any]) -> bytes:
     """The message as Segment receives it: compact UTF-8 JSON, at most 32 KB. Raises RenderError.
 
     Encoding is where a template's result is checked: whatever JSON cannot carry (NaN, an object that is not
-    data, a value the sandbox refused) fails here with the field it is in.
+    data, a value the sandbox refused) fails here, once, on the encoding every message needs anyway.
     """
     try:
         body = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_jsonable)
     except ValueError as exc:  # NaN or Infinity, refused by allow_nan=False
-        raise RenderError(f"{_field_hint(message)}{exc}") from None
+        raise RenderError(f"{message.get('type', 'message')}: {exc}") from None
     encoded = body.encode()
     if len(encoded) > MAX_MESSAGE_BYTES:
         raise RenderError(f"message is {len(encoded)} bytes; Segment's limit is {MAX_MESSAGE_BYTES}")
@@ -125,7 +125,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Iterator):  # `map(...)` without `| list`: what the author meant is the list
         return list(value)
     raise RenderError(f"a template produced a {type(value).__name__}, which JSON cannot carry")
-
-
-def _field_hint(message: dict[str, Any]) -> str:
-    return f"{message.get('type', 'message')}: "

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from engine.outbox import (
     Claimed,
@@ -27,6 +27,7 @@ from engine.outbox import (
 )
 
 T = TypeVar("T")
+_CONNECTION_ERRORS = (PoolTimeout, psycopg.OperationalError)
 SCHEMA_VERSION = 2
 _NOW = "extract(epoch from clock_timestamp())"
 _MIGRATION_LOCK = 0x61697263616C6C  # any constant the replicas share: 'aircall'
@@ -104,7 +105,7 @@ class PostgresOutbox:
         )
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
-        except psycopg_pool_errors() as exc:
+        except _CONNECTION_ERRORS as exc:
             self._pool.close()
             raise OutboxUnavailable(f"cannot connect to PostgreSQL at {self.path}: {exc}") from None
         self._write(self._migrate)
@@ -127,7 +128,7 @@ class PostgresOutbox:
                 if attempt == 2 or self._pool.closed:
                     self._mark_down(_first_line(exc))
                     raise OutboxUnavailable(_first_line(exc)) from exc
-            except psycopg_pool_errors() as exc:
+            except _CONNECTION_ERRORS as exc:
                 self._mark_down(f"no connection: {_first_line(exc)}")
                 raise OutboxUnavailable(f"no PostgreSQL connection: {_first_line(exc)}") from exc
         raise AssertionError("unreachable")
@@ -366,12 +367,6 @@ class PostgresOutbox:
                 (resource, since, until),
             )
         )
-
-
-def psycopg_pool_errors() -> tuple[type[BaseException], ...]:
-    from psycopg_pool import PoolTimeout
-
-    return (PoolTimeout, psycopg.OperationalError)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -13,7 +13,6 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -183,25 +182,20 @@ def uuid5(namespace: uuid.UUID, name: str) -> str:
 # Compiling
 
 
-@dataclass(frozen=True)
-class ParsedValue:
-    """One mapping value turned into a Jinja expression node."""
+def parse_value(env: MappingEnvironment, value: str | int | float | bool | None) -> nodes.Expr:
+    """One mapping value as a Jinja expression node; TemplateProblem with the line inside the template.
 
-    node: nodes.Expr
-    native: bool  # True when the value keeps the expression's own type
-
-
-def parse_value(env: MappingEnvironment, value: str | int | float | bool | None) -> ParsedValue:
-    """Parse one mapping value; raise TemplateProblem with the line inside the template."""
+    A single `{{ expression }}` keeps the expression's own type; text, with or without expressions, is a string.
+    """
     if not isinstance(value, str):
-        return ParsedValue(nodes.Const(value), native=True)
+        return nodes.Const(value)
     try:
         tree = env.parse(value)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(f"template syntax error: {exc.message}", exc.lineno or 1) from None
     _check_names(tree, env)
     if not tree.body:
-        return ParsedValue(nodes.Const(""), native=False)
+        return nodes.Const("")
     if len(tree.body) != 1 or not isinstance(tree.body[0], nodes.Output):
         statement = next(n for n in tree.body if not isinstance(n, nodes.Output))
         raise TemplateProblem(
@@ -213,13 +207,10 @@ def parse_value(env: MappingEnvironment, value: str | int | float | bool | None)
     expressions = [p for p in parts if not isinstance(p, nodes.TemplateData)]
     text = [p for p in parts if isinstance(p, nodes.TemplateData)]
     if not expressions:
-        return ParsedValue(nodes.Const("".join(t.data for t in text)), native=False)
+        return nodes.Const("".join(t.data for t in text))
     if len(expressions) == 1 and all(not t.data.strip() for t in text):
-        return ParsedValue(expressions[0], native=True)
-    return ParsedValue(
-        nodes.Concat([nodes.Const(p.data) if isinstance(p, nodes.TemplateData) else p for p in parts]),
-        native=False,
-    )
+        return expressions[0]
+    return nodes.Concat([nodes.Const(p.data) if isinstance(p, nodes.TemplateData) else p for p in parts])
 
 
 def _check_names(tree: nodes.Template, env: MappingEnvironment) -> None:

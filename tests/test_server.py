@@ -93,19 +93,6 @@ def test_unknown_event_is_ignored_and_counted(engine_server):
     assert 'aircall_webhooks_total{event="other",outcome="ignored"} 1.0' in server.metrics()
 
 
-def test_event_enabled_by_default_but_unmapped_is_ignored(engine_server, tmp_path):
-    import shutil
-
-    from tests.conftest import MAPPINGS
-
-    mappings = tmp_path / "mappings"
-    shutil.copytree(MAPPINGS, mappings)
-    server = engine_server(ENGINE_MAPPINGS=str(mappings), AIRCALL_EVENTS="call.ended,call.hungup")
-    (mappings / "call.hungup.yaml").unlink()  # after start: the server compiled its mappings already
-    answer = server.post({**sample("call.ended"), "event": "message.sent", "resource": "message"})
-    assert answer.json()["status"] == "ignored"
-
-
 # -- selection --------------------------------------------------------------------------------------------
 
 
