@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from engine import __version__
+from engine import __version__, metrics
 from engine.aircall_api import AircallClient, AircallError
 from engine.backfill import RESOURCES, Progress, backfill, parse_date
 from engine.backfill import now as backfill_now
@@ -177,17 +177,18 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     os.environ["ENGINE_ENV_FILE"] = args.env_file  # the workers read the settings themselves
-    uvicorn.run(
-        "engine.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        proxy_headers=True,
-        forwarded_allow_ips=args.forwarded_allow_ips,
-        timeout_graceful_shutdown=30,
-        log_level=settings.log_level,
-    )
+    with metrics.shared_across_workers(args.workers):
+        uvicorn.run(
+            "engine.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            proxy_headers=True,
+            forwarded_allow_ips=args.forwarded_allow_ips,
+            timeout_graceful_shutdown=30,
+            log_level=settings.log_level,
+        )
     return EXIT_OK
 
 

@@ -1,19 +1,62 @@
-"""Prometheus metrics, in a registry of the app's own (no process-wide globals)."""
+"""Prometheus metrics, in a registry of the app's own (no process-wide globals).
+
+With `--workers N`, a scrape reaches one worker, so each process's own counts would be a fraction of the
+truth. When PROMETHEUS_MULTIPROC_DIR is set (`engine serve --workers N` sets it), prometheus-client keeps the
+counters and histograms in files there and the scraped worker sums every process's. The outbox gauges are
+read from the outbox at scrape time instead: it is shared, so any worker's reading is the whole server's.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from engine.outbox import OutboxStats
 from engine.segment import Answer
 
+MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own name for it
+
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
-class Metrics:
+class OutboxGauges(Collector):
+    """Depth, oldest age and dead letters, from the last outbox reading."""
+
     def __init__(self) -> None:
+        self.stats: OutboxStats | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats
+        if stats is None:
+            return
+        yield GaugeMetricFamily("outbox_pending_messages", "Messages waiting for delivery", stats.pending)
+        yield GaugeMetricFamily(
+            "outbox_oldest_pending_age_seconds", "Age of the oldest waiting message", stats.oldest_pending_age or 0.0
+        )
+        yield GaugeMetricFamily("outbox_dead_letters", "Dead letters not yet replayed", stats.dead_letters)
+
+
+class Metrics:
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        multiprocess_dir = multiprocess_dir or os.environ.get(MULTIPROCESS_DIR_VARIABLE) or None
         self.registry = CollectorRegistry()
-        r = self.registry
+        self.gauges = OutboxGauges()
+        self.registry.register(self.gauges)
+        if multiprocess_dir:
+            # The metrics live in the directory's files; registering them here as well would count twice.
+            MultiProcessCollector(self.registry, path=multiprocess_dir)
+            r = None
+        else:
+            r = self.registry
         self.webhooks = Counter(
             "aircall_webhooks", "Webhooks received, by event and outcome", ["event", "outcome"], registry=r
         )
@@ -34,9 +77,6 @@ class Metrics:
         self.request_seconds = Histogram(
             "segment_request_seconds", "Latency of batch requests to Segment", buckets=_FAST, registry=r
         )
-        self.pending = Gauge("outbox_pending_messages", "Messages waiting for delivery", registry=r)
-        self.oldest = Gauge("outbox_oldest_pending_age_seconds", "Age of the oldest waiting message", registry=r)
-        self.dead_letters = Gauge("outbox_dead_letters", "Dead letters not yet replayed", registry=r)
 
     def webhook(self, event: str, outcome: str, seconds: float) -> None:
         self.webhooks.labels(event, outcome).inc()
@@ -58,9 +98,29 @@ class Metrics:
             self.dead.inc(count)
 
     def outbox(self, stats: OutboxStats) -> None:
-        self.pending.set(stats.pending)
-        self.oldest.set(stats.oldest_pending_age or 0.0)
-        self.dead_letters.set(stats.dead_letters)
+        self.gauges.stats = stats
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+@contextlib.contextmanager
+def shared_across_workers(workers: int) -> Iterator[str | None]:
+    """Around `uvicorn.run` with several workers: a fresh directory where their metrics meet, set in the
+    environment they inherit. The operator's own PROMETHEUS_MULTIPROC_DIR is used if set; it is emptied first,
+    as prometheus-client requires, so that a restart does not add the last run's counts again."""
+    chosen = os.environ.get(MULTIPROCESS_DIR_VARIABLE)
+    if chosen:
+        for stale in Path(chosen).glob("*.db"):
+            stale.unlink()
+        yield chosen
+    elif workers > 1:
+        made = tempfile.mkdtemp(prefix="engine-metrics-")
+        os.environ[MULTIPROCESS_DIR_VARIABLE] = made
+        try:
+            yield made
+        finally:
+            os.environ.pop(MULTIPROCESS_DIR_VARIABLE, None)
+            shutil.rmtree(made, ignore_errors=True)
+    else:
+        yield None

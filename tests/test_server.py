@@ -274,6 +274,42 @@ def test_two_workers_never_send_a_message_twice(engine_server, segment):
     assert answers == [200] * 300
     received = segment.wait_for_ids({i for w in webhooks for i in expected_ids(w)})
     assert received["duplicates"] == 0
+    # Whichever worker answers the scrape, /metrics counts for the whole server, not for one process.
+    delivered = len(received["messages"])
+    for _ in range(8):
+        metrics = server.metrics()
+        assert metric(metrics, "aircall_webhooks_total", event="call.ended", outcome="accepted") == 300
+        assert metric(metrics, "aircall_webhook_seconds_count") == 300
+        assert metric(metrics, "segment_messages_delivered_total") == delivered
+        assert metric(metrics, "outbox_pending_messages") == 0
+
+
+def test_metrics_directory_of_the_operator_is_emptied_at_start(engine_server, segment, tmp_path):
+    """With PROMETHEUS_MULTIPROC_DIR set by the operator, a restart starts counting afresh, as a counter should."""
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    first = engine_server(workers=2, PROMETHEUS_MULTIPROC_DIR=str(shared))
+    assert all(first.post(call_webhook(n)).status_code == 200 for n in range(6))
+    assert metric(first.metrics(), "aircall_webhooks_total", event="call.ended", outcome="accepted") == 6
+    first.stop()
+    second = engine_server(workers=2, PROMETHEUS_MULTIPROC_DIR=str(shared))
+    assert all(second.post(call_webhook(n)).status_code == 200 for n in range(6, 8))
+    for _ in range(4):
+        assert metric(second.metrics(), "aircall_webhooks_total", event="call.ended", outcome="accepted") == 2
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text, or 0 when the series is absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and sample.labels == labels
+    ]
+    assert len(values) <= 1, f"{name}{labels} appears {len(values)} times"
+    return values[0] if values else 0.0
 
 
 # -- a mapping that fails on a payload --------------------------------------------------------------------
