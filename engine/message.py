@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -11,7 +10,7 @@ from typing import Any, NamedTuple
 from jinja2.runtime import Undefined
 
 from engine import LIBRARY_NAME, __version__
-from engine.envelope import Webhook
+from engine.envelope import Webhook, content_fingerprint
 from engine.templating import iso8601, stable_id, uuid5
 
 _MESSAGE_ID_NAMESPACE = uuid.UUID("0b7f2f4c-4f0e-4c43-8d0e-2f1a9a3c6e11")
@@ -30,19 +29,16 @@ def webhook_key(webhook: Webhook) -> str:
 def message_id(webhook: Webhook, index: int | str) -> str:
     """The same webhook always gives the same id, so Aircall's redeliveries and our retries deduplicate.
 
-    A webhook is identified by its event, its object's id and its timestamp. The rest of the payload is left
-    out on purpose: Aircall's recording URLs are signed afresh on every fetch, so hashing them would make a
-    backfill that runs twice send everything twice. An object without an id falls back to its content.
+    A webhook is identified by its event, its object's id, its timestamp and the fingerprint of its data
+    (`content_fingerprint`: two different webhooks in one second get different ids). A backfill's webhooks
+    have no fingerprint, so that running it again, after the objects have changed, queues nothing twice.
+    An object without an id falls back to its content.
     """
     object_id = webhook.data.get("id")
     if object_id is None or isinstance(object_id, dict | list):
-        object_id = (
-            "sha256:"
-            + hashlib.sha256(
-                json.dumps(webhook.data, sort_keys=True, separators=(",", ":"), default=str).encode()
-            ).hexdigest()
-        )
-    return uuid5(_MESSAGE_ID_NAMESPACE, f"{webhook.event}\x1f{object_id}\x1f{webhook.timestamp}\x1f{index}")
+        object_id = "content:" + (webhook.fingerprint or content_fingerprint(webhook.data))
+    key = f"{webhook.event}\x1f{object_id}\x1f{webhook.timestamp}\x1f{webhook.fingerprint}\x1f{index}"
+    return uuid5(_MESSAGE_ID_NAMESPACE, key)
 
 
 def as_identifier(value: Any, field: str) -> str | None:

@@ -9,7 +9,8 @@ enforced with 429, and webhooks that can be listed and created (each with a toke
 
 POST /_control {"calls": 120, "start": 1700000000, "spacing": 600, "fail_after": 5, "limit": 10, "window": 2}
 generates calls (one every `spacing` seconds from `start`), and makes every request after the `fail_after`-th
-answer 500 (an outage that outlasts the client's retries). GET /_stats tells requests, 429s and pages served.
+answer 500 (an outage that outlasts the client's retries). `{"tag_calls": "follow-up"}` adds that tag to every
+call, as agents do after the fact. GET /_stats tells requests, 429s and pages served.
 """
 
 from __future__ import annotations
@@ -173,6 +174,9 @@ async def control(request: Request) -> Response:
     STATE.fail_after = order.get("fail_after", STATE.fail_after)
     if "calls" in order:
         STATE.generate(order["calls"], order.get("start", 1_700_000_000), order.get("spacing", 600))
+    if "tag_calls" in order:  # the calls change after the fact, as they do when agents tag them
+        for call in STATE.calls:
+            call["tags"] = [*call.get("tags", []), {"id": 99, "name": order["tag_calls"]}]
     return JSONResponse({"ok": True})
 
 

@@ -148,6 +148,26 @@ def test_every_event_reaches_segment_once_even_when_delivered_twice(engine_serve
     assert len(events) == 26
 
 
+def test_two_different_webhooks_in_one_second_are_both_sent_and_a_redelivery_is_not(engine_server, segment):
+    server = engine_server()
+    first = sample("call.tagged")
+    second = json.loads(json.dumps(first))  # the same call, event and second: another tag added
+    second["data"]["tags"].append({"id": 99, "name": "follow-up", "tagged_by": first["data"]["user"]})
+    assert server.post(first).json() == {"status": "accepted", "messages": 1}
+    assert server.post(second).json() == {"status": "accepted", "messages": 1}
+    # Aircall's redelivery of the second, its recording URLs signed afresh: the same webhook, stored once.
+    again = json.loads(json.dumps(second))
+    again["data"]["recording"] = again["data"]["recording"].replace("abc123", "def456")
+    again["data"]["recording_short_url"] = "https://short-urls.aircall.io/v1/Zq93Tt1"
+    assert server.post(again).json() == {"status": "accepted", "messages": 1, "duplicate": True}
+    expected = set(expected_ids(first)) | set(expected_ids(second))
+    assert len(expected) == 2
+    received = segment.wait_for_ids(expected)
+    wait_for(lambda: server.health()["outbox"]["pending"] == 0, what="empty outbox")
+    tags = sorted(len(m["properties"]["tags"]) for m in segment.received()["messages"])
+    assert (tags, received["duplicates"]) == ([len(first["data"]["tags"]), len(second["data"]["tags"])], 0)
+
+
 def test_segment_down_for_a_while_then_back_loses_nothing(engine_server, segment):
     segment.control(fail_for=3.0, status=503)
     server = engine_server()
