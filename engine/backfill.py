@@ -114,9 +114,9 @@ def backfill(
                 if created is None or moment is None or not window_start <= created < window_end:
                     progress.skipped += 1  # outside the range (an API that ignores from/to): not ours to send
                     continue
-                # No fingerprint: the ids follow from event, object and time alone, so a second run over the
-                # same range queues nothing again even though the calls have gained tags or comments since.
-                webhook = Webhook(resource.resource, resource.event, moment, "", obj)
+                # Ids from event, object and time alone: a second run over the same range queues nothing again,
+                # even though the calls have gained tags or comments since.
+                webhook = Webhook(resource.resource, resource.event, moment, "", obj, identified_by_content=False)
                 if mapping is None or selection.skip_reason(webhook) is not None:
                     progress.skipped += 1
                     continue

@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from jsonschema.exceptions import best_match
@@ -17,16 +18,22 @@ class EnvelopeError(ValueError):
     """The body is not JSON or not an Aircall webhook; the message says why, in one line."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Webhook:
     resource: str
     event: str
     timestamp: int  # unix seconds
     token: str
     data: dict[str, Any]
-    # What tells apart two webhooks of one event, object and second (see content_fingerprint); empty for the
-    # webhooks a backfill builds, whose ids must not change when the object has changed since the last run.
-    fingerprint: str = ""
+    # False for the webhooks a backfill builds: their ids must not change when an object has changed since the
+    # last run, so they are identified by event, object and time alone (see engine.message.message_id).
+    identified_by_content: bool = True
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """What tells apart two webhooks of one event, object and second (see content_fingerprint). Computed on
+        first use, so that a refused or ignored webhook does not pay for it."""
+        return content_fingerprint(self.data) if self.identified_by_content else ""
 
     def template_variables(self) -> dict[str, Any]:
         """What a mapping template can read. The token is not among them."""
@@ -101,7 +108,6 @@ def webhook_from_json(document: Any) -> Webhook:
         timestamp=int(document["timestamp"]),  # the schema's integer admits 1.0
         token=document.get("token", ""),
         data=document["data"],
-        fingerprint=content_fingerprint(document["data"]),
     )
 
 
