@@ -79,10 +79,10 @@ def test_stored_webhook_never_keeps_the_token(outbox):
 
 def test_a_claim_is_exclusive_until_its_lease_ends(outbox):
     fill(outbox, 5)
-    first = outbox.claim(10, lease_seconds=0.3, owner="a")
+    first = outbox.claim(10, lease_seconds=1.0, owner="a")  # long enough for a busy CI machine's next line
     assert [c.message_id for c in first] == [f"m-{n}-0" for n in range(5)]
-    assert outbox.claim(10, lease_seconds=0.3, owner="b") == []
-    time.sleep(0.35)  # worker a died: its lease runs out
+    assert outbox.claim(10, lease_seconds=1.0, owner="b") == []
+    time.sleep(1.05)  # worker a died: its lease runs out
     assert len(outbox.claim(10, lease_seconds=30, owner="b")) == 5
 
 
@@ -108,11 +108,11 @@ def test_ack_marks_delivered_and_prune_removes_after_retention(outbox):
 def test_retry_counts_the_attempt_and_waits(outbox):
     fill(outbox, 1)
     [claimed] = outbox.claim(10, 30, "a")
-    outbox.retry([claimed.id], delay=0.2, error="Segment answered 503", owner="a")
+    outbox.retry([claimed.id], delay=0.6, error="Segment answered 503", owner="a")
     assert outbox.claim(10, 30, "a") == []
     stats = outbox.stats()
     assert stats.last_error == "Segment answered 503" and stats.due == 0
-    time.sleep(0.25)
+    time.sleep(0.65)
     [again] = outbox.claim(10, 30, "a")
     assert again.attempts == 1
 
