@@ -120,7 +120,8 @@ def content_fingerprint(data: dict[str, Any]) -> str:
     Two webhooks of one event, object and second are different news when their data differ: two tags added to a
     call in one second, a contact edited twice by a CRM sync. Their messageIds must differ, or the outbox and
     Segment would each drop the second as a duplicate. A redelivery of the same webhook must keep its ids, and
-    Aircall signs recording and voicemail URLs afresh each time it builds a payload, so URLs are not hashed.
+    Aircall's recording and voicemail links are signed and short-lived, so a payload built again may carry new
+    ones: URLs are not hashed.
     Keys are sorted: the order Aircall serialises them in is not a promise.
     """
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)

@@ -46,8 +46,9 @@ class OutboxGauges(Collector):
 
 
 class Metrics:
-    def __init__(self, multiprocess_dir: str | None = None) -> None:
-        multiprocess_dir = multiprocess_dir or os.environ.get(MULTIPROCESS_DIR_VARIABLE) or None
+    def __init__(self) -> None:
+        # Only the environment can switch it on: prometheus-client chooses file-backed values when it is imported.
+        multiprocess_dir = os.environ.get(MULTIPROCESS_DIR_VARIABLE)
         self.registry = CollectorRegistry()
         self.gauges = OutboxGauges()
         self.registry.register(self.gauges)
