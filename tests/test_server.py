@@ -191,12 +191,22 @@ def segment_failures_were_paced(requests_log: list[dict]) -> bool:
 
 def test_429_retry_after_is_honoured(engine_server, segment):
     segment.control(fail_next=1, status=429, retry_after="2")
-    server = engine_server()
+    server = engine_server(ENGINE_BACKOFF_CAP_SECONDS="10")
     server.post(sample("call.ended"))
     received = segment.wait_for_ids(set(expected_ids(sample("call.ended"))), timeout=15)
     first, second = received["requests"][0], received["requests"][1]
     assert first["status"] == 429 and second["status"] == 200
     assert second["time"] - first["time"] >= 1.9
+
+
+def test_retry_after_longer_than_the_backoff_cap_waits_the_cap(engine_server, segment):
+    segment.control(fail_next=1, status=429, retry_after="86400")  # a day: what a misconfigured proxy may say
+    server = engine_server(ENGINE_BACKOFF_CAP_SECONDS="2")
+    server.post(sample("call.ended"))
+    received = segment.wait_for_ids(set(expected_ids(sample("call.ended"))), timeout=15)
+    first, second = received["requests"][0], received["requests"][1]
+    assert first["status"] == 429 and second["status"] == 200
+    assert 1.9 <= second["time"] - first["time"] < 10
 
 
 def test_poison_message_is_dead_lettered_and_the_rest_of_its_batch_delivered(engine_server, segment, tmp_path):
