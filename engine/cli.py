@@ -85,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--dead", action="store_true", help="replay dead letters")
     replay.add_argument("--id", type=int, action="append", dest="ids", help="only this dead letter (repeatable)")
     replay.set_defaults(run=_outbox_replay)
+    discard = outbox_commands.add_parser(
+        "discard", help="delete dead letters that will never be sent (printed first, for the record)"
+    )
+    chosen = discard.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--id", type=int, action="append", dest="ids", help="this dead letter (repeatable)")
+    chosen.add_argument("--all", action="store_true", help="every dead letter not replayed")
+    discard.set_defaults(run=_outbox_discard)
 
     aircall = commands.add_parser("aircall", help="set up Aircall from the terminal (AIRCALL_API_ID/TOKEN)")
     aircall_commands = aircall.add_subparsers(required=True, metavar="ACTION")
@@ -243,6 +250,21 @@ def _outbox_replay(args: argparse.Namespace) -> int:
     for letter_id, reason in report.failed:
         print(f"  dead #{letter_id} still fails: {reason}", file=sys.stderr)
     return EXIT_FINDINGS if report.failed else EXIT_OK
+
+
+def _outbox_discard(args: argparse.Namespace) -> int:
+    outbox = _open_outbox(args)
+    discarded = outbox.discard_dead_letters(None if args.all else args.ids)
+    for letter in discarded:
+        what = letter.message_id or "whole webhook"
+        print(f"  discarded dead #{letter.id} {letter.event} {what}: {letter.reason}")
+    print(f"discarded {len(discarded)} dead letter(s)")
+    missing = sorted(set(args.ids or ()) - {letter.id for letter in discarded})
+    if missing:
+        listed = ", ".join(f"#{i}" for i in missing)
+        print(f"engine: no dead letter waiting with id {listed} (see engine outbox status --dead)", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 def _aircall_client(args: argparse.Namespace) -> tuple[Settings, AircallClient]:

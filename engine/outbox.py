@@ -29,6 +29,7 @@ from engine.envelope import Webhook
 from engine.message import webhook_key
 
 SCHEMA_VERSION = 2
+DEAD_LETTER_COLUMNS = "id, message_id, event, reason, attempts, created_at, replayed_at, webhook"  # DeadLetter
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -162,6 +163,7 @@ class Outbox(Protocol):
     def retry_now(self) -> int: ...
     def dead_letters(self, include_replayed: bool = False, ids: Sequence[int] | None = None) -> list[DeadLetter]: ...
     def mark_replayed(self, ids: Iterable[int]) -> None: ...
+    def discard_dead_letters(self, ids: Sequence[int] | None) -> list[DeadLetter]: ...
     def message_bodies(self) -> list[bytes]: ...
     def backfill_resume_point(self, resource: str, since: int, until: int) -> int: ...
     def backfill_window_done(
@@ -384,13 +386,15 @@ class SqliteOutbox:
         )
 
     def prune(self, older_than_seconds: float) -> int:
-        """Delete delivered messages past the retention, and webhooks nothing refers to any more."""
+        """Delete delivered messages past the retention, dead letters replayed as long ago, and webhooks nothing
+        refers to any more."""
         cutoff = time.time() - older_than_seconds
 
         def work(conn: sqlite3.Connection) -> int:
             deleted = conn.execute(
                 "DELETE FROM messages WHERE delivered_at IS NOT NULL AND delivered_at < ?", (cutoff,)
             ).rowcount
+            conn.execute("DELETE FROM dead_letters WHERE replayed_at IS NOT NULL AND replayed_at < ?", (cutoff,))
             conn.execute(
                 "DELETE FROM webhooks WHERE received_at < ? AND NOT EXISTS "
                 "(SELECT 1 FROM messages m WHERE m.webhook_key = webhooks.key)",
@@ -429,7 +433,7 @@ class SqliteOutbox:
         return row[0]
 
     def dead_letters(self, include_replayed: bool = False, ids: Sequence[int] | None = None) -> list[DeadLetter]:
-        query = "SELECT id, message_id, event, reason, attempts, created_at, replayed_at, webhook FROM dead_letters"
+        query = f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters"
         clauses, params = [], []
         if not include_replayed:
             clauses.append("replayed_at IS NULL")
@@ -448,6 +452,22 @@ class SqliteOutbox:
                 "UPDATE dead_letters SET replayed_at = ? WHERE id = ?", [(now, i) for i in ids]
             )
         )
+
+    def discard_dead_letters(self, ids: Sequence[int] | None) -> list[DeadLetter]:
+        """Delete dead letters not replayed (these ids, or all of them); returns what was deleted."""
+
+        def work(conn: sqlite3.Connection) -> list[DeadLetter]:
+            # SELECT then DELETE in one transaction, not DELETE ... RETURNING: that needs SQLite 3.35.
+            where = "replayed_at IS NULL"
+            params: list[int] = []
+            if ids is not None:
+                where += f" AND id IN ({','.join('?' * len(ids))})"
+                params.extend(ids)
+            rows = conn.execute(f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE {where}", params).fetchall()
+            conn.execute(f"DELETE FROM dead_letters WHERE {where}", params)
+            return sorted((DeadLetter(*row) for row in rows), key=lambda letter: letter.id)
+
+        return self._write(work)
 
     def retry_now(self) -> int:
         """Every pending message due at once, skipping what is left of its backoff."""

@@ -17,6 +17,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from engine.outbox import (
+    DEAD_LETTER_COLUMNS,
     Claimed,
     DeadLetter,
     NewMessage,
@@ -30,6 +31,12 @@ T = TypeVar("T")
 _CONNECTION_ERRORS = (PoolTimeout, psycopg.OperationalError)
 SCHEMA_VERSION = 2
 _NOW = "extract(epoch from clock_timestamp())"
+
+
+def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
+    return DeadLetter(*row[:7], bytes(row[7]))  # the webhook comes back as a memoryview
+
+
 _MIGRATION_LOCK = 0x61697263616C6C  # any constant the replicas share: 'aircall'
 
 _MIGRATIONS: dict[int, list[str]] = {
@@ -254,6 +261,10 @@ class PostgresOutbox:
                 (older_than_seconds,),
             ).rowcount
             conn.execute(
+                f"DELETE FROM dead_letters WHERE replayed_at IS NOT NULL AND replayed_at < {_NOW} - %s",
+                (older_than_seconds,),
+            )
+            conn.execute(
                 f"DELETE FROM webhooks WHERE received_at < {_NOW} - %s AND NOT EXISTS "
                 "(SELECT 1 FROM messages m WHERE m.webhook_key = webhooks.key)",
                 (older_than_seconds,),
@@ -277,6 +288,18 @@ class PostgresOutbox:
         self._write(
             lambda conn: conn.execute(f"UPDATE dead_letters SET replayed_at = {_NOW} WHERE id = ANY(%s)", (ids,))
         )
+
+    def discard_dead_letters(self, ids: Sequence[int] | None) -> list[DeadLetter]:
+        def work(conn: psycopg.Connection) -> list[DeadLetter]:
+            query = "DELETE FROM dead_letters WHERE replayed_at IS NULL"
+            params: tuple[object, ...] = ()
+            if ids is not None:
+                query += " AND id = ANY(%s)"
+                params = (list(ids),)
+            rows = conn.execute(query + f" RETURNING {DEAD_LETTER_COLUMNS}", params).fetchall()
+            return sorted((_dead_letter(row) for row in rows), key=lambda letter: letter.id)
+
+        return self._write(work)
 
     # -- reads -------------------------------------------------------------------------------------------
 
@@ -309,7 +332,7 @@ class PostgresOutbox:
         return None if row[0] is None else time.time() + row[0]
 
     def dead_letters(self, include_replayed: bool = False, ids: Sequence[int] | None = None) -> list[DeadLetter]:
-        query = "SELECT id, message_id, event, reason, attempts, created_at, replayed_at, webhook FROM dead_letters"
+        query = f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters"
         clauses: list[str] = []
         params: list[Any] = []
         if not include_replayed:
@@ -320,7 +343,7 @@ class PostgresOutbox:
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
         rows = self._write(lambda conn: conn.execute(query + " ORDER BY id", params).fetchall())
-        return [DeadLetter(*row[:7], bytes(row[7])) for row in rows]
+        return [_dead_letter(row) for row in rows]
 
     def message_bodies(self) -> list[bytes]:
         rows = self._write(lambda conn: conn.execute("SELECT body FROM messages ORDER BY id").fetchall())

@@ -145,6 +145,27 @@ def test_dead_moves_the_message_with_its_webhook_and_reason(outbox):
     assert outbox.dead_letters() == [] and outbox.stats().dead_letters == 0
 
 
+def test_discard_deletes_the_chosen_dead_letters_never_replayed_ones(outbox):
+    fill(outbox, 4)
+    claimed = outbox.claim(10, 30, "a")
+    for one in claimed:
+        outbox.dead([one.id], f"Segment answered 400: {one.message_id}")
+    first, second, third, fourth = outbox.dead_letters()
+    outbox.mark_replayed([first.id])
+    assert [d.message_id for d in outbox.discard_dead_letters([first.id, second.id])] == ["m-1-0"]
+    assert [d.id for d in outbox.dead_letters()] == [third.id, fourth.id]
+    assert [d.id for d in outbox.dead_letters(include_replayed=True)] == [first.id, third.id, fourth.id]
+    assert [d.reason for d in outbox.discard_dead_letters(None)] == [third.reason, fourth.reason]
+    assert outbox.dead_letters() == [] and outbox.stats().dead_letters == 0
+    assert outbox.discard_dead_letters(None) == []
+    # The replayed one is kept as long as delivered messages are, then pruned with them.
+    outbox.prune(older_than_seconds=3600)
+    assert [d.id for d in outbox.dead_letters(include_replayed=True)] == [first.id]
+    time.sleep(0.01)
+    outbox.prune(older_than_seconds=0)
+    assert outbox.dead_letters(include_replayed=True) == []
+
+
 def test_keep_webhook_stores_an_unmappable_webhook(outbox):
     outbox.keep_webhook(stored_webhook(webhook(7)), "call.ended.yaml: TypeError")
     [letter] = outbox.dead_letters()

@@ -1,4 +1,5 @@
-"""`engine outbox status` (as text) and `engine outbox replay` (pending messages due now), through the CLI."""
+"""`engine outbox status` (as text), `engine outbox replay` (pending messages due now) and `engine outbox
+discard` (dead letters nobody will replay), through the CLI."""
 
 from __future__ import annotations
 
@@ -38,3 +39,25 @@ def test_replay_makes_pending_messages_due_now(engine, tmp_path):
 def test_status_without_an_outbox_is_a_usage_error(engine, tmp_path):
     run = engine("outbox", "status", env={"ENGINE_DB": str(tmp_path / "none.sqlite3")})
     assert run.code == 2 and "no outbox at" in run.err
+
+
+def test_discard_deletes_the_chosen_dead_letters_and_says_which(engine, tmp_path):
+    outbox = backlog(tmp_path / "o.sqlite3")
+    outbox.retry_now()
+    outbox.dead([c.id for c in outbox.claim(10, 30, "worker")], "Segment answered 400: bad userId")
+    outbox.keep_webhook(stored_webhook(Webhook("call", "call.ended", 1_700_000_009, "", {"id": 9})), "TypeError")
+    first, second, third = outbox.dead_letters()
+    env = {"ENGINE_DB": str(tmp_path / "o.sqlite3")}
+    assert engine("outbox", "discard", env=env).code == 2  # --id or --all: never everything by accident
+    one = engine("outbox", "discard", "--id", str(first.id), "--id", "999", env=env)
+    assert one.code == 2 and "no dead letter waiting with id #999" in one.err
+    assert one.out.splitlines() == [
+        f"  discarded dead #{first.id} call.ended m-1: Segment answered 400: bad userId",
+        "discarded 1 dead letter(s)",
+    ]
+    rest = engine("outbox", "discard", "--all", env=env)
+    assert rest.code == 0 and rest.out.splitlines()[-1] == "discarded 2 dead letter(s)"
+    assert f"dead #{third.id} call.ended whole webhook: TypeError" in rest.out
+    status = engine("outbox", "status", "--dead", env=env)
+    assert "dead letters 0" in status.out and "dead #" not in status.out
+    assert outbox.stats().pending == 0 and second.id not in {d.id for d in outbox.dead_letters(include_replayed=True)}
