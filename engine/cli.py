@@ -194,6 +194,7 @@ def _serve(args: argparse.Namespace) -> int:
             proxy_headers=True,
             forwarded_allow_ips=args.forwarded_allow_ips,
             timeout_graceful_shutdown=30,
+            access_log=False,
             log_level=settings.log_level,
         )
     return EXIT_OK

@@ -52,7 +52,7 @@ async def receive(request: Request) -> Response:
             raise Refusal(401, "unauthorized", "wrong token")
         skip = runtime.selection.skip_reason(webhook)
         if skip is not None:
-            return _answer(runtime, started, event, 200, "ignored", {"status": "ignored", "reason": skip})
+            return _answer(request, started, event, 200, "ignored", {"status": "ignored", "reason": skip})
         # Selected means enabled, and start-up refuses an enabled event without a mapping: an event Aircall
         # adds later is ignored above until the operator maps and enables it.
         mapping = runtime.mappings.by_event[webhook.event]
@@ -64,17 +64,17 @@ async def receive(request: Request) -> Response:
             await _store(runtime.committer.call(runtime.outbox.keep_webhook, record, str(exc)))
             log.warning("webhook event=%s kept as dead letter: %s", webhook.event, exc)
             payload = {"status": "dead_lettered", "reason": str(exc)}
-            return _answer(runtime, started, event, 200, "dead_lettered", payload)
+            return _answer(request, started, event, 200, "dead_lettered", payload)
         messages = [NewMessage(message_id, webhook.event, body) for message_id, body in encoded]
         added = await _store(runtime.committer.enqueue(record, messages))
         runtime.delivery.wake()
         payload = {"status": "accepted", "messages": len(messages)}
         if messages and not added:
             payload["duplicate"] = True
-        return _answer(runtime, started, event, 200, "accepted", payload)
+        return _answer(request, started, event, 200, "accepted", payload)
     except Refusal as refusal:
         return _answer(
-            runtime, started, event, refusal.status, refusal.outcome,
+            request, started, event, refusal.status, refusal.outcome,
             {"status": "error", "reason": refusal.reason}, refusal.headers,
         )  # fmt: skip
 
@@ -126,7 +126,7 @@ async def _store(operation):  # type: ignore[no-untyped-def]
 
 
 def _answer(
-    runtime: Runtime,
+    request: Request,
     started: float,
     event: str,
     status: int,
@@ -135,7 +135,12 @@ def _answer(
     headers: dict[str, str] | None = None,
 ) -> Response:
     seconds = time.perf_counter() - started
-    runtime.metrics.webhook(event, outcome, seconds)
+    request.state.runtime.metrics.webhook(event, outcome, seconds)
     detail = payload.get("reason") or f"messages={payload.get('messages', 0)}"
-    log.info("webhook event=%s status=%d outcome=%s %s ms=%.1f", event, status, outcome, detail, seconds * 1000)
+    # Behind a trusted proxy (--forwarded-allow-ips) uvicorn has put the original sender here.
+    client = request.client.host if request.client else "-"
+    log.info(
+        "webhook event=%s status=%d outcome=%s %s ms=%.1f client=%s",
+        event, status, outcome, detail, seconds * 1000, client,
+    )  # fmt: skip
     return JSONResponse(payload, status_code=status, headers=headers)

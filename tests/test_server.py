@@ -257,6 +257,21 @@ def test_no_write_key_keeps_messages_then_sends_them_after_restart_with_one(engi
     wait_for(lambda: restarted.health()["outbox"]["pending"] == 0, what="drained")
 
 
+def test_json_logs_give_one_object_per_line_with_each_webhooks_outcome(engine_server):
+    server = engine_server(ENGINE_LOG_FORMAT="json")
+    assert server.post(sample("call.ended")).status_code == 200
+    assert server.post({**sample("call.ended"), "token": "wrong"}).status_code == 401
+    server.stop()  # the writer thread empties its queue before the process ends
+    ours = [json.loads(line) for line in server.process.log.splitlines() if line.startswith("{")]
+    webhooks = [line["message"] for line in ours if line["logger"] == "engine.webhook"]
+    assert [m.split(" ms=")[0] for m in webhooks] == [
+        "webhook event=call.ended status=200 outcome=accepted messages=1",
+        "webhook event=call.ended status=401 outcome=unauthorized wrong token",
+    ]
+    assert all(m.endswith(" client=127.0.0.1") for m in webhooks)
+    assert {line["level"] for line in ours} <= {"info", "warning"} and ours[-1]["message"] == "stopped"
+
+
 def test_restart_with_a_backlog_drains_it(engine_server, segment):
     segment.control(fail_for=60.0, status=503)
     server = engine_server()

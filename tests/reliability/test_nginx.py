@@ -78,8 +78,9 @@ def test_webhook_flow_through_nginx_with_tls(nginx, segment):
     segment.wait_for_ids(set(expected_ids(sample("call.ended"))))
     wrong = requests.post(f"{nginx['base']}/webhooks/aircall", json={**sample("call.ended"), "token": "x"}, **post)
     assert wrong.status_code == 401  # the app's answers pass through unchanged
-    # uvicorn trusts nginx's X-Forwarded-For (--forwarded-allow-ips 127.0.0.1): the log names the real client.
-    wait_for(lambda: "203.0.113.7" in nginx["server"].process.log, what="forwarded client address in the log")
+    # uvicorn trusts nginx's X-Forwarded-For (--forwarded-allow-ips 127.0.0.1): the webhook's log line names the
+    # real client.
+    wait_for(lambda: "client=203.0.113.7" in nginx["server"].process.log, what="forwarded client address in the log")
     count("nginx: webhooks through the proxy", 2)
 
 
