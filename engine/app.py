@@ -84,6 +84,7 @@ def create_app(env_file: str | None = None) -> Starlette:
         finally:
             await runtime.stop()
             log.info("stopped")
+            logs.write_directly()
 
     return Starlette(
         routes=[

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from engine import __version__, metrics
+from engine import __version__, logs, metrics
 from engine.aircall_api import AircallClient, AircallError
 from engine.backfill import RESOURCES, Progress, backfill, parse_date
 from engine.backfill import now as backfill_now
@@ -194,7 +194,7 @@ def _serve(args: argparse.Namespace) -> int:
             proxy_headers=True,
             forwarded_allow_ips=args.forwarded_allow_ips,
             timeout_graceful_shutdown=30,
-            access_log=False,
+            log_config=logs.uvicorn_log_config(settings.log_format),
             log_level=settings.log_level,
         )
     return EXIT_OK

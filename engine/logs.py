@@ -17,10 +17,14 @@ import queue
 import sys
 import time
 from logging.handlers import QueueHandler, QueueListener
+from typing import Any
 
 _HANDLER_NAME = "engine-handler"
+_PLAIN = "%(asctime)s %(levelname)s %(name)s %(message)s"
 QUEUED_LINES = 5000  # lines waiting for a slow stderr: a few seconds of a busy server, about a megabyte
+_handoff: _HandOff | None = None
 _listener: QueueListener | None = None
+_writer: logging.StreamHandler | None = None  # type: ignore[type-arg]
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,8 +53,12 @@ class _HandOff(QueueHandler):
     def __init__(self, records: queue.Queue[logging.LogRecord]) -> None:
         super().__init__(records)
         self.dropped = 0
+        self.direct: logging.Handler | None = None  # set once the writer thread has stopped: write in place
 
     def enqueue(self, record: logging.LogRecord) -> None:
+        if self.direct is not None:
+            self.direct.handle(record)
+            return
         try:
             if self.dropped:
                 self.queue.put_nowait(self.prepare(_dropped_record(self.dropped)))
@@ -74,34 +82,65 @@ def _dropped_record(count: int) -> logging.LogRecord:
     )
 
 
+def handoff_handler(log_format: str = "plain") -> logging.Handler:
+    """This process's one log handler: a bounded queue in front, a thread writing to stderr in `log_format`.
+
+    Also the factory that `engine serve`'s uvicorn logging config names, so that uvicorn's own lines (start-up,
+    protocol errors) go the same way and in the same format as the engine's.
+    """
+    global _handoff, _listener, _writer
+    if _handoff is None or _writer is None:
+        records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=QUEUED_LINES)
+        _writer = logging.StreamHandler(sys.stderr)
+        _listener = QueueListener(records, _writer)
+        _listener.start()
+        _handoff = _HandOff(records)
+        _handoff.set_name(_HANDLER_NAME)
+    elif _listener is None:  # started again after write_directly (an app started twice in one process)
+        _listener = QueueListener(_handoff.queue, _writer)
+        _listener.start()
+        _handoff.direct = None
+    _writer.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(_PLAIN))
+    return _handoff
+
+
 def configure(log_format: str = "plain", level: str = "INFO") -> None:
-    """Attach one handler to the `engine` logger (idempotent: uvicorn's reloads and tests call it again)."""
-    global _listener
+    """Send the `engine` loggers' lines to the handler (idempotent: uvicorn's reloads and tests call it again)."""
     logger = logging.getLogger("engine")
     logger.setLevel(level.upper())
     logger.propagate = False
-    for handler in list(logger.handlers):
-        if handler.get_name() == _HANDLER_NAME:
-            logger.removeHandler(handler)
-    _stop_writer()
-    writer = logging.StreamHandler(sys.stderr)
-    writer.setFormatter(
-        JsonFormatter() if log_format == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
-    )
-    records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=QUEUED_LINES)
-    _listener = QueueListener(records, writer)
-    _listener.start()
-    handler = _HandOff(records)
-    handler.set_name(_HANDLER_NAME)
-    logger.addHandler(handler)
+    handler = handoff_handler(log_format)
+    if handler not in logger.handlers:
+        logger.addHandler(handler)
 
 
-def _stop_writer() -> None:
-    """Write out what is queued, then stop the writer thread."""
+def uvicorn_log_config(log_format: str) -> dict[str, Any]:
+    """For uvicorn.run(log_config=...): uvicorn's lines through the same handler; no access log (the webhook's
+    own line says more, and the proxy in front keeps one)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"engine": {"()": f"{__name__}.handoff_handler", "log_format": log_format}},
+        "loggers": {
+            "uvicorn": {"handlers": ["engine"], "level": "INFO", "propagate": False},
+            "uvicorn.error": {"level": "INFO"},
+            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+        },
+    }
+
+
+def write_directly() -> None:
+    """Write out what is queued, stop the writer thread, and from now on write each line in place.
+
+    For the server's last moments: uvicorn ends the process by raising SIGTERM again once it has shut down,
+    which runs no atexit handler, so whatever was still queued would be lost.
+    """
     global _listener
     if _listener is not None:
-        _listener.stop()
+        _listener.stop()  # the queued lines first, in order
         _listener = None
+    if _handoff is not None and _writer is not None:
+        _handoff.direct = _writer
 
 
-atexit.register(_stop_writer)
+atexit.register(write_directly)
