@@ -54,17 +54,41 @@ def _finite(text: str) -> float:
 _INF = float("inf")
 
 
+MAX_DEPTH = 64  # Aircall's payloads are a handful of levels deep
+
+
 def parse_json(body: bytes | str) -> Any:
     """Strict JSON: no NaN or Infinity, no number too large for a double (Python accepts them; Segment and
-    warehouses do not), no integer beyond Python's 4,300 digits."""
+    warehouses do not), no integer beyond Python's 4,300 digits, no nesting deeper than MAX_DEPTH.
+
+    The parser's own limit is Python's recursion limit, measured from wherever it is called: a document just
+    under it would fail later, a few frames deeper, in whatever walks the data again (the messageId's digest,
+    the encoder). A fixed limit holds the same everywhere.
+    """
     try:
-        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite)
+        document = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite)
     except RecursionError:
-        raise EnvelopeError("body is not valid JSON: nested too deeply") from None
+        raise EnvelopeError(f"body is not valid JSON: nested deeper than {MAX_DEPTH} levels") from None
     except UnicodeDecodeError:
         raise EnvelopeError("body is not valid JSON: not UTF-8 text") from None
     except ValueError as exc:
         raise EnvelopeError(f"body is not valid JSON: {exc}") from None
+    openers = body.count(b"[") + body.count(b"{") if isinstance(body, bytes) else body.count("[") + body.count("{")
+    if openers > MAX_DEPTH and _deeper_than(document, MAX_DEPTH):  # counting costs 1 µs, the walk 30
+        raise EnvelopeError(f"body is not valid JSON: nested deeper than {MAX_DEPTH} levels")
+    return document
+
+
+def _deeper_than(document: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` levels (without recursing, whatever the depth)."""
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = value.values() if type(value) is dict else value if type(value) is list else ()
+        stack.extend((child, depth + 1) for child in children if type(child) is dict or type(child) is list)
+    return False
 
 
 _RESOURCE = re.compile(r"[a-z_]{1,64}\Z")

@@ -109,6 +109,23 @@ def test_wrong_content_types_are_415(hostile_server, content_type):
     count("hostile input: content types tried")
 
 
+def test_nesting_past_64_levels_is_a_400_at_any_depth_never_a_500(hostile_server):
+    """Inside a valid, authenticated envelope. Python's parser alone gives up at its recursion limit, measured
+    from where it runs: data just under that failed later, deeper in the stack (the messageId's digest), as a
+    500. A fixed limit answers the same at every depth."""
+    envelope = json.dumps({**sample("call.ended"), "data": {"id": 1, "deep": "NEST"}})
+    outcomes = {}
+    for depth in [*range(58, 70), *range(850, 1100, 10), 100_000]:
+        body = envelope.replace('"NEST"', "[" * depth + "]" * depth).encode()
+        answer = hostile_server.post(body)
+        outcomes[depth] = answer.status_code
+        if answer.status_code == 400:
+            assert answer.json()["reason"] == "body is not valid JSON: nested deeper than 64 levels"
+        count("hostile input: bodies tried")
+    # The envelope and "data" are two levels: 62 arrays inside them make 64, the most allowed.
+    assert outcomes == {depth: 200 if depth <= 62 else 400 for depth in outcomes}
+
+
 def test_a_huge_body_is_refused_without_being_read(hostile_server):
     huge = b'{"data": "' + b"x" * (64 * 1024 * 1024) + b'"}'
     answer = hostile_server.post(huge)
