@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=_serve)
 
-    outbox = commands.add_parser("outbox", help="inspect the outbox and replay dead letters")
+    outbox = commands.add_parser("outbox", help="inspect the outbox; replay or discard dead letters")
     outbox_commands = outbox.add_subparsers(required=True, metavar="ACTION")
     status = outbox_commands.add_parser("status", help="pending, delivered and dead-lettered messages")
     status.add_argument("--json", action="store_true")
