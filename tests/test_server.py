@@ -321,7 +321,11 @@ def test_two_workers_never_send_a_message_twice(engine_server, segment):
     assert answers == [200] * 300
     received = segment.wait_for_ids({i for w in webhooks for i in expected_ids(w)})
     assert received["duplicates"] == 0
-    # Whichever worker answers the scrape, /metrics counts for the whole server, not for one process.
+    # Whichever worker answers the scrape, /metrics counts for the whole server, not for one process. Segment
+    # has everything a moment before the workers have recorded its answers, and each worker may reuse its
+    # outbox counts for a second: wait for both.
+    wait_for(lambda: server.health()["outbox"]["pending"] == 0, what="every delivery recorded")
+    time.sleep(1.1)
     delivered = len(received["messages"])
     for _ in range(8):
         metrics = server.metrics()
