@@ -165,11 +165,13 @@ class Delivery:
             self._observe("dead", len(too_old), answer)
         rest = [c for c in batch if c not in too_old]
         attempts = max((c.attempts for c in batch), default=0)
-        delay = self.policy.backoff(attempts)
-        if answer.retry_after is not None:
-            # Honoured, up to the cap: a proxy's "Retry-After: 86400" must not stop delivery for a day. Asking
-            # again too early costs one more 429.
-            delay = min(answer.retry_after, self.policy.backoff_cap)
+        # Retry-After is honoured up to the cap: a proxy's "Retry-After: 86400" must not stop delivery for a
+        # day. Asking again too early costs one more 429.
+        delay = (
+            min(answer.retry_after, self.policy.backoff_cap)
+            if answer.retry_after is not None
+            else self.policy.backoff(attempts)
+        )
         if rest:
             await self.committer.call(self.outbox.retry, [c.id for c in rest], delay, answer.detail, self.owner)
             self._observe("retried", len(rest), answer)

@@ -19,12 +19,8 @@ import time
 from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 
-_HANDLER_NAME = "engine-handler"
 _PLAIN = "%(asctime)s %(levelname)s %(name)s %(message)s"
 QUEUED_LINES = 5000  # lines waiting for a slow stderr: a few seconds of a busy server, about a megabyte
-_handoff: _HandOff | None = None
-_listener: QueueListener | None = None
-_writer: logging.StreamHandler | None = None  # type: ignore[type-arg]
 
 
 class JsonFormatter(logging.Formatter):
@@ -44,20 +40,24 @@ class JsonFormatter(logging.Formatter):
 
 class _HandOff(QueueHandler):
     """Queues the record with its message and traceback rendered to text (the objects they refer to may change
-    or be gone by the time the writer runs), and leaves the rest of the formatting to the writer thread.
+    or be gone by the time the writer runs), and leaves the rest of the formatting to its writer thread.
 
     When the queue is full (stderr has not been read for a while), lines are dropped and counted rather than
     held in memory without end; the count is logged once there is room again.
     """
 
-    def __init__(self, records: queue.Queue[logging.LogRecord]) -> None:
-        super().__init__(records)
+    def __init__(self) -> None:
+        super().__init__(queue.Queue(maxsize=QUEUED_LINES))
+        self.writer = logging.StreamHandler(sys.stderr)
+        # Not named `listener`: Python 3.12's QueueHandler.close() stops a thread of that name, and logging
+        # closes every handler at exit and whenever uvicorn applies its logging config.
+        self.writer_thread: QueueListener | None = QueueListener(self.queue, self.writer)
+        self.writer_thread.start()
         self.dropped = 0
-        self.direct: logging.Handler | None = None  # set once the writer thread has stopped: write in place
 
     def enqueue(self, record: logging.LogRecord) -> None:
-        if self.direct is not None:
-            self.direct.handle(record)
+        if self.writer_thread is None:  # the last moments of the process: write in place
+            self.writer.handle(record)
             return
         try:
             if self.dropped:
@@ -75,6 +75,14 @@ class _HandOff(QueueHandler):
             record.exc_info = None
         return record
 
+    def write_directly(self) -> None:
+        if self.writer_thread is not None:
+            self.writer_thread.stop()  # the queued lines first, in order
+            self.writer_thread = None
+
+
+_handoff: _HandOff | None = None  # one per process
+
 
 def _dropped_record(count: int) -> logging.LogRecord:
     return logging.LogRecord(
@@ -88,19 +96,10 @@ def handoff_handler(log_format: str = "plain") -> logging.Handler:
     Also the factory that `engine serve`'s uvicorn logging config names, so that uvicorn's own lines (start-up,
     protocol errors) go the same way and in the same format as the engine's.
     """
-    global _handoff, _listener, _writer
-    if _handoff is None or _writer is None:
-        records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=QUEUED_LINES)
-        _writer = logging.StreamHandler(sys.stderr)
-        _listener = QueueListener(records, _writer)
-        _listener.start()
-        _handoff = _HandOff(records)
-        _handoff.set_name(_HANDLER_NAME)
-    elif _listener is None:  # started again after write_directly (an app started twice in one process)
-        _listener = QueueListener(_handoff.queue, _writer)
-        _listener.start()
-        _handoff.direct = None
-    _writer.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(_PLAIN))
+    global _handoff
+    if _handoff is None:
+        _handoff = _HandOff()
+    _handoff.writer.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(_PLAIN))
     return _handoff
 
 
@@ -130,17 +129,13 @@ def uvicorn_log_config(log_format: str) -> dict[str, Any]:
 
 
 def write_directly() -> None:
-    """Write out what is queued, stop the writer thread, and from now on write each line in place.
+    """Write out what is queued, stop the writer thread, and from then on write each line in place.
 
     For the server's last moments: uvicorn ends the process by raising SIGTERM again once it has shut down,
     which runs no atexit handler, so whatever was still queued would be lost.
     """
-    global _listener
-    if _listener is not None:
-        _listener.stop()  # the queued lines first, in order
-        _listener = None
-    if _handoff is not None and _writer is not None:
-        _handoff.direct = _writer
+    if _handoff is not None:
+        _handoff.write_directly()
 
 
 atexit.register(write_directly)

@@ -106,7 +106,7 @@ class Metrics:
 
 
 @contextlib.contextmanager
-def shared_across_workers(workers: int) -> Iterator[str | None]:
+def shared_across_workers(workers: int) -> Iterator[None]:
     """Around `uvicorn.run` with several workers: a fresh directory where their metrics meet, set in the
     environment they inherit. The operator's own PROMETHEUS_MULTIPROC_DIR is used if set; it is emptied first,
     as prometheus-client requires, so that a restart does not add the last run's counts again."""
@@ -114,14 +114,14 @@ def shared_across_workers(workers: int) -> Iterator[str | None]:
     if chosen:
         for stale in Path(chosen).glob("*.db"):
             stale.unlink()
-        yield chosen
+        yield
     elif workers > 1:
         made = tempfile.mkdtemp(prefix="engine-metrics-")
         os.environ[MULTIPROCESS_DIR_VARIABLE] = made
         try:
-            yield made
+            yield
         finally:
             os.environ.pop(MULTIPROCESS_DIR_VARIABLE, None)
             shutil.rmtree(made, ignore_errors=True)
     else:
-        yield None
+        yield

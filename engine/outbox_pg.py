@@ -33,10 +33,6 @@ SCHEMA_VERSION = 2
 _NOW = "extract(epoch from clock_timestamp())"
 
 
-def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
-    return DeadLetter(*row[:7], bytes(row[7]))  # the webhook comes back as a memoryview
-
-
 _MIGRATION_LOCK = 0x61697263616C6C  # any constant the replicas share: 'aircall'
 
 _MIGRATIONS: dict[int, list[str]] = {
@@ -90,6 +86,10 @@ _MIGRATIONS: dict[int, list[str]] = {
         )""",
     ],
 }
+
+
+def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
+    return DeadLetter(*row[:7], bytes(row[7]))  # the webhook comes back as a memoryview
 
 
 class PostgresOutbox:
