@@ -221,7 +221,7 @@ class SqliteOutbox:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=3.0)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            _use_wal(conn)
             # FULL: a commit is on disk before Aircall hears 200, even across a power cut. Group commit pays
             # for the fsync once per batch of webhooks.
             conn.execute("PRAGMA synchronous=FULL")
@@ -238,19 +238,26 @@ class SqliteOutbox:
         return self._conn if self._conn is not None else self._connect()
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(f"outbox {self.path} has schema {version}, newer than this engine's {SCHEMA_VERSION}")
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+        if self._schema_version(conn) == SCHEMA_VERSION:
+            return
+        # The version is read again under the write lock: with --workers N, several processes open a new file
+        # at once, and all but the first must find the work done rather than create the tables again.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for target in range(self._schema_version(conn) + 1, SCHEMA_VERSION + 1):
                 for statement in _statements(_MIGRATIONS[target]):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={target}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _schema_version(self, conn: sqlite3.Connection) -> int:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"outbox {self.path} has schema {version}, newer than this engine's {SCHEMA_VERSION}")
+        return version
 
     def _write(self, work):  # type: ignore[no-untyped-def]
         """Run `work(conn)` in one IMMEDIATE transaction; storage failures become OutboxUnavailable."""
@@ -528,6 +535,20 @@ class SqliteOutbox:
     def message_bodies(self) -> list[bytes]:
         """Every message body, delivered or not (tests and inspection)."""
         return [row[0] for row in self.conn.execute("SELECT body FROM messages ORDER BY id")]
+
+
+def _use_wal(conn: sqlite3.Connection, patience: float = 3.0) -> None:
+    """Switch the file to WAL (it stays so). SQLite answers "database is locked" at once, without its busy
+    timeout, when another connection is switching the same new file: as --workers N do on first start."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _statements(script: str) -> list[str]:

@@ -52,6 +52,28 @@ def test_file_and_folder_are_created_with_a_versioned_schema(sqlite_outbox):
     assert sqlite3.connect(outbox.path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_workers_starting_together_on_a_new_file_migrate_it_once(tmp_path):
+    """`engine serve --workers N` opens the same new file from N processes at once."""
+    import concurrent.futures
+    import threading
+
+    for attempt in range(10):
+        path = tmp_path / f"new-{attempt}.sqlite3"
+        start = threading.Barrier(6)
+
+        def open_together(path=path, start=start) -> int:
+            start.wait()
+            outbox = SqliteOutbox(path)
+            try:
+                return outbox.stats().pending
+            finally:
+                outbox.close()
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            assert list(pool.map(lambda _: open_together(), range(6))) == [0] * 6
+        assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
 def test_reopening_keeps_everything_and_does_not_migrate_again(sqlite_outbox, tmp_path):
     outbox = sqlite_outbox
     fill(outbox, 3)
