@@ -18,8 +18,8 @@ from typing import Any
 from engine.aircall_api import AircallClient
 from engine.envelope import Webhook
 from engine.mapping import Mappings
-from engine.message import RenderError
-from engine.outbox import NewMessage, Outbox, stored_webhook
+from engine.outbox import Outbox, Processed, stored_webhook
+from engine.processing import process
 from engine.selection import Selection
 from engine.templating import parse_iso
 
@@ -107,7 +107,7 @@ def backfill(
         fetched_before, queued_before = progress.fetched, progress.queued
         params = {"from": window_start, "to": window_end - 1, "per_page": 50, "order": "asc"}
         for objects, _meta in client.pages(resource.name, resource.name, params):
-            batch = []
+            batch: list[Processed] = []
             for obj in objects:
                 progress.fetched += 1
                 created, moment = _unix(obj.get(resource.range_field)), resource.time_of(obj)
@@ -120,16 +120,12 @@ def backfill(
                 if mapping is None or selection.skip_reason(webhook) is not None:
                     progress.skipped += 1
                     continue
-                try:
-                    encoded = mapping.render_json(webhook)
-                except RenderError as exc:
-                    outbox.keep_webhook(stored_webhook(webhook), str(exc))
+                result = process(webhook, stored_webhook(webhook), mappings)
+                if result.dead_reason is not None:
                     progress.dead_lettered += 1
-                    continue
-                messages = [NewMessage(message_id, webhook.event, body) for message_id, body in encoded]
-                batch.append((stored_webhook(webhook), messages))
+                batch.append(result)
             if batch:
-                progress.queued += sum(outbox.enqueue(batch))
+                progress.queued += sum(outbox.commit_processed(batch))
             report(progress)
         outbox.backfill_window_done(
             resource.name, since, until, window_end,

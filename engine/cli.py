@@ -223,6 +223,8 @@ def _outbox_status(args: argparse.Namespace) -> int:
             ]
         print(json.dumps(report, indent=2))
         return EXIT_OK
+    lag = "-" if stats.oldest_unprocessed_age is None else f"{stats.oldest_unprocessed_age:.0f}s"
+    print(f"webhooks to map {stats.unprocessed} (oldest {lag})")
     age = "-" if stats.oldest_pending_age is None else f"{stats.oldest_pending_age:.0f}s"
     print(f"pending {stats.pending} (due now {stats.due}, oldest {age})")
     print(f"delivered {stats.delivered} (kept for the retention period)")

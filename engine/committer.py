@@ -1,8 +1,8 @@
 """Group commit: one thread owns the outbox; webhooks that arrive while a commit is under way share the next one.
 
 SQLite makes one commit durable with an fsync, which takes milliseconds on a real disk. Committing each webhook
-on its own would cap the server at a few hundred webhooks a second; here every enqueue waiting when the thread
-comes round goes into one transaction, and each webhook still hears 200 only after its own rows are on disk.
+on its own would cap the server at a few hundred webhooks a second; here every webhook waiting when the thread
+comes round goes into one transaction, and each still hears 200 only after its own row is on disk.
 Every other outbox operation (claims, acks, stats) runs on the same thread, in order, so the process has a
 single writer and never waits on its own lock.
 """
@@ -13,11 +13,11 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from engine.outbox import NewMessage, Outbox, StoredWebhook
+from engine.outbox import Outbox, StoredWebhook
 
 T = TypeVar("T")
 
@@ -25,10 +25,9 @@ MAX_GROUP = 512  # webhooks in one transaction at most: keeps one commit's laten
 
 
 @dataclass
-class _Enqueue:
+class _Append:
     webhook: StoredWebhook
-    messages: Sequence[NewMessage]
-    future: asyncio.Future[int]
+    future: asyncio.Future[bool]
     loop: asyncio.AbstractEventLoop
 
 
@@ -45,8 +44,8 @@ _STOP = object()
 
 
 class Committer:
-    def __init__(self, outbox: Outbox, on_commit: Callable[[int, int], None] | None = None) -> None:
-        """`on_commit(webhooks, messages)` is called on the thread after each group commit (metrics)."""
+    def __init__(self, outbox: Outbox, on_commit: Callable[[int], None] | None = None) -> None:
+        """`on_commit(webhooks)` is called on the thread after each group commit (metrics)."""
         self.outbox = outbox
         self._jobs: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="outbox-committer", daemon=True)
@@ -62,14 +61,14 @@ class Committer:
             self._thread.join()
         self.outbox.close()
 
-    async def enqueue(self, webhook: StoredWebhook, messages: Sequence[NewMessage]) -> int:
-        """Store a webhook's messages; returns how many were new once they are committed.
+    async def append(self, webhook: StoredWebhook) -> bool:
+        """Store a raw webhook; returns, once it is committed, whether it was new (not a redelivery).
 
         Raises OutboxUnavailable when the store cannot take the write.
         """
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[int] = loop.create_future()
-        self._jobs.put(_Enqueue(webhook, messages, future, loop))
+        future: asyncio.Future[bool] = loop.create_future()
+        self._jobs.put(_Append(webhook, future, loop))
         return await future
 
     async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -87,7 +86,7 @@ class Committer:
             job = self._jobs.get()
             if job is _STOP:
                 break
-            group: list[_Enqueue] = []
+            group: list[_Append] = []
             others: list[_Call] = []
             self._sort(job, group, others)
             while len(group) < MAX_GROUP:
@@ -105,21 +104,21 @@ class Committer:
                 self._call(call)
 
     @staticmethod
-    def _sort(job: object, group: list[_Enqueue], others: list[_Call]) -> None:
-        if isinstance(job, _Enqueue):
+    def _sort(job: object, group: list[_Append], others: list[_Call]) -> None:
+        if isinstance(job, _Append):
             group.append(job)
         else:
             others.append(job)  # type: ignore[arg-type]
 
-    def _commit(self, group: list[_Enqueue]) -> None:
+    def _commit(self, group: list[_Append]) -> None:
         try:
-            added = self.outbox.enqueue([(job.webhook, job.messages) for job in group])
+            added = self.outbox.append([job.webhook for job in group])
         except Exception as exc:
             for job in group:
                 _settle(job.loop, job.future, error=exc)
             return
         if self._on_commit is not None:
-            self._on_commit(len(group), sum(added))
+            self._on_commit(len(group))
         for job, count in zip(group, added, strict=True):
             _settle(job.loop, job.future, result=count)
 

@@ -21,11 +21,6 @@ class RenderError(Exception):
     """A mapping produced something that cannot be sent (or failed to run) for this webhook."""
 
 
-def webhook_key(webhook: Webhook) -> str:
-    """The webhook's own deterministic id: the outbox keeps one copy of a webhook Aircall sent twice."""
-    return message_id(webhook, "webhook")
-
-
 def message_id(webhook: Webhook, index: int | str) -> str:
     """The same webhook always gives the same id, so Aircall's redeliveries and our retries deduplicate.
 

@@ -12,7 +12,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from engine.outbox import OutboxStats
+from engine.outbox import OutboxStats, Processed
 from engine.segment import Answer
 
 MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own name for it
@@ -43,6 +43,14 @@ class OutboxGauges(Collector):
             "outbox_oldest_pending_age_seconds", "Age of the oldest waiting message", stats.oldest_pending_age or 0.0
         )
         yield GaugeMetricFamily("outbox_dead_letters", "Dead letters not yet replayed", stats.dead_letters)
+        yield GaugeMetricFamily(
+            "outbox_unprocessed_webhooks", "Webhooks stored by the gateway, not yet mapped", stats.unprocessed
+        )
+        yield GaugeMetricFamily(
+            "outbox_oldest_unprocessed_age_seconds",
+            "Age of the oldest webhook waiting to be mapped: the processing lag",
+            stats.oldest_unprocessed_age or 0.0,
+        )
 
 
 class Metrics:
@@ -70,6 +78,9 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
             registry=r,
         )
+        self.processed_webhooks = Counter(
+            "webhooks_processed", "Stored webhooks mapped, by outcome (mapped, dead_lettered)", ["outcome"], registry=r
+        )
         self.enqueued = Counter("segment_messages_enqueued", "Messages newly stored in the outbox", registry=r)
         self.delivered = Counter("segment_messages_delivered", "Messages Segment accepted", registry=r)
         self.retried = Counter("segment_messages_retried", "Messages scheduled for another attempt", registry=r)
@@ -83,9 +94,16 @@ class Metrics:
         self.webhooks.labels(event, outcome).inc()
         self.webhook_seconds.observe(seconds)
 
-    def committed(self, webhooks: int, messages: int) -> None:
+    def committed(self, webhooks: int) -> None:
         self.commit_webhooks.observe(webhooks)
-        self.enqueued.inc(messages)
+
+    def processed(self, batch: Sequence[Processed], added: list[int]) -> None:
+        dead = sum(1 for item in batch if item.dead_reason is not None)
+        if dead:
+            self.processed_webhooks.labels("dead_lettered").inc(dead)
+        if len(batch) > dead:
+            self.processed_webhooks.labels("mapped").inc(len(batch) - dead)
+        self.enqueued.inc(sum(added))
 
     def delivery(self, kind: str, count: int, answer: Answer | None) -> None:
         if kind == "request" and answer is not None:

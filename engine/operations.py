@@ -3,13 +3,12 @@ mappings (after fixing a mapping, or once Segment accepts what it refused)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
-from engine.envelope import EnvelopeError, webhook_from_json
+from engine.envelope import EnvelopeError
 from engine.mapping import Mappings
-from engine.message import RenderError
-from engine.outbox import NewMessage, Outbox, stored_webhook
+from engine.outbox import Outbox, StoredWebhook, stored_key
+from engine.processing import process, stored_to_webhook
 
 
 @dataclass
@@ -28,21 +27,15 @@ def replay_dead_letters(outbox: Outbox, mappings: Mappings, ids: list[int] | Non
     report = ReplayReport()
     for letter in outbox.dead_letters(ids=ids):
         try:
-            webhook = webhook_from_json({**json.loads(letter.webhook), "token": "stored"})
-        except (EnvelopeError, ValueError) as exc:
+            webhook = stored_to_webhook(letter.webhook)
+        except EnvelopeError as exc:
             report.failed.append((letter.id, f"stored webhook unreadable: {exc}"))
             continue
-        mapping = mappings.get(webhook.event)
-        if mapping is None:
-            report.failed.append((letter.id, f"no mapping for event {webhook.event!r}"))
+        result = process(webhook, StoredWebhook(stored_key(letter.webhook), webhook.event, letter.webhook), mappings)
+        if result.dead_reason is not None:
+            report.failed.append((letter.id, result.dead_reason))
             continue
-        try:
-            encoded = mapping.render_json(webhook)
-        except RenderError as exc:
-            report.failed.append((letter.id, str(exc)))
-            continue
-        messages = [NewMessage(message_id, webhook.event, body) for message_id, body in encoded]
-        [added] = outbox.enqueue([(stored_webhook(webhook), messages)])
+        [added] = outbox.enqueue([(result.webhook, result.messages)])
         outbox.mark_replayed([letter.id])
         report.replayed.append(letter.id)
         report.messages += added

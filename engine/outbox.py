@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import re
@@ -26,9 +27,8 @@ from pathlib import Path
 from typing import Protocol
 
 from engine.envelope import Webhook
-from engine.message import webhook_key
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEAD_LETTER_COLUMNS = "id, message_id, event, reason, attempts, created_at, replayed_at, webhook"  # DeadLetter
 
 _MIGRATIONS: dict[int, str] = {
@@ -81,6 +81,17 @@ _MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (resource, since, until)
     );
     """,
+    # The gateway stores the raw webhook and answers; processing maps it afterwards. Webhooks stored before this
+    # version were mapped on arrival, so they count as processed.
+    3: """
+    -- null until its messages (or its dead letter) are committed
+    ALTER TABLE webhooks ADD COLUMN processed_at REAL;
+    -- a processing worker's claim, as for messages: another worker takes the webhook once the lease is over
+    ALTER TABLE webhooks ADD COLUMN lease_until REAL NOT NULL DEFAULT 0;
+    ALTER TABLE webhooks ADD COLUMN lease_owner TEXT;
+    UPDATE webhooks SET processed_at = received_at;
+    CREATE INDEX webhooks_unprocessed ON webhooks (id) WHERE processed_at IS NULL;
+    """,
 }
 
 
@@ -100,6 +111,32 @@ class NewMessage:
     message_id: str
     event: str
     body: bytes
+
+
+@dataclass(frozen=True)
+class PendingWebhook:
+    """A stored webhook waiting to be mapped, as a processing worker claims it."""
+
+    id: int
+    key: str
+    event: str
+    body: bytes  # the envelope without its token
+    received_at: float
+
+
+@dataclass(frozen=True)
+class Processed:
+    """What processing made of one webhook: its messages, or the reason it is a dead letter.
+
+    `id` is the stored webhook's row when the webhook came through the gateway (it is marked processed in the
+    same transaction that stores its messages); None for the backfill and the replay, whose webhook is stored
+    then, already processed.
+    """
+
+    webhook: StoredWebhook
+    messages: Sequence[NewMessage] = ()
+    dead_reason: str | None = None
+    id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -131,23 +168,32 @@ class OutboxStats:
     dead_letters: int
     oldest_pending_age: float | None  # seconds
     last_error: str | None
+    unprocessed: int = 0  # webhooks stored by the gateway, not yet mapped
+    oldest_unprocessed_age: float | None = None  # seconds: the processing lag
 
     def as_dict(self) -> dict[str, object]:
         return {
+            "unprocessed": self.unprocessed,
+            "oldest_unprocessed_age_seconds": _rounded(self.oldest_unprocessed_age),
             "pending": self.pending,
             "due": self.due,
             "delivered": self.delivered,
             "dead_letters": self.dead_letters,
-            "oldest_pending_age_seconds": None
-            if self.oldest_pending_age is None
-            else round(self.oldest_pending_age, 3),
+            "oldest_pending_age_seconds": _rounded(self.oldest_pending_age),
             "last_error": self.last_error,
         }
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 class Outbox(Protocol):
     """What delivery, the webhook endpoint and the CLI need of a store."""
 
+    def append(self, webhooks: Sequence[StoredWebhook]) -> list[bool]: ...
+    def claim_webhooks(self, limit: int, lease_seconds: float, owner: str) -> list[PendingWebhook]: ...
+    def commit_processed(self, batch: Sequence[Processed]) -> list[int]: ...
     def enqueue(self, batch: Sequence[tuple[StoredWebhook, Sequence[NewMessage]]]) -> list[int]: ...
     def keep_webhook(self, webhook: StoredWebhook, reason: str) -> None: ...
     def claim(self, limit: int, lease_seconds: float, owner: str) -> list[Claimed]: ...
@@ -291,40 +337,94 @@ class SqliteOutbox:
 
     # -- writes ----------------------------------------------------------------------------------------------
 
-    def enqueue(self, batch: Sequence[tuple[StoredWebhook, Sequence[NewMessage]]]) -> list[int]:
-        """Store several webhooks' messages in one transaction (group commit). Returns, per webhook, how
-        many of its messages were new: a redelivered webhook adds nothing."""
+    def append(self, webhooks: Sequence[StoredWebhook]) -> list[bool]:
+        """The gateway's write: raw webhooks, in one transaction (group commit), to be mapped later. Returns, per
+        webhook, whether it was new: a redelivered webhook is stored once."""
         now = time.time()
 
-        def work(conn: sqlite3.Connection) -> list[int]:
+        def work(conn: sqlite3.Connection) -> list[bool]:
             added = []
-            for webhook, messages in batch:
+            for webhook in webhooks:
+                before = conn.total_changes
                 conn.execute(
                     "INSERT INTO webhooks (key, event, received_at, body) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (key) DO NOTHING",
                     (webhook.key, webhook.event, now, webhook.body),
                 )
+                added.append(conn.total_changes > before)
+            return added
+
+        return self._write(work)
+
+    def claim_webhooks(self, limit: int, lease_seconds: float, owner: str) -> list[PendingWebhook]:
+        """The oldest webhooks waiting to be mapped that no other worker holds, leased to `owner`."""
+        now = time.time()
+
+        def work(conn: sqlite3.Connection) -> list[PendingWebhook]:
+            rows = conn.execute(
+                "UPDATE webhooks SET lease_until = ?, lease_owner = ? WHERE id IN ("
+                "  SELECT id FROM webhooks WHERE processed_at IS NULL AND lease_until <= ? ORDER BY id LIMIT ?"
+                ") RETURNING id, key, event, body, received_at",
+                (now + lease_seconds, owner, now, limit),
+            ).fetchall()
+            return sorted((PendingWebhook(*row) for row in rows), key=lambda w: w.id)
+
+        return self._write(work)
+
+    def commit_processed(self, batch: Sequence[Processed]) -> list[int]:
+        """Each webhook's messages (idempotent on messageId) or its dead letter, and the webhook marked processed,
+        in one transaction. Returns, per webhook, how many messages were new.
+
+        A claimed webhook found already processed (its lease ran out and another worker finished it first) adds
+        nothing: its messages would have the same ids, but its dead letter would be a second one.
+        """
+        now = time.time()
+
+        def work(conn: sqlite3.Connection) -> list[int]:
+            added = []
+            for item in batch:
+                webhook = item.webhook
+                if item.id is not None:
+                    marked = conn.execute(
+                        "UPDATE webhooks SET processed_at = ?, lease_owner = NULL "
+                        "WHERE id = ? AND processed_at IS NULL",
+                        (now, item.id),
+                    ).rowcount
+                    if not marked:
+                        added.append(0)
+                        continue
+                else:
+                    conn.execute(
+                        "INSERT INTO webhooks (key, event, received_at, body, processed_at) VALUES (?, ?, ?, ?, ?) "
+                        "ON CONFLICT (key) DO NOTHING",
+                        (webhook.key, webhook.event, now, webhook.body, now),
+                    )
+                if item.dead_reason is not None:
+                    conn.execute(
+                        "INSERT INTO dead_letters (message_id, event, body, webhook, reason, created_at) "
+                        "VALUES (NULL, ?, NULL, ?, ?, ?)",
+                        (webhook.event, webhook.body, item.dead_reason[:2000], now),
+                    )
+                    added.append(0)
+                    continue
                 before = conn.total_changes
                 conn.executemany(
                     "INSERT INTO messages (message_id, webhook_key, event, body, size, created_at, due_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING",
-                    [(m.message_id, webhook.key, m.event, m.body, len(m.body), now, now) for m in messages],
+                    [(m.message_id, webhook.key, m.event, m.body, len(m.body), now, now) for m in item.messages],
                 )
                 added.append(conn.total_changes - before)
             return added
 
         return self._write(work)
 
+    def enqueue(self, batch: Sequence[tuple[StoredWebhook, Sequence[NewMessage]]]) -> list[int]:
+        """Webhooks mapped already (backfill, replay), with their messages: commit_processed without a claim."""
+        return self.commit_processed([Processed(webhook, messages) for webhook, messages in batch])
+
     def keep_webhook(self, webhook: StoredWebhook, reason: str) -> None:
         """A webhook that could not be mapped: kept whole, with the reason, for replay after a fix."""
-        now = time.time()
-        self._write(
-            lambda conn: conn.execute(
-                "INSERT INTO dead_letters (message_id, event, body, webhook, reason, created_at) "
-                "VALUES (NULL, ?, NULL, ?, ?, ?)",
-                (webhook.event, webhook.body, reason, now),
-            )
-        )
+        self.commit_processed([Processed(webhook, dead_reason=reason)])
 
     def claim(self, limit: int, lease_seconds: float, owner: str) -> list[Claimed]:
         now = time.time()
@@ -384,13 +484,20 @@ class SqliteOutbox:
     def release(self, owner: str) -> None:
         """A worker stopping cleanly hands its claims back at once instead of waiting for the lease."""
         now = time.time()
-        self._write(
-            lambda conn: conn.execute(
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 "UPDATE messages SET due_at = ?, lease_owner = NULL WHERE lease_owner = ? AND delivered_at IS NULL "
                 "AND due_at > ?",
                 (now, owner, now),
             )
-        )
+            conn.execute(
+                "UPDATE webhooks SET lease_until = 0, lease_owner = NULL "
+                "WHERE lease_owner = ? AND processed_at IS NULL",
+                (owner,),
+            )
+
+        self._write(work)
 
     def prune(self, older_than_seconds: float) -> int:
         """Delete delivered messages past the retention, dead letters replayed as long ago, and webhooks nothing
@@ -403,7 +510,7 @@ class SqliteOutbox:
             ).rowcount
             conn.execute("DELETE FROM dead_letters WHERE replayed_at IS NOT NULL AND replayed_at < ?", (cutoff,))
             conn.execute(
-                "DELETE FROM webhooks WHERE received_at < ? AND NOT EXISTS "
+                "DELETE FROM webhooks WHERE received_at < ? AND processed_at IS NOT NULL AND NOT EXISTS "
                 "(SELECT 1 FROM messages m WHERE m.webhook_key = webhooks.key)",
                 (cutoff,),
             )
@@ -426,7 +533,13 @@ class SqliteOutbox:
             "SELECT last_error FROM messages WHERE delivered_at IS NULL AND last_error IS NOT NULL "
             "ORDER BY due_at DESC LIMIT 1"
         ).fetchone()
+        unprocessed = conn.execute("SELECT COUNT(*) FROM webhooks WHERE processed_at IS NULL").fetchone()[0]
+        first = conn.execute(
+            "SELECT received_at FROM webhooks WHERE processed_at IS NULL ORDER BY id LIMIT 1"
+        ).fetchone()
         return OutboxStats(
+            unprocessed=unprocessed,
+            oldest_unprocessed_age=None if first is None else max(now - first[0], 0.0),
             pending=pending,
             due=due,
             delivered=delivered,
@@ -583,19 +696,25 @@ def new_owner() -> str:
 
 
 def stored_webhook(webhook: Webhook, raw: bytes | None = None) -> StoredWebhook:
-    """The webhook as the outbox keeps it for replay: its envelope without the token.
+    """The webhook as the outbox keeps it, to be mapped and for replay: its envelope without the token.
 
     From the raw body when the token can be blanked in it for certain (one `"token": "..."` pair holding it):
     re-encoding a 3 KB envelope costs a tenth of a webhook's time. Otherwise it is encoded afresh.
     """
     body = _blank_token(raw, webhook.token) if raw is not None else None
-    if body is not None:
-        return StoredWebhook(webhook_key(webhook), webhook.event, body)
-    envelope = {
-        "resource": webhook.resource,
-        "event": webhook.event,
-        "timestamp": webhook.timestamp,
-        "data": webhook.data,
-    }
-    body = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, default=str).encode()
-    return StoredWebhook(webhook_key(webhook), webhook.event, body)
+    if body is None:
+        envelope = {
+            "resource": webhook.resource,
+            "event": webhook.event,
+            "timestamp": webhook.timestamp,
+            "data": webhook.data,
+        }
+        body = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    return StoredWebhook(stored_key(body), webhook.event, body)
+
+
+def stored_key(body: bytes) -> str:
+    """The dedupe key of a stored webhook: a digest of its bytes, so that Aircall's redelivery of one webhook is
+    stored once. It costs microseconds on the request path; a redelivery that differs in a byte (a recording
+    link signed afresh) is stored twice, and its messages, whose ids come from its content, are stored once."""
+    return hashlib.blake2b(body, digest_size=16).hexdigest()

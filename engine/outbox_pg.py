@@ -23,13 +23,15 @@ from engine.outbox import (
     NewMessage,
     OutboxStats,
     OutboxUnavailable,
+    PendingWebhook,
+    Processed,
     StoredWebhook,
     describe_db,
 )
 
 T = TypeVar("T")
 _CONNECTION_ERRORS = (PoolTimeout, psycopg.OperationalError)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _NOW = "extract(epoch from clock_timestamp())"
 
 
@@ -84,6 +86,14 @@ _MIGRATIONS: dict[int, list[str]] = {
             updated_at  DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (resource, since, until)
         )""",
+    ],
+    # Raw webhooks stored by the gateway, mapped afterwards (see engine.outbox, version 3).
+    3: [
+        "ALTER TABLE webhooks ADD COLUMN processed_at DOUBLE PRECISION",
+        "ALTER TABLE webhooks ADD COLUMN lease_until DOUBLE PRECISION NOT NULL DEFAULT 0",
+        "ALTER TABLE webhooks ADD COLUMN lease_owner TEXT",
+        "UPDATE webhooks SET processed_at = received_at",
+        "CREATE INDEX webhooks_unprocessed ON webhooks (id) WHERE processed_at IS NULL",
     ],
 }
 
@@ -164,18 +174,65 @@ class PostgresOutbox:
 
     # -- writes ----------------------------------------------------------------------------------------------
 
-    def enqueue(self, batch: Sequence[tuple[StoredWebhook, Sequence[NewMessage]]]) -> list[int]:
+    def append(self, webhooks: Sequence[StoredWebhook]) -> list[bool]:
+        def work(conn: psycopg.Connection) -> list[bool]:
+            added = []
+            with conn.cursor() as cur:
+                for webhook in webhooks:
+                    cur.execute(
+                        f"INSERT INTO webhooks (key, event, received_at, body) VALUES (%s, %s, {_NOW}, %s) "
+                        "ON CONFLICT (key) DO NOTHING",
+                        (webhook.key, webhook.event, webhook.body),
+                    )
+                    added.append(cur.rowcount > 0)
+            return added
+
+        return self._write(work)
+
+    def claim_webhooks(self, limit: int, lease_seconds: float, owner: str) -> list[PendingWebhook]:
+        def work(conn: psycopg.Connection) -> list[PendingWebhook]:
+            rows = conn.execute(
+                f"UPDATE webhooks SET lease_until = {_NOW} + %s, lease_owner = %s WHERE id IN ("
+                f"  SELECT id FROM webhooks WHERE processed_at IS NULL AND lease_until <= {_NOW}"
+                "  ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
+                ") RETURNING id, key, event, body, received_at",
+                (lease_seconds, owner, limit),
+            ).fetchall()
+            return sorted((PendingWebhook(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows), key=lambda w: w.id)
+
+        return self._write(work)
+
+    def commit_processed(self, batch: Sequence[Processed]) -> list[int]:
         def work(conn: psycopg.Connection) -> list[int]:
             added = []
             with conn.cursor() as cur:
-                cur.executemany(
-                    f"INSERT INTO webhooks (key, event, received_at, body) VALUES (%s, %s, {_NOW}, %s) "
-                    "ON CONFLICT (key) DO NOTHING",
-                    [(w.key, w.event, w.body) for w, _ in batch],
-                )
-                for webhook, messages in batch:
+                for item in batch:
+                    webhook = item.webhook
+                    if item.id is not None:
+                        cur.execute(
+                            f"UPDATE webhooks SET processed_at = {_NOW}, lease_owner = NULL "
+                            "WHERE id = %s AND processed_at IS NULL",
+                            (item.id,),
+                        )
+                        if not cur.rowcount:  # another replica finished it after this one's lease ran out
+                            added.append(0)
+                            continue
+                    else:
+                        cur.execute(
+                            "INSERT INTO webhooks (key, event, received_at, body, processed_at) "
+                            f"VALUES (%s, %s, {_NOW}, %s, {_NOW}) ON CONFLICT (key) DO NOTHING",
+                            (webhook.key, webhook.event, webhook.body),
+                        )
+                    if item.dead_reason is not None:
+                        cur.execute(
+                            "INSERT INTO dead_letters (message_id, event, body, webhook, reason, created_at) "
+                            f"VALUES (NULL, %s, NULL, %s, %s, {_NOW})",
+                            (webhook.event, webhook.body, item.dead_reason[:2000]),
+                        )
+                        added.append(0)
+                        continue
                     count = 0
-                    for m in messages:
+                    for m in item.messages:
                         cur.execute(
                             "INSERT INTO messages (message_id, webhook_key, event, body, size, created_at, due_at) "
                             f"VALUES (%s, %s, %s, %s, %s, {_NOW}, {_NOW}) ON CONFLICT (message_id) DO NOTHING",
@@ -187,14 +244,11 @@ class PostgresOutbox:
 
         return self._write(work)
 
+    def enqueue(self, batch: Sequence[tuple[StoredWebhook, Sequence[NewMessage]]]) -> list[int]:
+        return self.commit_processed([Processed(webhook, messages) for webhook, messages in batch])
+
     def keep_webhook(self, webhook: StoredWebhook, reason: str) -> None:
-        self._write(
-            lambda conn: conn.execute(
-                "INSERT INTO dead_letters (message_id, event, body, webhook, reason, created_at) "
-                f"VALUES (NULL, %s, NULL, %s, %s, {_NOW})",
-                (webhook.event, webhook.body, reason),
-            )
-        )
+        self.commit_processed([Processed(webhook, dead_reason=reason)])
 
     def claim(self, limit: int, lease_seconds: float, owner: str) -> list[Claimed]:
         def work(conn: psycopg.Connection) -> list[Claimed]:
@@ -246,13 +300,19 @@ class PostgresOutbox:
         self._write(work)
 
     def release(self, owner: str) -> None:
-        self._write(
-            lambda conn: conn.execute(
+        def work(conn: psycopg.Connection) -> None:
+            conn.execute(
                 f"UPDATE messages SET due_at = {_NOW}, lease_owner = NULL "
                 f"WHERE lease_owner = %s AND delivered_at IS NULL AND due_at > {_NOW}",
                 (owner,),
             )
-        )
+            conn.execute(
+                "UPDATE webhooks SET lease_until = 0, lease_owner = NULL "
+                "WHERE lease_owner = %s AND processed_at IS NULL",
+                (owner,),
+            )
+
+        self._write(work)
 
     def prune(self, older_than_seconds: float) -> int:
         def work(conn: psycopg.Connection) -> int:
@@ -265,7 +325,7 @@ class PostgresOutbox:
                 (older_than_seconds,),
             )
             conn.execute(
-                f"DELETE FROM webhooks WHERE received_at < {_NOW} - %s AND NOT EXISTS "
+                f"DELETE FROM webhooks WHERE received_at < {_NOW} - %s AND processed_at IS NOT NULL AND NOT EXISTS "
                 "(SELECT 1 FROM messages m WHERE m.webhook_key = webhooks.key)",
                 (older_than_seconds,),
             )
@@ -315,9 +375,13 @@ class PostgresOutbox:
                 "SELECT last_error FROM messages WHERE delivered_at IS NULL AND last_error IS NOT NULL "
                 "ORDER BY due_at DESC LIMIT 1"
             ).fetchone()
+            unprocessed = conn.execute("SELECT COUNT(*) FROM webhooks WHERE processed_at IS NULL").fetchone()[0]
+            lag = conn.execute(
+                f"SELECT {_NOW} - received_at FROM webhooks WHERE processed_at IS NULL ORDER BY id LIMIT 1"
+            ).fetchone()
             return OutboxStats(
                 pending, due, delivered, dead, None if oldest_age is None else max(oldest_age, 0.0),
-                last[0] if last else None,
+                last[0] if last else None, unprocessed, None if lag is None else max(lag[0], 0.0),
             )  # fmt: skip
 
         return self._write(work)

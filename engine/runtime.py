@@ -15,6 +15,7 @@ from engine.events import ALL_EVENTS
 from engine.mapping import Mappings, load_mappings
 from engine.metrics import Metrics
 from engine.outbox import Outbox, OutboxStats, describe_db, open_outbox
+from engine.processing import ProcessingPolicy, Processor
 from engine.segment import SegmentClient
 from engine.selection import Selection
 
@@ -30,6 +31,7 @@ class Runtime:
     selection: Selection
     outbox: Outbox
     committer: Committer
+    processor: Processor
     delivery: Delivery
     metrics: Metrics
     token_digests: tuple[bytes, ...]
@@ -37,11 +39,13 @@ class Runtime:
     _reader: Outbox
     _stats: tuple[float, OutboxStats] | None = None
     _stats_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _task: asyncio.Task[None] | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    def event_label(self, event: str) -> str:
+    def event_label(self, event: object) -> str:
         """Events as metric labels, bounded: what no mapping and no Aircall documentation names is 'other'."""
-        return event if event in self.known_events else "other"
+        if event is None:
+            return "unknown"
+        return event if isinstance(event, str) and event in self.known_events else "other"
 
     async def stats(self) -> OutboxStats:
         """Outbox counts, read on a connection of their own so that a count never delays a commit."""
@@ -54,12 +58,16 @@ class Runtime:
 
     async def start(self) -> None:
         self.committer.start()
-        self._task = asyncio.create_task(self.delivery.run(), name="delivery")
+        self._tasks = [
+            asyncio.create_task(self.processor.run(), name="processing"),
+            asyncio.create_task(self.delivery.run(), name="delivery"),
+        ]
 
     async def stop(self) -> None:
+        await self.processor.stop()
         await self.delivery.stop()
-        if self._task is not None:
-            await self._task
+        for task in self._tasks:
+            await task
         await asyncio.to_thread(self.committer.stop)
         self._reader.close()
 
@@ -87,12 +95,24 @@ def build_runtime(settings: Settings) -> Runtime:
         if settings.segment_write_key
         else None
     )
-    policy = DeliveryPolicy(
-        lease_seconds=settings.lease_seconds,
-        backoff_base=settings.backoff_base_seconds,
-        backoff_cap=settings.backoff_cap_seconds,
-        max_age_seconds=settings.max_age_hours * 3600,
-        retention_seconds=settings.retention_days * 86400,
+    delivery = Delivery(
+        committer,
+        client,
+        DeliveryPolicy(
+            lease_seconds=settings.lease_seconds,
+            backoff_base=settings.backoff_base_seconds,
+            backoff_cap=settings.backoff_cap_seconds,
+            max_age_seconds=settings.max_age_hours * 3600,
+            retention_seconds=settings.retention_days * 86400,
+        ),
+        observe=metrics.delivery,
+    )
+    processor = Processor(
+        committer,
+        mappings,
+        ProcessingPolicy(lease_seconds=settings.lease_seconds),
+        observe=metrics.processed,
+        stored=delivery.wake,
     )
     return Runtime(
         settings=settings,
@@ -100,7 +120,8 @@ def build_runtime(settings: Settings) -> Runtime:
         selection=Selection(settings.events, settings.numbers),
         outbox=outbox,
         committer=committer,
-        delivery=Delivery(committer, client, policy, observe=metrics.delivery),
+        processor=processor,
+        delivery=delivery,
         metrics=metrics,
         token_digests=tuple(hashlib.sha256(t.encode()).digest() for t in settings.webhook_tokens),
         known_events=frozenset(ALL_EVENTS) | mappings.by_event.keys(),

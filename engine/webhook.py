@@ -1,8 +1,10 @@
-"""POST /webhooks/aircall: envelope check, token, selection, mapping, outbox commit, answer; in that order.
+"""POST /webhooks/aircall, the gateway: content type, body, JSON, token, envelope, selection, one durable append
+of the raw webhook, answer. Mapping happens after the answer (engine.processing).
 
 Aircall disables a webhook that keeps failing, so everything stored or deliberately ignored gets a 2xx, and
-the answer never waits on Segment. A 5xx is given only when the outbox cannot take the write, so that Aircall
-retries a webhook we could not keep.
+the answer never waits on mapping or on Segment. A 5xx is given only when the outbox cannot take the write, so
+that Aircall retries a webhook we could not keep. The token is checked before the envelope is explained: a
+sender without it learns nothing about what the body should have been, and nothing of its body is echoed.
 """
 
 from __future__ import annotations
@@ -12,14 +14,13 @@ import hashlib
 import hmac
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from engine.envelope import EnvelopeError, parse_json, webhook_from_json
-from engine.message import RenderError
-from engine.outbox import NewMessage, OutboxUnavailable, stored_webhook
+from engine.outbox import OutboxUnavailable, stored_webhook
 
 if TYPE_CHECKING:
     from engine.runtime import Runtime
@@ -42,34 +43,25 @@ async def receive(request: Request) -> Response:
         body = await _read_body(request, runtime.settings.max_body_bytes, runtime.settings.body_timeout_seconds)
         try:
             document = parse_json(body)
+        except EnvelopeError as exc:
+            raise Refusal(400, "bad_request", str(exc)) from None
+        event = runtime.event_label(_field(document, "event"))
+        _check_token(_field(document, "token"), runtime)
+        try:
             webhook = webhook_from_json(document)
         except EnvelopeError as exc:
             raise Refusal(400, "bad_request", str(exc)) from None
-        event = runtime.event_label(webhook.event)
-        if not runtime.settings.webhook_tokens:
-            raise Refusal(401, "unauthorized", "no token is configured: set AIRCALL_WEBHOOK_TOKEN")
-        if not token_matches(webhook.token, runtime.token_digests):
-            raise Refusal(401, "unauthorized", "wrong token")
         skip = runtime.selection.skip_reason(webhook)
         if skip is not None:
             return _answer(request, started, event, 200, "ignored", {"status": "ignored", "reason": skip})
-        # Selected means enabled, and start-up refuses an enabled event without a mapping: an event Aircall
-        # adds later is ignored above until the operator maps and enables it.
-        mapping = runtime.mappings.by_event[webhook.event]
-        record = stored_webhook(webhook, body)
         try:
-            encoded = mapping.render_json(webhook)
-        except RenderError as exc:
-            # The mapping does not fit this payload: keep the webhook for a replay once the mapping is fixed.
-            await _store(runtime.committer.call(runtime.outbox.keep_webhook, record, str(exc)))
-            log.warning("webhook event=%s kept as dead letter: %s", webhook.event, exc)
-            payload = {"status": "dead_lettered", "reason": str(exc)}
-            return _answer(request, started, event, 200, "dead_lettered", payload)
-        messages = [NewMessage(message_id, webhook.event, body) for message_id, body in encoded]
-        added = await _store(runtime.committer.enqueue(record, messages))
-        runtime.delivery.wake()
-        payload = {"status": "accepted", "messages": len(messages)}
-        if messages and not added:
+            new = await runtime.committer.append(stored_webhook(webhook, body))
+        except OutboxUnavailable as exc:
+            log.error("outbox unavailable: %s", exc)
+            raise Refusal(503, "unavailable", "outbox unavailable; retry later", {"Retry-After": "5"}) from None
+        runtime.processor.wake()
+        payload: dict[str, object] = {"status": "accepted"}
+        if not new:
             payload["duplicate"] = True
         return _answer(request, started, event, 200, "accepted", payload)
     except Refusal as refusal:
@@ -77,6 +69,17 @@ async def receive(request: Request) -> Response:
             request, started, event, refusal.status, refusal.outcome,
             {"status": "error", "reason": refusal.reason}, refusal.headers,
         )  # fmt: skip
+
+
+def _field(document: Any, name: str) -> Any:
+    return document.get(name) if isinstance(document, dict) else None
+
+
+def _check_token(token: Any, runtime: Runtime) -> None:
+    if not runtime.settings.webhook_tokens:
+        raise Refusal(401, "unauthorized", "no token is configured: set AIRCALL_WEBHOOK_TOKEN")
+    if not isinstance(token, str) or not token_matches(token, runtime.token_digests):
+        raise Refusal(401, "unauthorized", "wrong or missing token")
 
 
 def token_matches(given: str, digests: tuple[bytes, ...]) -> bool:
@@ -117,14 +120,6 @@ async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     return b"".join(chunks)
 
 
-async def _store(operation):  # type: ignore[no-untyped-def]
-    try:
-        return await operation
-    except OutboxUnavailable as exc:
-        log.error("outbox unavailable: %s", exc)
-        raise Refusal(503, "unavailable", "outbox unavailable; retry later", {"Retry-After": "5"}) from None
-
-
 def _answer(
     request: Request,
     started: float,
@@ -136,7 +131,7 @@ def _answer(
 ) -> Response:
     seconds = time.perf_counter() - started
     request.state.runtime.metrics.webhook(event, outcome, seconds)
-    detail = payload.get("reason") or f"messages={payload.get('messages', 0)}"
+    detail = payload.get("reason") or ("duplicate" if payload.get("duplicate") else "stored")
     # Behind a trusted proxy (--forwarded-allow-ips) uvicorn has put the original sender here.
     client = request.client.host if request.client else "-"
     log.info(

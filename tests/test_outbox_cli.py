@@ -21,8 +21,9 @@ def test_status_as_text_shows_pending_due_and_the_last_error(engine, tmp_path):
     run = engine("outbox", "status", env={"ENGINE_DB": str(tmp_path / "o.sqlite3")})
     assert run.code == 0
     lines = run.out.splitlines()
-    assert lines[0].startswith("pending 2 (due now 0, oldest ")
-    assert lines[1:] == ["delivered 0 (kept for the retention period)", "dead letters 0",
+    assert lines[0] == "webhooks to map 0 (oldest -)"
+    assert lines[1].startswith("pending 2 (due now 0, oldest ")
+    assert lines[2:] == ["delivered 0 (kept for the retention period)", "dead letters 0",
                          "last error: Segment answered 503: down"]  # fmt: skip
 
 

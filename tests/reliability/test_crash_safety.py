@@ -9,8 +9,10 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import random
+import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import requests
 
@@ -54,6 +56,9 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_webhook(engine_server, s
             time.sleep(rng.random() * 0.2)
             server.kill()
             count("reliability: kills survived")
+            unmapped, undelivered = stages_at_rest(server.db)
+            count("crash safety: webhooks answered but not yet mapped at a kill", unmapped)
+            count("crash safety: messages mapped but not yet delivered at a kill", undelivered)
             server.start(wait=False)  # same port, same outbox; clients retry meanwhile
         for client in clients:
             client.result()
@@ -70,3 +75,38 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_webhook(engine_server, s
     assert expected <= delivered.keys()
     # Duplicates can only come from a kill between Segment's 2xx and the acknowledgement: a claim's worth.
     assert duplicates <= KILLS * 1000
+
+
+def stages_at_rest(db: Path) -> tuple[int, int]:
+    """What a kill left between the stages: stored webhooks not yet mapped, messages not yet delivered."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        unmapped = conn.execute("SELECT COUNT(*) FROM webhooks WHERE processed_at IS NULL").fetchone()[0]
+        undelivered = conn.execute("SELECT COUNT(*) FROM messages WHERE delivered_at IS NULL").fetchone()[0]
+        return unmapped, undelivered
+    finally:
+        conn.close()
+
+
+def test_kill_9_between_the_stages_loses_nothing(engine_server, segment):
+    """Answered but not mapped, and mapped but not delivered, each held across a kill -9."""
+    # Mapped but not delivered: no write key, so every message waits in the outbox when the server dies.
+    waiting = engine_server(with_segment=False)
+    first = [call_webhook(n) for n in range(100)]
+    for envelope in first:
+        assert waiting.post(envelope).status_code == 200
+    wait_for(lambda: stages_at_rest(waiting.db) == (0, 100), what="100 messages mapped, none delivered")
+    waiting.kill()
+    # Answered but not mapped: a burst, then the kill at once, before processing has caught up.
+    bursting = engine_server(ENGINE_DB=str(waiting.db), with_segment=False)
+    second = [call_webhook(n) for n in range(100, 1100)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(lambda e: bursting.post(e).status_code, second)) == {200}
+    bursting.kill()
+    unmapped, _ = stages_at_rest(waiting.db)
+    count("crash safety: webhooks answered but not mapped at the second kill", unmapped)
+    delivering = engine_server(ENGINE_DB=str(waiting.db))
+    expected = {i for envelope in first + second for i in expected_ids(envelope)}
+    received = segment.wait_for_ids(expected, timeout=60)
+    assert received["duplicates"] == 0
+    wait_for(lambda: stages_at_rest(delivering.db) == (0, 0), what="every stage empty")

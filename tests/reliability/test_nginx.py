@@ -74,7 +74,7 @@ def test_webhook_flow_through_nginx_with_tls(nginx, segment):
     post = {"verify": nginx["cert"], "timeout": 10, "headers": {"Content-Type": "application/json",
                                                                   "X-Forwarded-For": "203.0.113.7"}}  # fmt: skip
     answer = requests.post(f"{nginx['base']}/webhooks/aircall", json=sample("call.ended"), **post)
-    assert (answer.status_code, answer.json()) == (200, {"status": "accepted", "messages": 1})
+    assert (answer.status_code, answer.json()) == (200, {"status": "accepted"})
     segment.wait_for_ids(set(expected_ids(sample("call.ended"))))
     wrong = requests.post(f"{nginx['base']}/webhooks/aircall", json={**sample("call.ended"), "token": "x"}, **post)
     assert wrong.status_code == 401  # the app's answers pass through unchanged

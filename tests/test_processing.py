@@ -1,0 +1,167 @@
+"""The processing stage: webhooks the gateway stored are mapped after the answer, once, whatever happens.
+
+The store's part (claims, leases, the processed mark in the messages' transaction) runs on both backends; the
+worker's part through a real `engine serve`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from engine.envelope import parse_webhook
+from engine.mapping import load_mappings
+from engine.outbox import SqliteOutbox, open_outbox, stored_webhook
+from engine.processing import process_stored
+from tests.conftest import MAPPINGS, run_engine
+from tests.harness import call_webhook, expected_ids, sample, wait_for
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def outbox(request, tmp_path):
+    if request.param == "postgres":
+        store = open_outbox(request.getfixturevalue("postgres_url"))
+    else:
+        store = SqliteOutbox(tmp_path / "outbox.sqlite3")
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def mappings():
+    return load_mappings(MAPPINGS)
+
+
+def raw(n: int) -> bytes:
+    return json.dumps(call_webhook(n)).encode()
+
+
+def stored(n: int):
+    body = raw(n)
+    return stored_webhook(parse_webhook(body), body)
+
+
+def test_a_stored_webhook_waits_unprocessed_and_a_redelivery_is_stored_once(outbox):
+    assert outbox.append([stored(1), stored(2)]) == [True, True]
+    assert outbox.append([stored(1)]) == [False]
+    stats = outbox.stats()
+    assert (stats.unprocessed, stats.pending) == (2, 0)
+    assert stats.oldest_unprocessed_age is not None and stats.oldest_unprocessed_age >= 0
+
+
+def test_a_claimed_batch_is_not_claimed_again_until_its_lease_ends(outbox):
+    outbox.append([stored(n) for n in range(5)])
+    first = outbox.claim_webhooks(3, 60, "worker-a")
+    second = outbox.claim_webhooks(10, 60, "worker-b")
+    assert len(first) == 3 and len(second) == 2
+    assert {w.id for w in first}.isdisjoint(w.id for w in second)
+    assert outbox.claim_webhooks(10, 60, "worker-c") == []
+    outbox.release("worker-a")  # a worker stopping hands its claims back at once
+    assert [w.id for w in outbox.claim_webhooks(10, 60, "worker-c")] == [w.id for w in first]
+
+
+def test_messages_and_the_processed_mark_are_committed_together_and_only_once(outbox, mappings):
+    outbox.append([stored(n) for n in range(3)])
+    claimed = outbox.claim_webhooks(10, 0, "slow-worker")  # a lease of 0: taken again at once
+    again = outbox.claim_webhooks(10, 60, "other-worker")
+    assert [w.id for w in again] == [w.id for w in claimed]
+    results = [process_stored(w, mappings) for w in claimed]
+    assert outbox.commit_processed(results) == [1, 1, 1]
+    # The slow worker finishes the same batch later: nothing is added, the webhooks stay processed.
+    assert outbox.commit_processed([process_stored(w, mappings) for w in again]) == [0, 0, 0]
+    stats = outbox.stats()
+    assert (stats.unprocessed, stats.pending, stats.oldest_unprocessed_age) == (0, 3, None)
+    expected = {i for n in range(3) for i in expected_ids(call_webhook(n))}
+    assert {json.loads(body)["messageId"] for body in outbox.message_bodies()} == expected
+
+
+def test_a_webhook_its_mapping_cannot_render_becomes_one_dead_letter(outbox, mappings):
+    broken = call_webhook(7)
+    broken["event"] = "call.renamed"  # an event no mapping knows any more
+    body = json.dumps(broken).encode()
+    outbox.append([stored_webhook(parse_webhook(body), body)])
+    [pending] = outbox.claim_webhooks(10, 60, "worker")
+    result = process_stored(pending, mappings)
+    assert result.dead_reason == "no mapping for event 'call.renamed'"
+    assert outbox.commit_processed([result, result]) == [0, 0]
+    [letter] = outbox.dead_letters()
+    assert (letter.event, letter.message_id, letter.reason) == ("call.renamed", None, result.dead_reason)
+    assert json.loads(letter.webhook)["data"]["id"] == broken["data"]["id"]
+    assert outbox.stats().unprocessed == 0
+
+
+def test_an_outbox_of_the_previous_version_counts_its_webhooks_as_processed(tmp_path):
+    path = tmp_path / "v2.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE webhooks (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, event TEXT NOT NULL, "
+        "received_at REAL NOT NULL, body BLOB NOT NULL);"
+        "INSERT INTO webhooks (key, event, received_at, body) VALUES ('k', 'call.ended', 1, x'7b7d');"
+        "CREATE TABLE messages (id INTEGER PRIMARY KEY, message_id TEXT NOT NULL UNIQUE, webhook_key TEXT NOT NULL,"
+        " event TEXT NOT NULL, body BLOB NOT NULL, size INTEGER NOT NULL, created_at REAL NOT NULL,"
+        " due_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, lease_owner TEXT, last_error TEXT,"
+        " delivered_at REAL);"
+        "CREATE TABLE dead_letters (id INTEGER PRIMARY KEY, message_id TEXT, event TEXT NOT NULL, body BLOB,"
+        " webhook BLOB NOT NULL, reason TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+        " created_at REAL NOT NULL, replayed_at REAL);"
+        "CREATE TABLE backfills (resource TEXT NOT NULL, since INTEGER NOT NULL, until INTEGER NOT NULL,"
+        " done_until INTEGER NOT NULL, fetched INTEGER NOT NULL DEFAULT 0, queued INTEGER NOT NULL DEFAULT 0,"
+        " finished_at REAL, updated_at REAL NOT NULL, PRIMARY KEY (resource, since, until));"
+        "PRAGMA user_version=2;"
+    )
+    conn.close()
+    outbox = SqliteOutbox(path)
+    try:
+        assert outbox.stats().unprocessed == 0
+        assert outbox.claim_webhooks(10, 60, "worker") == []
+    finally:
+        outbox.close()
+
+
+# -- through the server ---------------------------------------------------------------------------------------
+
+
+def test_accepted_webhooks_are_mapped_into_pending_messages_and_every_view_shows_both_stages(engine_server, segment):
+    """Without a write key nothing is sent: the webhooks are mapped after their answers and wait as messages."""
+    server = engine_server(with_segment=False)
+    webhooks = [call_webhook(n) for n in range(50)]
+    for envelope in webhooks:
+        assert server.post(envelope).json() == {"status": "accepted"}
+    health = wait_for(lambda: (h := server.health())["outbox"]["pending"] == 50 and h, what="all mapped")
+    assert health["outbox"]["unprocessed"] == 0 and health["outbox"]["oldest_unprocessed_age_seconds"] is None
+    status = run_engine("outbox", "status", "--json", env={"ENGINE_DB": str(server.db)}).json()
+    assert (status["unprocessed"], status["pending"]) == (0, 50)
+    metrics = server.metrics()
+    assert 'webhooks_processed_total{outcome="mapped"} 50.0' in metrics
+    assert "outbox_oldest_unprocessed_age_seconds 0.0" in metrics
+
+
+def test_webhooks_stored_but_not_mapped_before_a_stop_are_mapped_and_delivered_after_restart(
+    engine_server, segment, tmp_path
+):
+    """Stored by the gateway, not yet mapped (written as the gateway writes them, with no server running):
+    the next server maps and delivers them."""
+    db = tmp_path / "outbox.sqlite3"
+    outbox = SqliteOutbox(db)
+    outbox.append([stored(n) for n in range(30)])
+    outbox.close()
+    server = engine_server(ENGINE_DB=str(db))
+    expected = {i for n in range(30) for i in expected_ids(call_webhook(n))}
+    received = segment.wait_for_ids(expected)
+    assert received["duplicates"] == 0
+    wait_for(lambda: server.health()["outbox"]["unprocessed"] == 0, what="all mapped")
+
+
+def test_a_sample_of_every_event_is_mapped_as_engine_render_maps_it(engine_server, segment):
+    server = engine_server(with_segment=False)
+    envelope = sample("user.created")
+    server.post(envelope)
+    wait_for(lambda: server.health()["outbox"]["pending"] == 2, what="two messages")
+    outbox = SqliteOutbox(server.db)
+    try:
+        stored_messages = sorted(json.loads(b)["messageId"] for b in outbox.message_bodies())
+    finally:
+        outbox.close()
+    assert stored_messages == sorted(expected_ids(envelope))
