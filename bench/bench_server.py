@@ -1,6 +1,8 @@
 """Server benchmarks, each against a baseline measured in the same run on the same machine.
 
     python bench/bench_server.py ingest   # engine vs a bare Starlette app, concurrency 32; then 1,000 req/s paced
+    python bench/bench_server.py wrk      # wrk -t1 -c32: engine vs bare Starlette vs the smallest durable app
+    python bench/bench_server.py e2e      # wrk load with delivery on: acknowledged *and* delivered per second
     python bench/bench_server.py drain    # 100,000 queued messages into the fake Segment, vs segment-analytics-python
     python bench/bench_server.py memory   # server RSS with a 1,000,000-message backlog vs an empty outbox
 
@@ -14,6 +16,8 @@ import asyncio
 import json
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -110,6 +114,142 @@ def ingest(total: int) -> None:
     print(f"{'engine paced at 1,000 req/s':<34}{s['rate']:>9,.0f}{s['p50_ms']:>9.2f}{s['p99_ms']:>9.2f}")
     print(f"ratio engine/bare throughput: {best['engine'].rate / best['bare'].rate:.2f}")
     print(f"group commit: {total_webhooks / count:.1f} webhooks per commit on average ({count:.0f} commits)")
+
+
+# -- wrk: the gateway against its two baselines, and end to end --------------------------------------------
+
+
+def wrk_template(tmp: Path) -> Path:
+    """The call.ended sample with a placeholder for data.id, which bench/wrk_calls.lua fills per request."""
+    envelope = json.loads(json.dumps(SAMPLE))
+    envelope["data"]["id"] = 918273645546372819
+    path = tmp / "call.template.json"
+    path.write_text(json.dumps(envelope).replace("918273645546372819", "__CALL_ID__"))
+    return path
+
+
+def run_wrk(port: int, template: Path, first_id: int, seconds: int, connections: int = 32) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(ROOT / "bench/wrk_calls.lua"),
+         f"http://127.0.0.1:{port}", "--", str(template), str(first_id)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    found = re.search(r"(\d+) requests in ([\d.]+)s", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    p50, p99 = (re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out) for p in ("50.000", "99.000"))
+    if p50 is None:
+        p50, p99 = (re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out) for p in ("50", "99"))
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    return {
+        "requests": float(found.group(1)),
+        "rate": float(found.group(1)) / float(found.group(2)),
+        "errors": float(errors.group(1)) if errors else 0.0,
+        "p50_ms": float(p50.group(1)) * scale[p50.group(2)],
+        "p99_ms": float(p99.group(1)) * scale[p99.group(2)],
+    }
+
+
+def durable_server(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "uvicorn", "durable_app:app", "--port", str(port), "--log-level", "warning",
+            "--app-dir", str(ROOT / "bench")]  # fmt: skip
+    return start(args, base_env() | {"DURABLE_DB": str(tmp / "durable.sqlite3")}, port, "/docs", tmp / "durable.log")
+
+
+def bare_server(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(port), "--log-level", "warning",
+            "--app-dir", str(ROOT / "bench")]  # fmt: skip
+    return start(args, base_env(), port, "/webhooks/aircall", tmp / "bare.log")
+
+
+def ingest_wrk(seconds: int, rounds: int) -> None:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-wrk-"))
+    template = wrk_template(tmp)
+    ports = {name: free_port() for name in ("bare", "durable", "engine")}
+    procs = [
+        bare_server(tmp, ports["bare"]),
+        durable_server(tmp, ports["durable"]),
+        engine_server(tmp, ports["engine"]),
+    ]
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in ports}
+    try:
+        first_id = 1
+        for _ in range(rounds):  # interleaved: every server sees the same machine state
+            for name, port in ports.items():
+                result = run_wrk(port, template, first_id, seconds)
+                assert result["errors"] == 0, (name, result)
+                results[name].append(result)
+                first_id += 10_000_000
+        paced = asyncio.run(run_load("127.0.0.1", ports["engine"], "/webhooks/aircall",
+                                     lambda n: call_body(10**8 + n), 5000, concurrency=32, rate=1000))  # fmt: skip
+    finally:
+        for proc in procs:
+            stop(proc)
+    print(f"# ingest with wrk -t1 -c32 -d{seconds}s, {rounds} interleaved rounds, {machine()}")
+    print(f"{'server':<40}{'req/s (each round)':>28}{'p50 ms':>9}{'p99 ms':>9}")
+    for name, label in (("bare", "bare Starlette (parse JSON, 200)"), ("durable", "smallest durable app"),
+                        ("engine", "engine serve (gateway)")):  # fmt: skip
+        rates = " / ".join(f"{r['rate']:,.0f}" for r in results[name])
+        best = max(results[name], key=lambda r: r["rate"])
+        print(f"{label:<40}{rates:>28}{best['p50_ms']:>9.2f}{best['p99_ms']:>9.2f}")
+    s = paced.summary()
+    print(
+        f"{'engine paced at 1,000 req/s (bench/load.py)':<40}{s['rate']:>28,.0f}{s['p50_ms']:>9.2f}{s['p99_ms']:>9.2f}"
+    )
+    for other in ("bare", "durable"):
+        ratios = [e["rate"] / o["rate"] for e, o in zip(results["engine"], results[other], strict=True)]
+        print(f"ratio engine/{other}, each round: " + ", ".join(f"{r:.2f}" for r in ratios))
+
+
+def metric(port: int, name: str) -> float:
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def end_to_end(seconds: int, workers: int) -> None:
+    """wrk posts for `seconds`; the rate is what was acknowledged, over the time from the load's start until the
+    last of it reached the fake Segment, each once. Then the bare app under the same load, for the ratio."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    template = wrk_template(tmp)
+    segment = FakeSegment(tmp)
+    try:
+        port = free_port()
+        env = base_env() | {"AIRCALL_WEBHOOK_TOKEN": TOKEN, "ENGINE_DB": str(tmp / "outbox.sqlite3"),
+                            "ENGINE_LOG_LEVEL": "warning", "SEGMENT_API_URL": segment.url,
+                            "SEGMENT_WRITE_KEY": WRITE_KEY}  # fmt: skip
+        engine = start([str(Path(sys.executable).parent / "engine"), "serve", "--port", str(port), "--workers",
+                        str(workers)], env, port, "/healthz", tmp / "engine.log")  # fmt: skip
+        try:
+            began = time.perf_counter()
+            load = run_wrk(port, template, 1, seconds)
+            load_seconds = time.perf_counter() - began
+            accepted = metric(port, 'aircall_webhooks_total{event="call.ended",outcome="accepted"}')
+            wait_for(lambda: fake_count(segment) >= accepted, 600, 0.05, what="every acknowledged webhook delivered")
+            total_seconds = time.perf_counter() - began
+            time.sleep(2)  # anything delivered twice would arrive now
+            delivered = fake_count(segment)
+        finally:
+            stop(engine)
+        bare_port = free_port()
+        bare = bare_server(tmp, bare_port)
+        try:
+            baseline = run_wrk(bare_port, template, 10**9, seconds)
+        finally:
+            stop(bare)
+    finally:
+        segment.stop()
+    rate = accepted / total_seconds
+    print(
+        f"# end to end, wrk -t1 -c32 -d{seconds}s, engine serve --workers {workers} with the fake Segment, {machine()}"
+    )
+    print(f"acknowledged {accepted:,.0f} webhooks in {load_seconds:.1f} s ({load['rate']:,.0f} req/s, p99 "
+          f"{load['p99_ms']:.1f} ms); all delivered {total_seconds:.1f} s after the load began")  # fmt: skip
+    print(f"messages at the fake Segment: {delivered:,.0f} (duplicates: {delivered - accepted:,.0f})")
+    print(f"sustained end to end: {rate:,.0f} webhooks/s; bare Starlette under the same load: {baseline['rate']:,.0f}")
+    print(f"ratio end-to-end/bare: {rate / baseline['rate']:.2f}")
 
 
 # -- drain ----------------------------------------------------------------------------------------------------
@@ -218,10 +358,17 @@ def memory(count: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["ingest", "drain", "memory"])
+    parser.add_argument("what", choices=["ingest", "wrk", "e2e", "drain", "memory"])
     parser.add_argument("--count", type=int, help="requests per ingest round, messages to drain or to keep")
+    parser.add_argument("--seconds", type=int, default=10, help="wrk's duration (wrk, e2e)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (wrk)")
+    parser.add_argument("--workers", type=int, default=1, help="engine serve --workers (e2e)")
     args = parser.parse_args()
-    if args.what == "ingest":
+    if args.what == "wrk":
+        ingest_wrk(args.seconds, args.rounds)
+    elif args.what == "e2e":
+        end_to_end(args.seconds, args.workers)
+    elif args.what == "ingest":
         ingest(args.count or 5000)
     elif args.what == "drain":
         drain(args.count or 100_000)

@@ -40,6 +40,7 @@ async def healthz(request: Request) -> Response:
             "last_success_at": delivery.last_success_at,
             "paused_until": delivery.paused_until or None,
         },
+        "processing": {"running": runtime.processor.alive, "restarts": runtime.processor.restarts},
         "mappings": len(runtime.mappings),
         "events_enabled": len(runtime.settings.events),
     }
@@ -66,7 +67,7 @@ def create_app(env_file: str | None = None) -> Starlette:
         try:
             settings = load_settings(env_file)
             logs.configure(settings.log_format, settings.log_level)
-            runtime = build_runtime(settings)
+            runtime = build_runtime(settings, env_file)
         except (ConfigError, MappingError) as exc:
             logs.configure()
             log.error("cannot start: %s", exc)

@@ -12,7 +12,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from engine.outbox import OutboxStats, Processed
+from engine.outbox import OutboxStats
 from engine.segment import Answer
 
 MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own name for it
@@ -97,13 +97,12 @@ class Metrics:
     def committed(self, webhooks: int) -> None:
         self.commit_webhooks.observe(webhooks)
 
-    def processed(self, batch: Sequence[Processed], added: list[int]) -> None:
-        dead = sum(1 for item in batch if item.dead_reason is not None)
+    def processed(self, mapped: int, dead: int, new_messages: int) -> None:
+        if mapped:
+            self.processed_webhooks.labels("mapped").inc(mapped)
         if dead:
             self.processed_webhooks.labels("dead_lettered").inc(dead)
-        if len(batch) > dead:
-            self.processed_webhooks.labels("mapped").inc(len(batch) - dead)
-        self.enqueued.inc(sum(added))
+        self.enqueued.inc(new_messages)
 
     def delivery(self, kind: str, count: int, answer: Answer | None) -> None:
         if kind == "request" and answer is not None:

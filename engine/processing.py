@@ -3,31 +3,33 @@
 `process` is the one way a webhook turns into its messages or a dead letter: the worker below (live webhooks),
 the backfill and the replay of dead letters all call it, so a webhook maps the same whichever way it came in.
 
-The worker claims the oldest unprocessed webhooks in batches (a lease, so that several `--workers` processes
-or replicas never map the same batch), maps them on the event loop in slices of about a millisecond, so that
-the webhooks arriving meanwhile are answered without waiting, and commits every message with the webhook
-marked processed in one transaction. A kill at any moment loses nothing: an unprocessed webhook is claimed
-again when its lease ends, and maps to the same messageIds.
+The worker (`work`, run in a process of its own beside the server: engine.processing_process) claims the
+oldest unprocessed webhooks in batches (a lease, so that several `--workers` processes or replicas never map
+the same batch), maps them, and commits their messages with the webhooks' processed mark in one transaction.
+A kill at any moment loses nothing: an unprocessed webhook is claimed again when its lease ends, and maps to
+the same messageIds.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from engine.committer import Committer
 from engine.envelope import EnvelopeError, Webhook, parse_json, webhook_from_json
 from engine.mapping import Mappings
 from engine.message import RenderError
-from engine.outbox import NewMessage, OutboxUnavailable, PendingWebhook, Processed, StoredWebhook, new_owner
+from engine.outbox import (
+    NewMessage,
+    Outbox,
+    OutboxUnavailable,
+    PendingWebhook,
+    Processed,
+    StoredWebhook,
+    new_owner,
+)
 
 log = logging.getLogger("engine.processing")
-
-SLICE_SECONDS = 0.001  # mapping work done before the event loop gets to answer webhooks again
 
 
 def process(webhook: Webhook, stored: StoredWebhook, mappings: Mappings, row_id: int | None = None) -> Processed:
@@ -63,84 +65,54 @@ def process_stored(pending: PendingWebhook, mappings: Mappings) -> Processed:
 class ProcessingPolicy:
     batch: int = 256  # webhooks claimed, mapped and committed together
     lease_seconds: float = 60.0  # a claim not committed by then is taken by another worker (this one died)
-    idle_poll_seconds: float = 1.0  # how often to look for webhooks stored by other processes
+    idle_poll_seconds: float = 1.0  # how long to wait for a wake-up before looking again (other processes)
     pause_seconds: float = 1.0  # after the outbox failed
 
 
-class Processor:
-    def __init__(
-        self,
-        committer: Committer,
-        mappings: Mappings,
-        policy: ProcessingPolicy,
-        observe: Callable[[Sequence[Processed], list[int]], None] | None = None,
-        stored: Callable[[], None] | None = None,
-    ) -> None:
-        """`observe(batch, new_messages)` after each commit (metrics); `stored()` wakes the delivery."""
-        self.committer = committer
-        self.outbox = committer.outbox
-        self.mappings = mappings
-        self.policy = policy
-        self.owner = new_owner()
-        self._observe = observe or (lambda batch, added: None)
-        self._stored = stored or (lambda: None)
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
+class Channel(Protocol):
+    """How the worker hears of new webhooks and reports what it stored (see engine.processing_process)."""
 
-    def wake(self) -> None:
-        """A webhook was stored: map it now rather than at the next poll."""
-        self._wake.set()
+    def wait(self, seconds: float) -> bool:
+        """Block until woken or `seconds` pass; False once the worker must stop."""
+        ...
 
-    async def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
+    def stopping(self) -> bool: ...
 
-    async def run(self) -> None:
-        try:
-            while not self._stopping.is_set():
-                try:
-                    self._wake.clear()
-                    claimed = await self.committer.call(
-                        self.outbox.claim_webhooks, self.policy.batch, self.policy.lease_seconds, self.owner
-                    )
-                    if claimed:
-                        await self._process(claimed)
-                    else:
-                        await self._sleep(self.policy.idle_poll_seconds)
-                except OutboxUnavailable as exc:
-                    # What was claimed is taken again when its lease ends; nothing is lost.
-                    log.error("processing paused, outbox unavailable: %s", exc)
-                    await self._pause()
-                except Exception:
-                    # The worker must outlive whatever happens: a dead worker is a silent outage.
-                    log.exception("processing failed unexpectedly; retrying")
-                    await self._pause()
-        finally:
+    def report(self, mapped: int, dead: int, new_messages: int) -> None: ...
+
+
+def work(outbox: Outbox, mappings: Mappings, policy: ProcessingPolicy, channel: Channel) -> None:
+    """Map stored webhooks until told to stop: claim a batch, map it, commit its messages with the processed
+    mark, report; wait for a wake-up when there is nothing to claim."""
+    owner = new_owner()
+    try:
+        while not channel.stopping():
             try:
-                await self.committer.call(self.outbox.release, self.owner)
+                claimed = outbox.claim_webhooks(policy.batch, policy.lease_seconds, owner)
+                if not claimed:
+                    if not channel.wait(policy.idle_poll_seconds):
+                        return
+                    continue
+                results = [process_stored(pending, mappings) for pending in claimed]
+                added = outbox.commit_processed(results)
+            except OutboxUnavailable as exc:
+                # What was claimed is taken again when its lease ends; nothing is lost.
+                log.error("processing paused, outbox unavailable: %s", exc)
+                channel.wait(policy.pause_seconds)
+                continue
             except Exception:
-                log.exception("could not hand back claimed webhooks; they are taken again when their lease ends")
-
-    async def _process(self, claimed: list[PendingWebhook]) -> None:
-        results: list[Processed] = []
-        deadline = time.perf_counter() + SLICE_SECONDS
-        for pending in claimed:
-            results.append(process_stored(pending, self.mappings))
-            if time.perf_counter() > deadline:
-                await asyncio.sleep(0)  # let the gateway answer what arrived meanwhile
-                deadline = time.perf_counter() + SLICE_SECONDS
-        added = await self.committer.call(self.outbox.commit_processed, results)
-        for result in results:
-            if result.dead_reason is not None:
-                log.warning("webhook event=%s kept as dead letter: %s", result.webhook.event, result.dead_reason)
-        self._observe(results, added)
-        if any(added):
-            self._stored()
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
-
-    async def _pause(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=self.policy.pause_seconds)
+                # The worker must outlive whatever happens: a dead worker is a silent outage.
+                log.exception("processing failed unexpectedly; retrying")
+                channel.wait(policy.pause_seconds)
+                continue
+            dead = 0
+            for result in results:
+                if result.dead_reason is not None:
+                    dead += 1
+                    log.warning("webhook event=%s kept as dead letter: %s", result.webhook.event, result.dead_reason)
+            channel.report(len(results) - dead, dead, sum(added))
+    finally:
+        try:
+            outbox.release(owner)
+        except Exception:
+            log.exception("could not hand back claimed webhooks; they are taken again when their lease ends")

@@ -15,7 +15,7 @@ from engine.events import ALL_EVENTS
 from engine.mapping import Mappings, load_mappings
 from engine.metrics import Metrics
 from engine.outbox import Outbox, OutboxStats, describe_db, open_outbox
-from engine.processing import ProcessingPolicy, Processor
+from engine.processing_process import ProcessingProcess
 from engine.segment import SegmentClient
 from engine.selection import Selection
 
@@ -31,7 +31,7 @@ class Runtime:
     selection: Selection
     outbox: Outbox
     committer: Committer
-    processor: Processor
+    processor: ProcessingProcess
     delivery: Delivery
     metrics: Metrics
     token_digests: tuple[bytes, ...]
@@ -58,10 +58,8 @@ class Runtime:
 
     async def start(self) -> None:
         self.committer.start()
-        self._tasks = [
-            asyncio.create_task(self.processor.run(), name="processing"),
-            asyncio.create_task(self.delivery.run(), name="delivery"),
-        ]
+        self.processor.start()
+        self._tasks = [asyncio.create_task(self.delivery.run(), name="delivery")]
 
     async def stop(self) -> None:
         await self.processor.stop()
@@ -84,7 +82,7 @@ def load_server_mappings(settings: Settings) -> Mappings:
     return mappings
 
 
-def build_runtime(settings: Settings) -> Runtime:
+def build_runtime(settings: Settings, env_file: str | None = None) -> Runtime:
     """Load and check everything; raise ConfigError or MappingError with a message naming what is wrong."""
     mappings = load_server_mappings(settings)
     outbox = _open(settings.db)
@@ -107,13 +105,13 @@ def build_runtime(settings: Settings) -> Runtime:
         ),
         observe=metrics.delivery,
     )
-    processor = Processor(
-        committer,
-        mappings,
-        ProcessingPolicy(lease_seconds=settings.lease_seconds),
-        observe=metrics.processed,
-        stored=delivery.wake,
-    )
+
+    def processed(mapped: int, dead: int, new_messages: int) -> None:
+        metrics.processed(mapped, dead, new_messages)
+        if new_messages:
+            delivery.wake()
+
+    processor = ProcessingProcess(env_file, on_report=processed)
     return Runtime(
         settings=settings,
         mappings=mappings,

@@ -165,3 +165,22 @@ def test_a_sample_of_every_event_is_mapped_as_engine_render_maps_it(engine_serve
     finally:
         outbox.close()
     assert stored_messages == sorted(expected_ids(envelope))
+
+
+def test_the_processing_process_is_restarted_when_it_dies_and_never_outlives_its_server(engine_server, segment):
+    import os
+    import signal
+
+    from tests.harness import children_of
+
+    server = engine_server()
+    [child] = children_of(server.process.proc.pid)
+    os.kill(child, signal.SIGKILL)  # the kernel's OOM killer, say
+    wait_for(lambda: server.health()["processing"] == {"running": True, "restarts": 1}, what="a new processing process")
+    envelope = call_webhook(4242)
+    assert server.post(envelope).json() == {"status": "accepted"}
+    segment.wait_for_ids(set(expected_ids(envelope)))
+    [replacement] = children_of(server.process.proc.pid)
+    os.kill(server.process.proc.pid, signal.SIGKILL)
+    server.process.proc.wait()
+    wait_for(lambda: not os.path.exists(f"/proc/{replacement}"), what="the orphaned child to exit")

@@ -1,0 +1,186 @@
+"""The processing stage in a process of its own, started and stopped by the server's lifespan.
+
+Mapping is CPU work; in the server's process it would take the event loop's core (and the GIL) from the
+webhooks arriving. In a child process it runs on another core, and the gateway answers at the speed of a
+durable append. One child per server process (`--workers N` gives N, sharing the outbox through leases).
+
+The two talk over a socket pair, in bytes: the server writes b"w" when it has stored a webhook (a wake-up;
+dropped when the socket is full, since the child then has wake-ups waiting anyway), the child writes one line
+`mapped dead new_messages` per committed batch (metrics, and the delivery's wake-up). When the server goes
+away, even by SIGKILL, the child reads end-of-file and stops, so it never outlives its server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+
+from engine import logs
+from engine.config import ConfigError, load_settings
+from engine.findings import MappingError
+
+log = logging.getLogger("engine.processing")
+
+STOP_SECONDS = 10.0  # a batch in hand is committed before the child exits; it is given this long
+RESTART_SECONDS = 1.0  # after a child died on its own
+
+
+class ProcessingProcess:
+    """The server's handle on its processing child."""
+
+    def __init__(self, env_file: str | None, on_report: Callable[[int, int, int], None]) -> None:
+        """`on_report(mapped, dead, new_messages)` runs on the event loop after each batch the child commits."""
+        self._env_file = env_file
+        self._on_report = on_report
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pending = b""
+        self._stopping = False
+        self.restarts = 0
+
+    def start(self) -> None:
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        args = [sys.executable, "-m", "engine.processing_process", "--fd", str(theirs.fileno())]
+        if self._env_file:
+            args += ["--env-file", self._env_file]
+        self._proc = subprocess.Popen(args, pass_fds=[theirs.fileno()])
+        theirs.close()
+        self._sock = ours
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._read)
+
+    def wake(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(BlockingIOError, OSError):
+                self._sock.send(b"w")
+
+    def _read(self) -> None:
+        assert self._sock is not None
+        try:
+            data = self._sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the child exited: killed (out of memory?) or crashed; stored webhooks wait meanwhile
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+            code = self._proc.wait() if self._proc is not None else None
+            if not self._stopping:
+                log.error("the processing process exited (code %s); starting another in %gs", code, RESTART_SECONDS)
+                self.restarts += 1
+                loop.call_later(RESTART_SECONDS, self._restart)
+            return
+        lines = (self._pending + data).split(b"\n")
+        self._pending = lines.pop()
+        for line in lines:
+            mapped, dead, added = (int(part) for part in line.split())
+            self._on_report(mapped, dead, added)
+
+    def _restart(self) -> None:
+        if not self._stopping:
+            self.start()
+
+    async def stop(self) -> None:
+        """End-of-file tells the child to stop after the batch in hand; SIGKILL if it does not in time."""
+        self._stopping = True
+        if self._sock is not None:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        if self._proc is not None:
+            try:
+                await asyncio.to_thread(self._proc.wait, STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                log.error("the processing process did not stop in %gs; killed", STOP_SECONDS)
+                self._proc.kill()
+                await asyncio.to_thread(self._proc.wait)
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+
+class SocketChannel:
+    """The child's end of the socket pair (engine.processing.Channel)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._closed = False
+
+    def wait(self, seconds: float) -> bool:
+        self._sock.settimeout(seconds)
+        try:
+            data = self._sock.recv(65536)  # every wake-up waiting, in one read
+        except TimeoutError:
+            return True
+        except OSError:
+            data = b""
+        self._closed = self._closed or not data
+        return not self._closed
+
+    def stopping(self) -> bool:
+        """Checked between batches without waiting: the server has gone (end-of-file)."""
+        if self._closed:
+            return True
+        self._sock.setblocking(False)
+        try:
+            while True:
+                data = self._sock.recv(65536)
+                if not data:
+                    self._closed = True
+                    break
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._closed = True
+        return self._closed
+
+    def report(self, mapped: int, dead: int, new_messages: int) -> None:
+        self._sock.setblocking(True)
+        with contextlib.suppress(OSError):  # the server has gone; the next check stops the loop
+            self._sock.sendall(f"{mapped} {dead} {new_messages}\n".encode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    from engine.outbox import open_outbox
+    from engine.processing import ProcessingPolicy, work
+    from engine.runtime import load_server_mappings
+
+    parser = argparse.ArgumentParser(prog="engine-processing")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--env-file")
+    args = parser.parse_args(argv)
+    sock = socket.socket(fileno=args.fd)
+    # The server decides when to stop (end-of-file): a Ctrl-C or SIGTERM sent to the whole process group
+    # must not cut a batch short here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        settings = load_settings(args.env_file or ".env")
+        logs.configure(settings.log_format, settings.log_level)
+        mappings = load_server_mappings(settings)
+        outbox = open_outbox(settings.db)
+    except (ConfigError, MappingError, OSError, ValueError) as exc:  # the server checked all this before us
+        logs.configure()
+        log.error("processing cannot start: %s", exc)
+        return 2
+    try:
+        work(outbox, mappings, ProcessingPolicy(lease_seconds=settings.lease_seconds), SocketChannel(sock))
+    finally:
+        outbox.close()
+        logs.write_directly()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
