@@ -440,3 +440,28 @@ def test_delivered_messages_are_pruned_after_the_retention_period(engine_server,
     import sqlite3
 
     assert sqlite3.connect(pruned.db).execute("SELECT COUNT(*) FROM webhooks").fetchone()[0] == 0
+
+
+def test_a_misspelt_filter_stops_start_up_with_its_line_never_a_traceback(tmp_path):
+    import shutil
+    import subprocess
+
+    from tests.conftest import ENGINE, MAPPINGS, ROOT
+    from tests.harness import base_env, free_port
+
+    mappings = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, mappings)
+    (mappings / "call.ended.yaml").write_text(
+        'aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: "{{ event | upperr }}"\n'
+    )
+    env = {"ENGINE_MAPPINGS": str(mappings), "ENGINE_DB": str(tmp_path / "o.sqlite3")}
+    serve = run_engine("serve", "--port", str(free_port()), env=env)
+    assert serve.code == 2 and "Traceback" not in serve.err
+    assert "call.ended.yaml:4:10: unknown filter 'upperr'" in serve.err
+    uvicorn = subprocess.run(
+        [str(ENGINE.parent / "uvicorn"), "server:app", "--port", str(free_port())],
+        cwd=ROOT, env=base_env() | env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert uvicorn.returncode != 0
+    assert "call.ended.yaml:4:10: unknown filter 'upperr'" in uvicorn.stderr
+    assert "Traceback" not in uvicorn.stderr, uvicorn.stderr

@@ -241,3 +241,23 @@ def test_missing_folder_and_bad_setting_are_usage_errors(engine, tmp_path):
     assert bad.code == 2
     assert bad.err.strip() == "engine: AIRCALL_EVENTS: 'call ended' is not an Aircall event name (like call.ended)"
     assert "Traceback" not in bad.err
+
+
+def test_unknown_filter_or_test_is_a_finding_on_its_line_not_a_traceback(engine, mappings_copy):
+    text = (
+        'aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: "{{ event | upperr }}"\n'
+        '  properties:\n    known: "{{ data.id is nosuchtest }}"\n'
+        '    guarded: "{{ data.id | lowerr if data.id else none }}"\n'
+    )
+    write(mappings_copy, "call.ended.yaml", text)
+    run = engine("validate", str(mappings_copy))
+    assert run.code == 1 and "Traceback" not in run.err, run.err
+    assert findings(run) == [
+        "call.ended.yaml:4:10: unknown filter 'upperr'; did you mean 'upper'?",
+        "call.ended.yaml:6:12: unknown test 'nosuchtest'",
+        # Inside a condition Jinja defers the check to the render: it is refused here all the same.
+        "call.ended.yaml:7:14: unknown filter 'lowerr'; did you mean 'lower'?",
+    ]
+    render = engine("render", "tests/fixtures/call.ended.json", "--mappings", str(mappings_copy))
+    assert render.code == 1 and "Traceback" not in render.err
+    assert "call.ended.yaml:4:10: unknown filter 'upperr'" in render.err
