@@ -92,13 +92,14 @@ class _QuietStartupFailure:
 
 
 def create_app(env_file: str | None = None) -> Starlette:
-    """The app; settings are read when it starts, from the environment then `env_file` (ENGINE_ENV_FILE, .env)."""
-    env_file = env_file or os.environ.get("ENGINE_ENV_FILE", ".env")
+    """The app; settings are read when it starts, from the environment then `env_file` (else ENGINE_ENV_FILE,
+    which must then exist, else .env if there is one)."""
+    named = env_file or os.environ.get("ENGINE_ENV_FILE")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Runtime]]:
         try:
-            settings = load_settings(env_file)
+            settings = load_settings(named or ".env", required=named is not None)
             logs.configure(settings.log_format, settings.log_level)
             runtime = build_runtime(settings)
         except (ConfigError, MappingError) as exc:

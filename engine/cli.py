@@ -15,7 +15,7 @@ from engine import __version__, logs, metrics
 from engine.aircall_api import AircallClient, AircallError
 from engine.backfill import RESOURCES, Progress, backfill, parse_date
 from engine.backfill import now as backfill_now
-from engine.config import ConfigError, Settings, load_settings, parse_events
+from engine.config import ConfigError, Settings, load_settings, parse_env_line, parse_events
 from engine.envelope import EnvelopeError, parse_webhook
 from engine.findings import MappingError
 from engine.mapping import Mappings, load_mappings
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="engine", description="Aircall webhooks to Segment, through YAML mappings.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--env-file", default=".env", help="settings file read after the environment (default .env)")
+    parser.add_argument("--env-file", help="settings file read after the environment (default .env, when there is one)")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     check = commands.add_parser("validate", help="check every mapping file; exit 1 on any finding")
@@ -119,8 +119,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings; a file named with --env-file must exist, the default .env need not."""
+    return load_settings(args.env_file or ".env", required=args.env_file is not None)
+
+
 def _validate(args: argparse.Namespace) -> int:
-    settings = load_settings(args.env_file)
+    settings = _settings(args)
     directory = args.directory or settings.mappings_dir
     fixtures = args.fixtures if args.fixtures is not None else find_fixtures(directory)
     if args.fixtures is not None and not args.fixtures.is_dir():
@@ -149,7 +154,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    settings = load_settings(args.env_file)
+    settings = _settings(args)
     directory = args.mappings or settings.mappings_dir
     body = _read_payload(args.payload)
     try:
@@ -174,7 +179,7 @@ def _render(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    settings = load_settings(args.env_file)
+    settings = _settings(args)
     try:  # the same checks as the server's start-up, to fail here with a plain message and exit 2
         load_server_mappings(settings)
     except MappingError as exc:
@@ -183,7 +188,11 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError(f"the mappings in {settings.mappings_dir} have problems; run `engine validate`") from None
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
-    os.environ["ENGINE_ENV_FILE"] = args.env_file  # the workers read the settings themselves
+    # The workers read the settings themselves, from the file named here (or .env).
+    if args.env_file:
+        os.environ["ENGINE_ENV_FILE"] = args.env_file
+    else:
+        os.environ.pop("ENGINE_ENV_FILE", None)
     with metrics.shared_across_workers(args.workers):
         uvicorn.run(
             "engine.app:create_app",
@@ -201,7 +210,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _open_outbox(args: argparse.Namespace, create: bool = False) -> Outbox:
-    settings = load_settings(args.env_file)
+    settings = _settings(args)
     try:
         return open_outbox(settings.db, create=create)
     except FileNotFoundError:
@@ -242,7 +251,7 @@ def _outbox_replay(args: argparse.Namespace) -> int:
             raise UsageError("--id selects dead letters: use it with --dead")
         print(f"{outbox.retry_now()} pending message(s) due now")
         return EXIT_OK
-    settings = load_settings(args.env_file)
+    settings = _settings(args)
     mappings = _mappings_or_findings(lambda: load_mappings(settings.mappings_dir))
     if mappings is None:
         return EXIT_FINDINGS
@@ -269,7 +278,7 @@ def _outbox_discard(args: argparse.Namespace) -> int:
 
 
 def _aircall_client(args: argparse.Namespace) -> tuple[Settings, AircallClient]:
-    settings = load_settings(args.env_file)
+    settings = _settings(args)
     if not (settings.aircall_api_id and settings.aircall_api_token):
         raise UsageError("set AIRCALL_API_ID and AIRCALL_API_TOKEN (Aircall dashboard: Integrations, API keys)")
     return settings, AircallClient(settings.aircall_api_url, settings.aircall_api_id, settings.aircall_api_token)
@@ -311,16 +320,21 @@ def _aircall_connect(args: argparse.Namespace) -> int:
 
 def write_env_token(path: Path, token: str) -> None:
     """Put the token first in AIRCALL_WEBHOOK_TOKEN, keeping tokens already there (a rotation loses nothing)."""
-    lines = path.read_text().splitlines() if path.exists() else []
-    for index, line in enumerate(lines):
-        name, sep, value = line.partition("=")
-        if sep and name.strip() == "AIRCALL_WEBHOOK_TOKEN":
-            kept = [t.strip() for t in value.strip().strip("\"'").split(",") if t.strip() and t.strip() != token]
-            lines[index] = "AIRCALL_WEBHOOK_TOKEN=" + ",".join([token, *kept])
-            break
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--write-env: {path}: cannot read: {exc}") from None
+    # The line the settings are read from: the last one naming it, written `export NAME=...` or not.
+    setting = [i for i, line in enumerate(lines) if (parse_env_line(line) or ("",))[0] == "AIRCALL_WEBHOOK_TOKEN"]
+    if setting:
+        index = setting[-1]
+        _, value = parse_env_line(lines[index]) or ("", "")
+        kept = [t.strip() for t in value.split(",") if t.strip() and t.strip() != token]
+        export = "export " if lines[index].lstrip().startswith("export ") else ""
+        lines[index] = f"{export}AIRCALL_WEBHOOK_TOKEN=" + ",".join([token, *kept])
     else:
         lines.append(f"AIRCALL_WEBHOOK_TOKEN={token}")
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     path.chmod(0o600)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -22,6 +21,8 @@ from jinja2.exceptions import SecurityError
 from jinja2.runtime import Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
+
+from engine.digits import normalize_digits
 
 # The names a template may read. Webhook data only ever arrives through these, as values.
 TEMPLATE_VARIABLES = frozenset({"data", "event", "resource", "timestamp"})
@@ -140,18 +141,11 @@ def _format_utc(moment: datetime) -> str:
     return _ISO_FORMAT % (*moment.timetuple()[:6], moment.microsecond // 1000)
 
 
-_NOT_DIGITS = re.compile(r"[^0-9]")
-
-
 def e164(value: Any) -> str | None:
     """'+33 1 76 36 06 95' -> '+33176360695': Aircall formats digits for people; warehouses want them bare."""
     if value is None:
         return None
-    text = str(value)
-    digits = _NOT_DIGITS.sub("", text)
-    if not digits:
-        return None
-    return ("+" + digits) if text.lstrip().startswith("+") else digits
+    return normalize_digits(str(value)) or None
 
 
 def pluck(items: Any, key: str) -> list[Any]:
