@@ -17,7 +17,7 @@ from engine.backfill import RESOURCES, Progress, backfill, parse_date
 from engine.backfill import now as backfill_now
 from engine.config import ConfigError, Settings, load_settings, parse_env_line, parse_events
 from engine.envelope import EnvelopeError, parse_webhook
-from engine.findings import MappingError
+from engine.findings import MappingError, MappingsFolderError
 from engine.mapping import Mappings, load_mappings
 from engine.message import RenderError
 from engine.operations import replay_dead_letters
@@ -38,11 +38,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (UsageError, ConfigError) as exc:
-        print(f"engine: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        message = user_error(exc)
+        if message is None:
+            raise  # a bug: its traceback is what a report needs
+        print(f"engine: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def user_error(exc: Exception) -> str | None:
+    """The one line for an error caused by what the user gave (arguments, settings, files, the outbox named),
+    or None. The one place where the exceptions of the layers below become what a user reads."""
+    if isinstance(exc, UsageError | ConfigError | MappingsFolderError):
+        return str(exc)
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -188,6 +199,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError(f"the mappings in {settings.mappings_dir} have problems; run `engine validate`") from None
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
+    if not 1 <= args.port <= 65535:  # uvicorn would bind the port modulo 65536 and log the number given
+        raise UsageError(f"--port: {args.port} is not a port (1 to 65535)")
     # The workers read the settings themselves, from the file named here (or .env).
     if args.env_file:
         os.environ["ENGINE_ENV_FILE"] = args.env_file
@@ -259,6 +272,8 @@ def _outbox_replay(args: argparse.Namespace) -> int:
     print(f"replayed {len(report.replayed)} dead letter(s): {report.messages} message(s) queued again")
     for letter_id, reason in report.failed:
         print(f"  dead #{letter_id} still fails: {reason}", file=sys.stderr)
+    if _report_missing(args.ids, [*report.replayed, *(i for i, _ in report.failed)]):
+        return EXIT_USAGE
     return EXIT_FINDINGS if report.failed else EXIT_OK
 
 
@@ -269,12 +284,16 @@ def _outbox_discard(args: argparse.Namespace) -> int:
         what = letter.message_id or "whole webhook"
         print(f"  discarded dead #{letter.id} {letter.event} {what}: {letter.reason}")
     print(f"discarded {len(discarded)} dead letter(s)")
-    missing = sorted(set(args.ids or ()) - {letter.id for letter in discarded})
+    return EXIT_USAGE if _report_missing(args.ids, [letter.id for letter in discarded]) else EXIT_OK
+
+
+def _report_missing(asked: list[int] | None, found: list[int]) -> bool:
+    """Say which of the dead letters asked for by --id were not there; whether any was missing."""
+    missing = sorted(set(asked or ()) - set(found))
     if missing:
         listed = ", ".join(f"#{i}" for i in missing)
         print(f"engine: no dead letter waiting with id {listed} (see engine outbox status --dead)", file=sys.stderr)
-        return EXIT_USAGE
-    return EXIT_OK
+    return bool(missing)
 
 
 def _aircall_client(args: argparse.Namespace) -> tuple[Settings, AircallClient]:

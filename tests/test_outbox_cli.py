@@ -61,3 +61,18 @@ def test_discard_deletes_the_chosen_dead_letters_and_says_which(engine, tmp_path
     status = engine("outbox", "status", "--dead", env=env)
     assert "dead letters 0" in status.out and "dead #" not in status.out
     assert outbox.stats().pending == 0 and second.id not in {d.id for d in outbox.dead_letters(include_replayed=True)}
+
+
+def test_replay_and_discard_of_an_unknown_dead_letter_give_the_same_answer(engine, tmp_path):
+    outbox = backlog(tmp_path / "o.sqlite3")
+    outbox.keep_webhook(stored_webhook(Webhook("call", "call.ended", 1_700_000_009, "", {"id": 9})), "TypeError")
+    [letter] = outbox.dead_letters()
+    env = {"ENGINE_DB": str(tmp_path / "o.sqlite3")}
+    missing = "engine: no dead letter waiting with id #999 (see engine outbox status --dead)\n"
+    replay = engine("outbox", "replay", "--dead", "--id", "999", env=env)
+    assert (replay.code, replay.err) == (2, missing)
+    discard = engine("outbox", "discard", "--id", "999", env=env)
+    assert (discard.code, discard.err) == (2, missing)
+    both = engine("outbox", "replay", "--dead", "--id", str(letter.id), "--id", "999", env=env)
+    assert (both.code, both.err) == (2, missing)
+    assert both.out == "replayed 1 dead letter(s): 1 message(s) queued again\n"

@@ -426,6 +426,13 @@ def test_bad_setting_stops_start_up_naming_it(tmp_path):
     assert (run.code, run.err.strip()) == (2, "engine: ENGINE_MAX_BODY_BYTES: 'lots' is not a number")
 
 
+def test_a_port_out_of_range_is_refused_not_wrapped_around(tmp_path):
+    # 83536 is 18000 modulo 65536: the server listened there while its log said 83536.
+    run = run_engine("serve", "--port", "83536", env={"ENGINE_DB": str(tmp_path / "o")}, timeout=20)
+    assert (run.code, run.err) == (2, "engine: --port: 83536 is not a port (1 to 65535)\n")
+    assert not (tmp_path / "o").exists()
+
+
 def test_delivered_messages_are_pruned_after_the_retention_period(engine_server, segment):
     server = engine_server()
     server.post(sample("call.ended"))
