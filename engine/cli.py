@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sqlite3
 import sys
@@ -21,7 +22,7 @@ from engine.findings import MappingError, MappingsFolderError
 from engine.mapping import Mappings, load_mappings
 from engine.message import RenderError
 from engine.operations import replay_dead_letters
-from engine.outbox import Outbox, OutboxUnavailable, describe_db, open_outbox
+from engine.outbox import Outbox, OutboxRefused, OutboxUnavailable, describe_db, open_outbox
 from engine.runtime import load_server_mappings
 from engine.selection import Selection
 from engine.validate import find_fixtures, validate
@@ -53,6 +54,10 @@ def user_error(exc: Exception) -> str | None:
     or None. The one place where the exceptions of the layers below become what a user reads."""
     if isinstance(exc, UsageError | ConfigError | MappingsFolderError):
         return str(exc)
+    if isinstance(exc, OutboxRefused):
+        return f"ENGINE_DB: {exc}"
+    if isinstance(exc, OutboxUnavailable):  # locked by another process past the busy timeout, disk full...
+        return f"ENGINE_DB: the outbox is busy or cannot be written ({exc}); try again"
     return None
 
 
@@ -201,6 +206,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError("--workers must be at least 1")
     if not 1 <= args.port <= 65535:  # uvicorn would bind the port modulo 65536 and log the number given
         raise UsageError(f"--port: {args.port} is not a port (1 to 65535)")
+    # The outbox too (created or migrated here, once for all the workers): one that is refused is refused here.
+    _open_outbox(args, create=True).close()
     # The workers read the settings themselves, from the file named here (or .env).
     if args.env_file:
         os.environ["ENGINE_ENV_FILE"] = args.env_file
@@ -222,10 +229,12 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _open_outbox(args: argparse.Namespace, create: bool = False) -> Outbox:
+def _open_outbox(args: argparse.Namespace, create: bool = False, read_only: bool = False) -> Outbox:
     settings = _settings(args)
+    # The pool's own warnings would repeat each failed attempt, host names and all: the error below says it once.
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
     try:
-        return open_outbox(settings.db, create=create)
+        return open_outbox(settings.db, create=create, read_only=read_only)
     except FileNotFoundError:
         raise UsageError(f"ENGINE_DB: no outbox at {settings.db} (the server creates it on first start)") from None
     except (ValueError, sqlite3.Error, OutboxUnavailable) as exc:
@@ -233,7 +242,7 @@ def _open_outbox(args: argparse.Namespace, create: bool = False) -> Outbox:
 
 
 def _outbox_status(args: argparse.Namespace) -> int:
-    outbox = _open_outbox(args)
+    outbox = _open_outbox(args, read_only=True)
     stats = outbox.stats()
     letters = outbox.dead_letters() if args.dead else []
     if args.json:

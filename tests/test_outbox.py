@@ -11,7 +11,7 @@ import time
 import pytest
 
 from engine.envelope import Webhook
-from engine.outbox import SCHEMA_VERSION, NewMessage, SqliteOutbox, open_outbox, stored_webhook
+from engine.outbox import SCHEMA_VERSION, NewMessage, OutboxRefused, SqliteOutbox, open_outbox, stored_webhook
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -224,7 +224,7 @@ def test_a_newer_schema_is_refused(tmp_path):
     conn = sqlite3.connect(path)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(RuntimeError, match="newer than this engine's"):
+    with pytest.raises(OutboxRefused, match="newer than this engine's"):
         SqliteOutbox(path)
 
 
