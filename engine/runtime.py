@@ -40,7 +40,7 @@ class Runtime:
     _stats_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _task: asyncio.Task[None] | None = None
 
-    def event_label(self, event: str) -> str:
+    def event_label(self, event: str | None) -> str:
         """Events as metric labels, bounded: what no mapping and no Aircall documentation names is 'other'."""
         return event if event in self.known_events else "other"
 

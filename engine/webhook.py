@@ -1,4 +1,5 @@
-"""POST /webhooks/aircall: envelope check, token, selection, mapping, outbox commit, answer; in that order.
+"""POST /webhooks/aircall: body, JSON, token, envelope check, selection, mapping, outbox commit, answer; in that
+order.
 
 Aircall disables a webhook that keeps failing, so everything stored or deliberately ignored gets a 2xx, and
 the answer never waits on Segment. A 5xx is given only when the outbox cannot take the write, so that Aircall
@@ -41,15 +42,15 @@ async def receive(request: Request) -> Response:
         _check_content_type(request)
         body = await _read_body(request, runtime.settings.max_body_bytes, runtime.settings.body_timeout_seconds)
         try:
-            document = parse_json(body)
-            webhook = webhook_from_json(document)
+            document = parse_json(body)  # its errors name a position, never the content
         except EnvelopeError as exc:
             raise Refusal(400, "bad_request", str(exc)) from None
-        event = runtime.event_label(webhook.event)
-        if not runtime.settings.webhook_tokens:
-            raise Refusal(401, "unauthorized", "no token is configured: set AIRCALL_WEBHOOK_TOKEN")
-        if not token_matches(webhook.token, runtime.token_digests):
-            raise Refusal(401, "unauthorized", "wrong token")
+        event = runtime.event_label(_text_field(document, "event"))  # a known event's name, else "other"
+        _authenticate(runtime, document)
+        try:
+            webhook = webhook_from_json(document)  # its errors may quote the body: only once authenticated
+        except EnvelopeError as exc:
+            raise Refusal(400, "bad_request", str(exc)) from None
         skip = runtime.selection.skip_reason(webhook)
         if skip is not None:
             return _answer(request, started, event, 200, "ignored", {"status": "ignored", "reason": skip})
@@ -77,6 +78,23 @@ async def receive(request: Request) -> Response:
             request, started, event, refusal.status, refusal.outcome,
             {"status": "error", "reason": refusal.reason}, refusal.headers,
         )  # fmt: skip
+
+
+def _authenticate(runtime: Runtime, document: object) -> None:
+    """The token, checked before anything of the body is explained: someone without it learns from the answer
+    and the log that they were refused, and nothing of how their body would have been read."""
+    if not runtime.settings.webhook_tokens:
+        raise Refusal(401, "unauthorized", "no token is configured: set AIRCALL_WEBHOOK_TOKEN")
+    token = _text_field(document, "token")
+    if token is None:
+        raise Refusal(401, "unauthorized", "missing token")
+    if not token_matches(token, runtime.token_digests):
+        raise Refusal(401, "unauthorized", "wrong token")
+
+
+def _text_field(document: object, name: str) -> str | None:
+    value = document.get(name) if isinstance(document, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def token_matches(given: str, digests: tuple[bytes, ...]) -> bool:

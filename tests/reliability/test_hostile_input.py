@@ -160,3 +160,38 @@ def test_the_server_is_still_up_and_answering_after_all_of_it(hostile_server):
     assert hostile_server.health()["status"] == "ok"
     assert hostile_server.post(sample("user.created")).status_code == 200
     assert hostile_server.process.proc.poll() is None
+
+
+ATTACKER = "ATTACKER-CONTROLLED-TEXT"
+
+
+def unauthenticated_bodies() -> list[bytes]:
+    """Envelopes with a wrong or no token, each with attacker's text where a schema error would quote it."""
+    good = {k: v for k, v in sample("call.ended").items() if k != "token"}
+    bodies = []
+    for token in ({"token": "wrong-token"}, {}, {"token": [ATTACKER]}):
+        envelope = good | token
+        for field in ("timestamp", "event", "resource", "data"):
+            bodies.append(envelope | {field: ATTACKER})
+        bodies.append(envelope | {"timestamp": {ATTACKER: [ATTACKER]}, "data": [ATTACKER]})
+        bodies.append({k: v for k, v in envelope.items() if k != "data"} | {"event": ATTACKER})
+    encoded = [json.dumps(body).encode() for body in bodies]
+    encoded.append(json.dumps([ATTACKER, {"token": "wrong-token"}]).encode())
+    encoded.append(json.dumps(ATTACKER).encode())
+    # Not JSON at all (a number too large for a double): refused before the token, without quoting it.
+    encoded.append(b'{"token": "wrong-token", "data": {"n": 31337313373133731337e999}}')
+    return encoded
+
+
+def test_an_unauthenticated_body_is_never_echoed_in_the_answer_or_the_log(engine_server):
+    server = engine_server(ENGINE_LOG_LEVEL="debug")
+    answers = [server.post(body) for body in unauthenticated_bodies()]
+    server.stop()
+    log = server.process.log
+    assert [a.status_code for a in answers] == [401] * (len(answers) - 1) + [400]
+    assert answers[-1].json()["reason"] == "body is not valid JSON: a number is out of range"
+    for answer in answers:
+        assert ATTACKER not in answer.text and "31337" not in answer.text, answer.text
+        count("hostile input: bodies tried")
+    assert log.count("outcome=unauthorized") == len(answers) - 1
+    assert ATTACKER not in log and "31337" not in log
