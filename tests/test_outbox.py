@@ -78,8 +78,21 @@ def test_reopening_keeps_everything_and_does_not_migrate_again(sqlite_outbox, tm
     outbox = sqlite_outbox
     fill(outbox, 3)
     outbox.close()
-    again = SqliteOutbox(outbox.path)
+    schema_before = sqlite3.connect(outbox.path).execute("PRAGMA schema_version").fetchone()[0]
+    # Another process holds the write lock (a worker committing): opening an outbox that needs no migration
+    # takes no write lock, so it neither waits for it nor fails with "database is locked".
+    holder = sqlite3.connect(outbox.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        again = SqliteOutbox(outbox.path)
+        assert time.monotonic() - started < 1.0
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
     assert again.stats().pending == 3
+    again.close()
+    assert sqlite3.connect(outbox.path).execute("PRAGMA schema_version").fetchone()[0] == schema_before
 
 
 def test_enqueue_is_idempotent_on_message_id(outbox):
