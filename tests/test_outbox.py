@@ -276,4 +276,9 @@ def test_database_urls_are_shown_without_their_password():
         == "postgresql://bridge:***@db.internal:5432/engine"
     )
     assert describe_db("postgresql://bridge@db/engine") == "postgresql://bridge@db/engine"
+    assert describe_db("postgresql://bridge:s3@cr@t@db/engine") == "postgresql://bridge:***@db/engine"
+    assert describe_db("postgresql://bridge:s3/cr?t@db/engine") == "postgresql://bridge:***@db/engine"
+    assert describe_db("postgresql://db/engine?sslmode=require&password=s3cr3t") == (
+        "postgresql://db/engine?sslmode=require&password=***"
+    )
     assert describe_db("var/outbox.sqlite3") == "var/outbox.sqlite3"
