@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import __version__, logs
 from engine.config import ConfigError, load_settings
@@ -58,14 +60,47 @@ async def metrics(request: Request) -> Response:
     return Response(runtime.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+class _QuietStartupFailure:
+    """A setting or a mapping the operator got wrong stops start-up with the one-line error the lifespan logs.
+
+    Starlette hands uvicorn the traceback of a failed start-up, and uvicorn prints it: for these errors,
+    uvicorn is told of the failure without it. Any other exception keeps its traceback (a bug to report).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        held: list[Message] = []
+
+        async def hold_failure(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                held.append(message)
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, hold_failure)
+        except (ConfigError, MappingError):
+            await send({"type": "lifespan.startup.failed", "message": ""})
+        except BaseException:
+            for message in held:
+                await send(message)
+            raise
+
+
 def create_app(env_file: str | None = None) -> Starlette:
-    """The app; settings are read when it starts, from the environment then `env_file` (ENGINE_ENV_FILE, .env)."""
-    env_file = env_file or os.environ.get("ENGINE_ENV_FILE", ".env")
+    """The app; settings are read when it starts, from the environment then `env_file` (else ENGINE_ENV_FILE,
+    which must then exist, else .env if there is one)."""
+    named = env_file or os.environ.get("ENGINE_ENV_FILE")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Runtime]]:
         try:
-            settings = load_settings(env_file)
+            settings = load_settings(named or ".env", required=named is not None)
             logs.configure(settings.log_format, settings.log_level)
             runtime = build_runtime(settings, env_file)
         except (ConfigError, MappingError) as exc:
@@ -88,6 +123,7 @@ def create_app(env_file: str | None = None) -> Starlette:
             logs.write_directly()
 
     return Starlette(
+        middleware=[Middleware(_QuietStartupFailure)],
         routes=[
             Route("/webhooks/aircall", receive, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),

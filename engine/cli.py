@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sqlite3
 import sys
@@ -15,13 +16,13 @@ from engine import __version__, logs, metrics
 from engine.aircall_api import AircallClient, AircallError
 from engine.backfill import RESOURCES, Progress, backfill, parse_date
 from engine.backfill import now as backfill_now
-from engine.config import ConfigError, Settings, load_settings, parse_events
+from engine.config import ConfigError, Settings, load_settings, parse_env_line, parse_events
 from engine.envelope import EnvelopeError, parse_webhook
-from engine.findings import MappingError
+from engine.findings import MappingError, MappingsFolderError
 from engine.mapping import Mappings, load_mappings
 from engine.message import RenderError
 from engine.operations import replay_dead_letters
-from engine.outbox import Outbox, OutboxUnavailable, describe_db, open_outbox
+from engine.outbox import Outbox, OutboxRefused, OutboxUnavailable, describe_db, open_outbox
 from engine.runtime import load_server_mappings
 from engine.selection import Selection
 from engine.validate import find_fixtures, validate
@@ -38,17 +39,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (UsageError, ConfigError) as exc:
-        print(f"engine: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        message = user_error(exc)
+        if message is None:
+            raise  # a bug: its traceback is what a report needs
+        print(f"engine: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def user_error(exc: Exception) -> str | None:
+    """The one line for an error caused by what the user gave (arguments, settings, files, the outbox named),
+    or None. The one place where the exceptions of the layers below become what a user reads."""
+    if isinstance(exc, UsageError | ConfigError | MappingsFolderError):
+        return str(exc)
+    if isinstance(exc, OutboxRefused):
+        return f"ENGINE_DB: {exc}"
+    if isinstance(exc, OutboxUnavailable):  # locked by another process past the busy timeout, disk full...
+        return f"ENGINE_DB: the outbox is busy or cannot be written ({exc}); try again"
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="engine", description="Aircall webhooks to Segment, through YAML mappings.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--env-file", default=".env", help="settings file read after the environment (default .env)")
+    parser.add_argument("--env-file", help="settings file read after the environment (default .env, when there is one)")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     check = commands.add_parser("validate", help="check every mapping file; exit 1 on any finding")
@@ -119,8 +135,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings; a file named with --env-file must exist, the default .env need not."""
+    return load_settings(args.env_file or ".env", required=args.env_file is not None)
+
+
 def _validate(args: argparse.Namespace) -> int:
-    settings = load_settings(args.env_file)
+    settings = _settings(args)
     directory = args.directory or settings.mappings_dir
     fixtures = args.fixtures if args.fixtures is not None else find_fixtures(directory)
     if args.fixtures is not None and not args.fixtures.is_dir():
@@ -149,7 +170,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    settings = load_settings(args.env_file)
+    settings = _settings(args)
     directory = args.mappings or settings.mappings_dir
     body = _read_payload(args.payload)
     try:
@@ -174,7 +195,7 @@ def _render(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    settings = load_settings(args.env_file)
+    settings = _settings(args)
     try:  # the same checks as the server's start-up, to fail here with a plain message and exit 2
         load_server_mappings(settings)
     except MappingError as exc:
@@ -183,7 +204,15 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError(f"the mappings in {settings.mappings_dir} have problems; run `engine validate`") from None
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
-    os.environ["ENGINE_ENV_FILE"] = args.env_file  # the workers read the settings themselves
+    if not 1 <= args.port <= 65535:  # uvicorn would bind the port modulo 65536 and log the number given
+        raise UsageError(f"--port: {args.port} is not a port (1 to 65535)")
+    # The outbox too (created or migrated here, once for all the workers): one that is refused is refused here.
+    _open_outbox(args, create=True).close()
+    # The workers read the settings themselves, from the file named here (or .env).
+    if args.env_file:
+        os.environ["ENGINE_ENV_FILE"] = args.env_file
+    else:
+        os.environ.pop("ENGINE_ENV_FILE", None)
     with metrics.shared_across_workers(args.workers):
         uvicorn.run(
             "engine.app:create_app",
@@ -200,10 +229,12 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _open_outbox(args: argparse.Namespace, create: bool = False) -> Outbox:
-    settings = load_settings(args.env_file)
+def _open_outbox(args: argparse.Namespace, create: bool = False, read_only: bool = False) -> Outbox:
+    settings = _settings(args)
+    # The pool's own warnings would repeat each failed attempt, host names and all: the error below says it once.
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
     try:
-        return open_outbox(settings.db, create=create)
+        return open_outbox(settings.db, create=create, read_only=read_only)
     except FileNotFoundError:
         raise UsageError(f"ENGINE_DB: no outbox at {settings.db} (the server creates it on first start)") from None
     except (ValueError, sqlite3.Error, OutboxUnavailable) as exc:
@@ -211,7 +242,7 @@ def _open_outbox(args: argparse.Namespace, create: bool = False) -> Outbox:
 
 
 def _outbox_status(args: argparse.Namespace) -> int:
-    outbox = _open_outbox(args)
+    outbox = _open_outbox(args, read_only=True)
     stats = outbox.stats()
     letters = outbox.dead_letters() if args.dead else []
     if args.json:
@@ -244,7 +275,7 @@ def _outbox_replay(args: argparse.Namespace) -> int:
             raise UsageError("--id selects dead letters: use it with --dead")
         print(f"{outbox.retry_now()} pending message(s) due now")
         return EXIT_OK
-    settings = load_settings(args.env_file)
+    settings = _settings(args)
     mappings = _mappings_or_findings(lambda: load_mappings(settings.mappings_dir))
     if mappings is None:
         return EXIT_FINDINGS
@@ -252,6 +283,8 @@ def _outbox_replay(args: argparse.Namespace) -> int:
     print(f"replayed {len(report.replayed)} dead letter(s): {report.messages} message(s) queued again")
     for letter_id, reason in report.failed:
         print(f"  dead #{letter_id} still fails: {reason}", file=sys.stderr)
+    if _report_missing(args.ids, [*report.replayed, *(i for i, _ in report.failed)]):
+        return EXIT_USAGE
     return EXIT_FINDINGS if report.failed else EXIT_OK
 
 
@@ -262,16 +295,20 @@ def _outbox_discard(args: argparse.Namespace) -> int:
         what = letter.message_id or "whole webhook"
         print(f"  discarded dead #{letter.id} {letter.event} {what}: {letter.reason}")
     print(f"discarded {len(discarded)} dead letter(s)")
-    missing = sorted(set(args.ids or ()) - {letter.id for letter in discarded})
+    return EXIT_USAGE if _report_missing(args.ids, [letter.id for letter in discarded]) else EXIT_OK
+
+
+def _report_missing(asked: list[int] | None, found: list[int]) -> bool:
+    """Say which of the dead letters asked for by --id were not there; whether any was missing."""
+    missing = sorted(set(asked or ()) - set(found))
     if missing:
         listed = ", ".join(f"#{i}" for i in missing)
         print(f"engine: no dead letter waiting with id {listed} (see engine outbox status --dead)", file=sys.stderr)
-        return EXIT_USAGE
-    return EXIT_OK
+    return bool(missing)
 
 
 def _aircall_client(args: argparse.Namespace) -> tuple[Settings, AircallClient]:
-    settings = load_settings(args.env_file)
+    settings = _settings(args)
     if not (settings.aircall_api_id and settings.aircall_api_token):
         raise UsageError("set AIRCALL_API_ID and AIRCALL_API_TOKEN (Aircall dashboard: Integrations, API keys)")
     return settings, AircallClient(settings.aircall_api_url, settings.aircall_api_id, settings.aircall_api_token)
@@ -313,16 +350,21 @@ def _aircall_connect(args: argparse.Namespace) -> int:
 
 def write_env_token(path: Path, token: str) -> None:
     """Put the token first in AIRCALL_WEBHOOK_TOKEN, keeping tokens already there (a rotation loses nothing)."""
-    lines = path.read_text().splitlines() if path.exists() else []
-    for index, line in enumerate(lines):
-        name, sep, value = line.partition("=")
-        if sep and name.strip() == "AIRCALL_WEBHOOK_TOKEN":
-            kept = [t.strip() for t in value.strip().strip("\"'").split(",") if t.strip() and t.strip() != token]
-            lines[index] = "AIRCALL_WEBHOOK_TOKEN=" + ",".join([token, *kept])
-            break
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--write-env: {path}: cannot read: {exc}") from None
+    # The line the settings are read from: the last one naming it, written `export NAME=...` or not.
+    setting = [i for i, line in enumerate(lines) if (parse_env_line(line) or ("",))[0] == "AIRCALL_WEBHOOK_TOKEN"]
+    if setting:
+        index = setting[-1]
+        _, value = parse_env_line(lines[index]) or ("", "")
+        kept = [t.strip() for t in value.split(",") if t.strip() and t.strip() != token]
+        export = "export " if lines[index].lstrip().startswith("export ") else ""
+        lines[index] = f"{export}AIRCALL_WEBHOOK_TOKEN=" + ",".join([token, *kept])
     else:
         lines.append(f"AIRCALL_WEBHOOK_TOKEN={token}")
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     path.chmod(0o600)
 
 

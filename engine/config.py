@@ -9,12 +9,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from starlette.config import Config, Environ, environ
 
+from engine.digits import normalize_digits
 from engine.events import ALL_EVENTS
 
 _EVENT_NAME = re.compile(r"^[a-z_]{1,64}\.[a-z_]{1,64}$")
+_NUMBER_ID = re.compile(r"[0-9]{1,9}")  # ASCII digits: see engine.digits
+_PHONE = re.compile(r"\+?[0-9 ().-]+")
 
 
 class ConfigError(ValueError):
@@ -32,12 +36,6 @@ class NumberSelection:
         if isinstance(number_id, int) and number_id in self.ids:
             return True
         return isinstance(number_digits, str) and normalize_digits(number_digits) in self.digits
-
-
-def normalize_digits(text: str) -> str:
-    """'+33 1 76-36 06 95' -> '+33176360695'."""
-    digits = "".join(ch for ch in text if ch.isdigit())
-    return ("+" + digits) if text.strip().startswith("+") else digits
 
 
 @dataclass(frozen=True)
@@ -92,29 +90,76 @@ def parse_numbers(value: str | None) -> NumberSelection | None:
         if not item:
             continue
         compact = "".join(item.split())
-        if compact.isdigit() and not item.startswith("+") and len(compact) < 10:
+        if _NUMBER_ID.fullmatch(compact):
             ids.add(int(compact))  # Aircall number ids are short integers; phone numbers are E.164
-        elif re.fullmatch(r"\+?[\d\s().-]{6,}", item):
+        elif _PHONE.fullmatch(item) and 6 <= len(normalize_digits(item).lstrip("+")) <= 15:  # E.164: 15 at most
             digits.add(normalize_digits(item))
         else:
             raise ConfigError(f"AIRCALL_NUMBERS: {item!r} is neither a number id nor E.164 digits")
     return NumberSelection(frozenset(ids), frozenset(digits))
 
 
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
 def _secret_list(value: str | None) -> tuple[str, ...]:
     return tuple(t.strip() for t in (value or "").split(",") if t.strip())
 
 
-def load_settings(env_file: str | Path | None = ".env", environ_: Environ = environ) -> Settings:
-    """Build the settings from the environment, then the `.env` file if there is one."""
+def read_env_file(path: Path) -> dict[str, str]:
+    """NAME=value lines, as shells and dotenv readers take them: `export NAME=value` too, comments and blank
+    lines skipped, one pair of surrounding quotes removed. UTF-8, strictly: a setting is never half-read."""
+    values: dict[str, str] = {}
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    for number, line in enumerate(raw.splitlines(), start=1):
+        try:
+            text = line.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: line {number} is not UTF-8 text") from None
+        parsed = parse_env_line(text)
+        if parsed is not None:
+            values[parsed[0]] = parsed[1]
+    return values
+
+
+def parse_env_line(line: str) -> tuple[str, str] | None:
+    """(name, value) of one settings line, or None for a comment or a line without '='."""
+    line = line.strip()
+    if line.startswith("#") or "=" not in line:
+        return None
+    name, value = line.split("=", 1)
+    name = name.strip().removeprefix("export ").strip()
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1]
+    return name, value
+
+
+def load_settings(
+    env_file: str | Path | None = ".env", environ_: Environ = environ, required: bool = False
+) -> Settings:
+    """Build the settings from the environment, then the `.env` file if there is one.
+
+    `required`: the file was named by the user (--env-file, ENGINE_ENV_FILE), so it must exist.
+    """
     path = Path(env_file) if env_file else None
-    config = Config(path if path and path.is_file() else None, environ=environ_)
+    config = Config(environ=environ_)
+    if path is not None and path.is_file():
+        config.file_values = read_env_file(path)
+    elif path is not None and required:
+        raise ConfigError(f"settings file {path} not found")
 
     def optional(name: str) -> str | None:
         value = config(name, default=None)
         return value.strip() or None if value is not None else None
 
-    def number(name: str, default: float, minimum: float, integer: bool = False) -> float:
+    def number(name: str, default: float, minimum: float, maximum: float, integer: bool = False) -> float:
+        """Finite and within bounds: inf, NaN or 1e400 (a float's inf) would turn into a timer that never fires
+        or a lease that never ends."""
         value = optional(name)
         if value is None:
             return default
@@ -122,8 +167,8 @@ def load_settings(env_file: str | Path | None = ".env", environ_: Environ = envi
             parsed = int(value) if integer else float(value)
         except ValueError:
             raise ConfigError(f"{name}: {value!r} is not a number") from None
-        if not parsed >= minimum:  # also refuses NaN
-            raise ConfigError(f"{name}: {value!r} must be at least {minimum:g}")
+        if not minimum <= parsed <= maximum:  # also refuses NaN
+            raise ConfigError(f"{name}: {value!r} must be between {_plain(minimum)} and {_plain(maximum)}")
         return parsed
 
     def choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -134,10 +179,30 @@ def load_settings(env_file: str | Path | None = ".env", environ_: Environ = envi
 
     def url(name: str, default: str) -> str:
         value = (optional(name) or default).rstrip("/")
-        if not re.match(r"^https?://[^\s/]+", value):
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", value):
             raise ConfigError(f"{name}: {value!r} is not an http(s) URL")
+        try:
+            port = parts.port  # urllib checks the port only when asked for it
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise ConfigError(f"{name}: {value!r} has no valid port (1 to 65535)")
         return value
 
+    backoff_cap = number("ENGINE_BACKOFF_CAP_SECONDS", Settings.backoff_cap_seconds, 0.01, 86400)
+    backoff_base = number("ENGINE_BACKOFF_BASE_SECONDS", Settings.backoff_base_seconds, 0.01, 86400)
+    if backoff_base > backoff_cap:  # blame the one the user set
+        base = optional("ENGINE_BACKOFF_BASE_SECONDS")
+        if base is not None:
+            raise ConfigError(
+                f"ENGINE_BACKOFF_BASE_SECONDS: {base!r} must not exceed ENGINE_BACKOFF_CAP_SECONDS "
+                f"({_plain(backoff_cap)})"
+            )
+        raise ConfigError(
+            f"ENGINE_BACKOFF_CAP_SECONDS: {optional('ENGINE_BACKOFF_CAP_SECONDS')!r} must be at least "
+            f"ENGINE_BACKOFF_BASE_SECONDS ({_plain(backoff_base)})"
+        )
     return Settings(
         webhook_tokens=_secret_list(optional("AIRCALL_WEBHOOK_TOKEN")),
         segment_write_key=optional("SEGMENT_WRITE_KEY"),
@@ -149,14 +214,14 @@ def load_settings(env_file: str | Path | None = ".env", environ_: Environ = envi
         aircall_api_id=optional("AIRCALL_API_ID"),
         aircall_api_token=optional("AIRCALL_API_TOKEN"),
         aircall_api_url=url("AIRCALL_API_URL", Settings.aircall_api_url),
-        max_body_bytes=int(number("ENGINE_MAX_BODY_BYTES", Settings.max_body_bytes, 1024, integer=True)),
-        body_timeout_seconds=number("ENGINE_BODY_TIMEOUT_SECONDS", Settings.body_timeout_seconds, 0.1),
-        segment_timeout_seconds=number("SEGMENT_TIMEOUT_SECONDS", Settings.segment_timeout_seconds, 0.1),
-        retention_days=number("ENGINE_RETENTION_DAYS", Settings.retention_days, 0),
-        max_age_hours=number("ENGINE_MAX_AGE_HOURS", Settings.max_age_hours, 0.001),
-        lease_seconds=number("ENGINE_LEASE_SECONDS", Settings.lease_seconds, 1),
-        backoff_base_seconds=number("ENGINE_BACKOFF_BASE_SECONDS", Settings.backoff_base_seconds, 0.01),
-        backoff_cap_seconds=number("ENGINE_BACKOFF_CAP_SECONDS", Settings.backoff_cap_seconds, 0.01),
+        max_body_bytes=int(number("ENGINE_MAX_BODY_BYTES", Settings.max_body_bytes, 1024, 100 * 2**20, integer=True)),
+        body_timeout_seconds=number("ENGINE_BODY_TIMEOUT_SECONDS", Settings.body_timeout_seconds, 0.1, 3600),
+        segment_timeout_seconds=number("SEGMENT_TIMEOUT_SECONDS", Settings.segment_timeout_seconds, 0.1, 3600),
+        retention_days=number("ENGINE_RETENTION_DAYS", Settings.retention_days, 0, 3650),
+        max_age_hours=number("ENGINE_MAX_AGE_HOURS", Settings.max_age_hours, 0.001, 87600),
+        lease_seconds=number("ENGINE_LEASE_SECONDS", Settings.lease_seconds, 1, 86400),
+        backoff_base_seconds=backoff_base,
+        backoff_cap_seconds=backoff_cap,
         log_format=choice("ENGINE_LOG_FORMAT", Settings.log_format, ("plain", "json")),
         log_level=choice("ENGINE_LOG_LEVEL", Settings.log_level.lower(), ("debug", "info", "warning", "error")),
     )

@@ -34,3 +34,8 @@ class MappingError(Exception):
     def __init__(self, findings: list[Finding]) -> None:
         self.findings = findings
         super().__init__("\n".join(str(f) for f in findings))
+
+
+class MappingsFolderError(Exception):
+    """The mappings folder itself cannot be used (missing, not a folder, unreadable): a usage error, not a
+    list of findings about files that are not there."""

@@ -7,6 +7,7 @@ loading goes on past a bad file so that one run reports them all.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from jsonschema import ValidationError
 
 from engine import yamlsource
 from engine.envelope import Webhook
-from engine.findings import Finding, MappingError, caret_excerpt
+from engine.findings import Finding, MappingError, MappingsFolderError, caret_excerpt
 from engine.message import Encoded, RenderError, encode, finish
 from engine.schemas import mapping_file_validator, resolved_mapping_validator
 from engine.templating import (
@@ -141,11 +142,9 @@ def inspect_mappings(directory: Path) -> tuple[Mappings, list[Finding]]:
     """Compile what can be compiled, and every finding on the way."""
     directory = Path(directory)
     findings: list[Finding] = []
-    if not directory.is_dir():
-        return Mappings(directory, {}), [Finding(directory, 1, 1, "mappings folder not found")]
     sources: dict[str, SourceFile] = {}
     claimed: set[str] = set()
-    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+    for path in mapping_files(directory):
         source = _read(path, findings, claimed)
         if source is not None:
             sources[path.name] = source
@@ -184,6 +183,19 @@ def inspect_mappings(directory: Path) -> tuple[Mappings, list[Finding]]:
             compiled[event] = mapping
     unique = list(dict.fromkeys(findings))  # a base's problem shows once, not once per file extending it
     return Mappings(directory, compiled, frozenset(claimed)), unique
+
+
+def mapping_files(directory: Path) -> list[Path]:
+    """The YAML files of the folder; MappingsFolderError when the folder cannot be listed."""
+    if not directory.exists():
+        raise MappingsFolderError(f"{directory}: mappings folder not found")
+    if not directory.is_dir():
+        raise MappingsFolderError(f"{directory}: not a folder")
+    try:
+        names = [entry.name for entry in os.scandir(directory)]
+    except OSError as exc:
+        raise MappingsFolderError(f"{directory}: cannot read the mappings folder: {exc.strerror}") from None
+    return sorted(directory / n for n in names if n.endswith((".yaml", ".yml")) and not n.startswith("."))
 
 
 def _read(path: Path, findings: list[Finding], claimed: set[str]) -> SourceFile | None:

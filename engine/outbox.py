@@ -99,6 +99,12 @@ class OutboxUnavailable(Exception):
     """The outbox cannot take a write now (disk full, read-only, locked): the webhook must get 503."""
 
 
+class OutboxRefused(Exception):
+    """ENGINE_DB names something this engine must not use as its outbox, however often it is retried: a file
+    of another application, a newer engine's schema, a URL that cannot be read safely, a driver not installed.
+    The message says which, and never shows a password."""
+
+
 @dataclass(frozen=True)
 class StoredWebhook:
     key: str
@@ -232,30 +238,60 @@ def is_postgres(setting: str) -> bool:
     return setting.startswith(("postgresql://", "postgres://"))
 
 
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
+
+
 def describe_db(setting: str) -> str:
-    """ENGINE_DB as logs may show it: a PostgreSQL URL without its password."""
+    """ENGINE_DB as logs may show it: a PostgreSQL URL without its password, wherever it is written."""
     scheme, sep, rest = setting.partition("://")
-    credentials, at, location = rest.rpartition("@")
-    if not sep or not at or ":" not in credentials:
+    if not sep:
         return setting
-    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{location}"
+    # The last '@' ends the credentials: a password may hold an '@' its writer did not percent-encode.
+    credentials, at, location = rest.rpartition("@")
+    if at and ":" in credentials:
+        rest = f"{credentials.split(':', 1)[0]}:***@{location}"
+    return scheme + sep + _QUERY_PASSWORD.sub(r"\1***", rest)
 
 
-def open_outbox(setting: str, *, create: bool = True) -> Outbox:
-    """The outbox ENGINE_DB names: a SQLite file (the default) or a PostgreSQL database shared by replicas."""
+def check_postgres_url(setting: str) -> None:
+    """libpq reads an unencoded '@', '/', '?' or '#' in a password as the start of the host, path or query,
+    and its errors then quote what it took for a host name: part of the password. Refused before connecting."""
+    credentials, at, _ = setting.partition("://")[2].rpartition("@")
+    if at and re.search(r"[@/?#]", credentials):
+        raise OutboxRefused(
+            "the user name or password in the postgresql:// URL holds '@', '/', '?' or '#': "
+            "percent-encode them (%40, %2F, %3F, %23)"
+        )
+
+
+def open_outbox(setting: str, *, create: bool = True, read_only: bool = False) -> Outbox:
+    """The outbox ENGINE_DB names: a SQLite file (the default) or a PostgreSQL database shared by replicas.
+
+    `create`: a missing file is created (the server, a backfill); `read_only`: nothing is written, not even a
+    migration (engine outbox status). Either way, what is not this engine's outbox is refused: OutboxRefused.
+    """
     if is_postgres(setting):
-        from engine.outbox_pg import PostgresOutbox  # psycopg is needed only by those who use it
-
-        return PostgresOutbox(setting)
-    return SqliteOutbox(sqlite_path(setting), create=create)
+        check_postgres_url(setting)
+        try:
+            from engine.outbox_pg import PostgresOutbox  # psycopg is needed only by those who use it
+        except ImportError as exc:
+            if not (exc.name or "").startswith("psycopg"):
+                raise
+            raise OutboxRefused(
+                "a postgresql:// outbox needs psycopg: pip install 'aircall-segment[postgres]'"
+            ) from None
+        return PostgresOutbox(setting, read_only=read_only)
+    return SqliteOutbox(sqlite_path(setting), create=create, read_only=read_only)
 
 
 class SqliteOutbox:
     """The outbox in one SQLite file, WAL mode, full fsync on commit. Not thread-safe: one thread uses it."""
 
-    def __init__(self, path: Path, *, create: bool = True) -> None:
+    def __init__(self, path: Path, *, create: bool = True, read_only: bool = False) -> None:
         self.path = Path(path)
-        if create:
+        self.read_only = read_only
+        self.create = create and not read_only
+        if self.create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         elif not self.path.exists():
             raise FileNotFoundError(f"no outbox at {self.path}")
@@ -265,19 +301,52 @@ class SqliteOutbox:
     # -- connection ----------------------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=3.0)
+        if self.read_only:  # SQLite itself refuses any write on this connection
+            target, uri = f"{self.path.resolve().as_uri()}?mode=ro", True
+        else:
+            target, uri = str(self.path), False
+        conn = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False, timeout=3.0)
         try:
-            _use_wal(conn)
-            # FULL: a commit is on disk before Aircall hears 200, even across a power cut. Group commit pays
-            # for the fsync once per batch of webhooks.
-            conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=3000")  # a webhook waits at most this long on a lock
-            self._migrate(conn)
+            # Before anything is written: a file of another application is left as it was found.
+            self._check_is_outbox(conn)
+            if not self.read_only:
+                _use_wal(conn)
+                # FULL: a commit is on disk before Aircall hears 200, even across a power cut. Group commit
+                # pays for the fsync once per batch of webhooks.
+                conn.execute("PRAGMA synchronous=FULL")
+                self._migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if "not a database" in str(exc):
+                raise OutboxRefused(f"{self.path} is not an aircall-segment outbox: {exc}") from None
+            raise
         except BaseException:
             conn.close()
             raise
         self._conn = conn
         return conn
+
+    def _check_is_outbox(self, conn: sqlite3.Connection) -> None:
+        """OutboxRefused unless the file is this engine's outbox, or (when creating) an empty new file."""
+        conn.execute("BEGIN")  # one snapshot: another worker may be creating the tables of a new file meanwhile
+        try:
+            version = self._schema_version(conn)
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.execute("COMMIT")
+        if version == 0 and tables:
+            listed = ", ".join(sorted(tables))
+            raise OutboxRefused(f"{self.path} is not an aircall-segment outbox: it holds other tables ({listed})")
+        if version == 0 and not self.create:
+            raise OutboxRefused(f"{self.path} is not an aircall-segment outbox: it has no outbox tables")
+        if version > 0 and not {"webhooks", "messages", "dead_letters"} <= tables:
+            raise OutboxRefused(f"{self.path} is not an aircall-segment outbox: its outbox tables are missing")
+        if self.read_only and 0 < version < SCHEMA_VERSION:  # a read-only command cannot migrate it
+            raise OutboxRefused(
+                f"{self.path} has outbox schema {version}, older than this engine's {SCHEMA_VERSION}: start the "
+                "server once (it migrates the outbox), then ask again"
+            )
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -302,7 +371,10 @@ class SqliteOutbox:
     def _schema_version(self, conn: sqlite3.Connection) -> int:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise RuntimeError(f"outbox {self.path} has schema {version}, newer than this engine's {SCHEMA_VERSION}")
+            raise OutboxRefused(
+                f"{self.path} has outbox schema {version}, newer than this engine's {SCHEMA_VERSION}: "
+                "upgrade aircall-segment"
+            )
         return version
 
     def _write(self, work):  # type: ignore[no-untyped-def]

@@ -21,6 +21,7 @@ from engine.outbox import (
     Claimed,
     DeadLetter,
     NewMessage,
+    OutboxRefused,
     OutboxStats,
     OutboxUnavailable,
     PendingWebhook,
@@ -98,6 +99,13 @@ _MIGRATIONS: dict[int, list[str]] = {
 }
 
 
+def _older(where: str, version: int) -> str:
+    return (
+        f"{where} has outbox schema {version}, older than this engine's {SCHEMA_VERSION}: start the server "
+        "once (it migrates the outbox), then ask again"
+    )
+
+
 def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
     return DeadLetter(*row[:7], bytes(row[7]))  # the webhook comes back as a memoryview
 
@@ -107,7 +115,9 @@ class PostgresOutbox:
 
     RETRY_AFTER_FAILURE = 1.0  # seconds during which a failed database is not asked again
 
-    def __init__(self, url: str, *, max_connections: int = 4, connect_timeout: float = 3.0) -> None:
+    def __init__(
+        self, url: str, *, max_connections: int = 4, connect_timeout: float = 3.0, read_only: bool = False
+    ) -> None:
         self.path = describe_db(url)  # what logs and errors may show: never the password
         self._down_until = 0.0
         self._down_reason = ""
@@ -125,7 +135,11 @@ class PostgresOutbox:
         except _CONNECTION_ERRORS as exc:
             self._pool.close()
             raise OutboxUnavailable(f"cannot connect to PostgreSQL at {self.path}: {exc}") from None
-        self._write(self._migrate)
+        try:
+            self._write(self._check_schema if read_only else self._migrate)
+        except BaseException:
+            self._pool.close()
+            raise
 
     # -- plumbing ------------------------------------------------------------------------------------------
 
@@ -154,13 +168,29 @@ class PostgresOutbox:
         self._down_until = time.monotonic() + self.RETRY_AFTER_FAILURE
         self._down_reason = reason
 
+    def _check_schema(self, conn: psycopg.Connection) -> None:
+        """For a read-only command: the outbox is there and not newer than this engine, and nothing is written."""
+        if conn.execute("SELECT to_regclass('engine_schema')").fetchone()[0] is None:
+            raise OutboxRefused(f"{self.path} is not an aircall-segment outbox: it has no outbox tables")
+        row = conn.execute("SELECT version FROM engine_schema").fetchone()
+        version = row[0] if row else 0
+        self._refuse_newer(version)
+        if version < SCHEMA_VERSION:
+            raise OutboxRefused(_older(self.path, version))
+
+    def _refuse_newer(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise OutboxRefused(
+                f"{self.path} has outbox schema {version}, newer than this engine's {SCHEMA_VERSION}: "
+                "upgrade aircall-segment"
+            )
+
     def _migrate(self, conn: psycopg.Connection) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
         conn.execute("CREATE TABLE IF NOT EXISTS engine_schema (version INTEGER NOT NULL)")
         row = conn.execute("SELECT version FROM engine_schema").fetchone()
         version = row[0] if row else 0
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(f"outbox schema {version} is newer than this engine's {SCHEMA_VERSION}")
+        self._refuse_newer(version)
         for target in range(version + 1, SCHEMA_VERSION + 1):
             for statement in _MIGRATIONS[target]:
                 conn.execute(statement)

@@ -12,6 +12,7 @@ from engine.committer import Committer
 from engine.config import ConfigError, Settings
 from engine.delivery import Delivery, DeliveryPolicy
 from engine.events import ALL_EVENTS
+from engine.findings import MappingsFolderError
 from engine.mapping import Mappings, load_mappings
 from engine.metrics import Metrics
 from engine.outbox import Outbox, OutboxStats, describe_db, open_outbox
@@ -41,7 +42,7 @@ class Runtime:
     _stats_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    def event_label(self, event: object) -> str:
+    def event_label(self, event: str | None) -> str:
         """Events as metric labels, bounded: what no mapping and no Aircall documentation names is 'other'."""
         if event is None:
             return "unknown"
@@ -72,7 +73,10 @@ class Runtime:
 
 def load_server_mappings(settings: Settings) -> Mappings:
     """The mappings, and one for every enabled event; MappingError or ConfigError otherwise."""
-    mappings = load_mappings(settings.mappings_dir)
+    try:
+        mappings = load_mappings(settings.mappings_dir)
+    except MappingsFolderError as exc:
+        raise ConfigError(f"ENGINE_MAPPINGS: {exc}") from None
     unmapped = sorted(settings.events - mappings.by_event.keys())
     if unmapped:
         raise ConfigError(

@@ -8,8 +8,8 @@ builds the whole list of messages, compiled once: one call per webhook instead o
 
 from __future__ import annotations
 
+import difflib
 import hashlib
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -21,6 +21,8 @@ from jinja2.exceptions import SecurityError
 from jinja2.runtime import Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
+
+from engine.digits import normalize_digits
 
 # The names a template may read. Webhook data only ever arrives through these, as values.
 TEMPLATE_VARIABLES = frozenset({"data", "event", "resource", "timestamp"})
@@ -139,18 +141,11 @@ def _format_utc(moment: datetime) -> str:
     return _ISO_FORMAT % (*moment.timetuple()[:6], moment.microsecond // 1000)
 
 
-_NOT_DIGITS = re.compile(r"[^0-9]")
-
-
 def e164(value: Any) -> str | None:
     """'+33 1 76 36 06 95' -> '+33176360695': Aircall formats digits for people; warehouses want them bare."""
     if value is None:
         return None
-    text = str(value)
-    digits = _NOT_DIGITS.sub("", text)
-    if not digits:
-        return None
-    return ("+" + digits) if text.lstrip().startswith("+") else digits
+    return normalize_digits(str(value)) or None
 
 
 def pluck(items: Any, key: str) -> list[Any]:
@@ -214,7 +209,12 @@ def parse_value(env: MappingEnvironment, value: str | int | float | bool | None)
 
 
 def _check_names(tree: nodes.Template, env: MappingEnvironment) -> None:
-    unknown = sorted(meta.find_undeclared_variables(tree) - TEMPLATE_VARIABLES - env.globals.keys())
+    _check_filters_and_tests(tree, env)
+    try:  # this compiles the template: whatever else Jinja's compiler refuses is refused here, with its line
+        undeclared = meta.find_undeclared_variables(tree)
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(f"template error: {exc.message}", exc.lineno or 1) from None
+    unknown = sorted(undeclared - TEMPLATE_VARIABLES - env.globals.keys())
     if unknown:
         name = unknown[0]
         line = next((n.lineno for n in tree.find_all(nodes.Name) if n.name == name), 1)
@@ -229,6 +229,17 @@ def _check_names(tree: nodes.Template, env: MappingEnvironment) -> None:
                 f"access to {attribute!r} is not allowed: templates run in a sandbox and read only webhook data",
                 node.lineno,
             )
+
+
+def _check_filters_and_tests(tree: nodes.Template, env: MappingEnvironment) -> None:
+    """Every filter and test named must exist. Jinja checks this only when it compiles the whole mapping (an
+    exception with no line of ours), and inside a condition not until the branch runs."""
+    for node in tree.find_all((nodes.Filter, nodes.Test)):
+        kind, known = ("filter", env.filters) if isinstance(node, nodes.Filter) else ("test", env.tests)
+        if node.name not in known:
+            close = difflib.get_close_matches(node.name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TemplateProblem(f"unknown {kind} {node.name!r}{hint}", node.lineno)
 
 
 def _const_string(node: nodes.Node) -> str | None:

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -42,13 +42,13 @@ async def receive(request: Request) -> Response:
         _check_content_type(request)
         body = await _read_body(request, runtime.settings.max_body_bytes, runtime.settings.body_timeout_seconds)
         try:
-            document = parse_json(body)
+            document = parse_json(body)  # its errors name a position, never the content
         except EnvelopeError as exc:
             raise Refusal(400, "bad_request", str(exc)) from None
-        event = runtime.event_label(_field(document, "event"))
-        _check_token(_field(document, "token"), runtime)
+        event = runtime.event_label(_text_field(document, "event"))  # a known event's name, else "other"
+        _authenticate(runtime, document)
         try:
-            webhook = webhook_from_json(document)
+            webhook = webhook_from_json(document)  # its errors may quote the body: only once authenticated
         except EnvelopeError as exc:
             raise Refusal(400, "bad_request", str(exc)) from None
         skip = runtime.selection.skip_reason(webhook)
@@ -71,15 +71,21 @@ async def receive(request: Request) -> Response:
         )  # fmt: skip
 
 
-def _field(document: Any, name: str) -> Any:
-    return document.get(name) if isinstance(document, dict) else None
-
-
-def _check_token(token: Any, runtime: Runtime) -> None:
+def _authenticate(runtime: Runtime, document: object) -> None:
+    """The token, checked before anything of the body is explained: someone without it learns from the answer
+    and the log that they were refused, and nothing of how their body would have been read."""
     if not runtime.settings.webhook_tokens:
         raise Refusal(401, "unauthorized", "no token is configured: set AIRCALL_WEBHOOK_TOKEN")
-    if not isinstance(token, str) or not token_matches(token, runtime.token_digests):
-        raise Refusal(401, "unauthorized", "wrong or missing token")
+    token = _text_field(document, "token")
+    if token is None:
+        raise Refusal(401, "unauthorized", "missing token")
+    if not token_matches(token, runtime.token_digests):
+        raise Refusal(401, "unauthorized", "wrong token")
+
+
+def _text_field(document: object, name: str) -> str | None:
+    value = document.get(name) if isinstance(document, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def token_matches(given: str, digests: tuple[bytes, ...]) -> bool:

@@ -31,9 +31,42 @@ class YamlError(Exception):
         self.column = column
 
 
+class _Loader(yaml.SafeLoader):
+    """The safe loader, without anchors and aliases.
+
+    An alias shares a node, cheaply; but every walk of the document afterwards (positions, `extends` merging,
+    rendering) expands it, and a few nested anchors expand to millions of values: seconds of CPU and hundreds
+    of MB before any check could refuse them. Mappings share values with `extends` instead.
+    Nesting is bounded too: the composer recurses, and a few thousand '[' were a RecursionError.
+    """
+
+    MAX_DEPTH = 64  # a mapping is a handful of levels deep
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        event = self.peek_event()
+        mark = event.start_mark
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise YamlError(
+                "YAML anchors and aliases (&name, *name) are not allowed; share values with extends",
+                mark.line + 1,
+                mark.column + 1,
+            )
+        if self.depth >= self.MAX_DEPTH:
+            raise YamlError(f"YAML nested deeper than {self.MAX_DEPTH} levels", mark.line + 1, mark.column + 1)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self.depth -= 1
+
+
 def load(text: str) -> tuple[Any, dict[Path_, Spot]]:
     """The document's value and the position of every value in it. Raises YamlError."""
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:

@@ -26,10 +26,14 @@ class Run:
         return json.loads(self.out)
 
 
-def run_engine(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, stdin: bytes | None = None) -> Run:
+def run_engine(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, stdin: bytes | None = None, timeout: float = 60
+) -> Run:
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("AIRCALL_", "SEGMENT_", "ENGINE_"))}
     environment.update(env or {})
-    done = subprocess.run([str(ENGINE), *args], cwd=cwd, env=environment, input=stdin, capture_output=True, timeout=60)
+    done = subprocess.run(
+        [str(ENGINE), *args], cwd=cwd, env=environment, input=stdin, capture_output=True, timeout=timeout
+    )
     return Run(done.returncode, done.stdout.decode(), done.stderr.decode())
 
 

@@ -173,7 +173,9 @@ class Engine:
 
     def start(self, workers: int = 1, wait: bool = True) -> Engine:
         self.workers = workers
-        args = [str(ENGINE), "--env-file", str(self.tmp / "no.env"), "serve", "--port", str(self.port),
+        settings_file = self.tmp / "empty.env"  # not the .env of the working directory: only self.env counts
+        settings_file.touch()
+        args = [str(ENGINE), "--env-file", str(settings_file), "serve", "--port", str(self.port),
                 "--workers", str(workers)]  # fmt: skip
         self.process = Process(args, self.env, self.tmp / "engine.log").start()
         if wait:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,76 @@ def test_bad_value_names_the_setting_and_the_value(tmp_path, name, value, messag
 def test_secrets_stay_out_of_the_repr(tmp_path):
     s = settings(tmp_path, AIRCALL_WEBHOOK_TOKEN="tok-123", SEGMENT_WRITE_KEY="wk-456", AIRCALL_API_TOKEN="api-789")
     assert not {"tok-123", "wk-456", "api-789"} & set(repr(s).replace("'", " ").replace(",", " ").split())
+
+
+# -- through the command line: every bad setting is one line on stderr and exit 2 ------------------------------
+
+
+def engine_main(capsys, monkeypatch, tmp_path, env_file: bytes = b"", *args: str, **env: str):
+    """`engine --env-file FILE validate MAPPINGS` in-process, with these settings; (exit code, stderr)."""
+    from engine.cli import main
+    from tests.conftest import MAPPINGS
+
+    for name in list(os.environ):
+        if name.startswith(("AIRCALL_", "SEGMENT_", "ENGINE_")):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    path = tmp_path / "settings.env"
+    path.write_bytes(env_file)
+    code = main(["--env-file", str(path), *(args or ("validate", str(MAPPINGS)))])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "complaint"),
+    [
+        ("SEGMENT_API_URL", "http://127.0.0.1:abc", "has no valid port (1 to 65535)"),
+        ("SEGMENT_API_URL", "http://127.0.0.1:70000", "has no valid port (1 to 65535)"),
+        ("SEGMENT_API_URL", "http://127.0.0.1:0", "has no valid port (1 to 65535)"),
+        ("SEGMENT_API_URL", "https://:443", "is not an http(s) URL"),
+        ("AIRCALL_API_URL", "http://api host/v1", "is not an http(s) URL"),
+        ("SEGMENT_TIMEOUT_SECONDS", "inf", "must be between 0.1 and 3600"),
+        ("ENGINE_BODY_TIMEOUT_SECONDS", "nan", "must be between 0.1 and 3600"),
+        ("ENGINE_LEASE_SECONDS", "inf", "must be between 1 and 86400"),
+        ("ENGINE_MAX_AGE_HOURS", "1e400", "must be between 0.001 and 87600"),
+        ("ENGINE_RETENTION_DAYS", "-1", "must be between 0 and 3650"),
+        ("ENGINE_MAX_BODY_BYTES", "9" * 40, "must be between 1024 and 104857600"),
+        ("ENGINE_BACKOFF_BASE_SECONDS", "700", "must not exceed ENGINE_BACKOFF_CAP_SECONDS (600)"),
+        ("ENGINE_BACKOFF_CAP_SECONDS", "0.5", "must be at least ENGINE_BACKOFF_BASE_SECONDS (1)"),
+        ("AIRCALL_NUMBERS", "1" * 38, "is neither a number id nor E.164 digits"),  # E.164: 15 digits at most
+        ("AIRCALL_NUMBERS", "¹²³", "is neither a number id nor E.164 digits"),  # isdigit() says yes, int() no
+        ("AIRCALL_NUMBERS", "٧٤٥٨٢١", "is neither a number id nor E.164 digits"),  # int() reads 745821
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_it_and_its_value(capsys, monkeypatch, tmp_path, name, value, complaint):
+    code, err = engine_main(capsys, monkeypatch, tmp_path, b"", **{name: value})
+    assert (code, err) == (2, f"engine: {name}: {value!r} {complaint}\n")
+
+
+def test_env_file_that_is_not_utf8_is_one_line_exit_2(capsys, monkeypatch, tmp_path):
+    code, err = engine_main(capsys, monkeypatch, tmp_path, b"SEGMENT_WRITE_KEY=k\nAIRCALL_NUMBERS=\xb9\xb2\n")
+    assert (code, err) == (2, f"engine: {tmp_path / 'settings.env'}: line 2 is not UTF-8 text\n")
+
+
+def test_env_file_export_lines_are_read_as_a_shell_reads_them(capsys, monkeypatch, tmp_path):
+    env_file = b"# written for a shell\nexport AIRCALL_EVENTS='call ended'\n"
+    code, err = engine_main(capsys, monkeypatch, tmp_path, env_file)
+    assert (code, err) == (2, "engine: AIRCALL_EVENTS: 'call ended' is not an Aircall event name (like call.ended)\n")
+
+
+def test_a_named_env_file_that_does_not_exist_is_refused(capsys, tmp_path):
+    from engine.cli import main
+
+    assert main(["--env-file", str(tmp_path / "nope.env"), "validate", "mappings"]) == 2
+    assert capsys.readouterr().err == f"engine: settings file {tmp_path / 'nope.env'} not found\n"
+
+
+def test_writing_the_token_keeps_an_exported_one_for_the_rotation(tmp_path):
+    from engine.cli import write_env_token
+
+    path = tmp_path / ".env"
+    path.write_text("export AIRCALL_WEBHOOK_TOKEN=old-token\nexport SEGMENT_WRITE_KEY=wk\n")
+    write_env_token(path, "new-token")
+    assert path.read_text() == "export AIRCALL_WEBHOOK_TOKEN=new-token,old-token\nexport SEGMENT_WRITE_KEY=wk\n"
+    assert load_settings(path, Environ({})).webhook_tokens == ("new-token", "old-token")

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from engine.envelope import Webhook
-from engine.outbox import SCHEMA_VERSION, NewMessage, SqliteOutbox, open_outbox, stored_webhook
+from engine.outbox import SCHEMA_VERSION, NewMessage, OutboxRefused, SqliteOutbox, open_outbox, stored_webhook
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -78,8 +78,21 @@ def test_reopening_keeps_everything_and_does_not_migrate_again(sqlite_outbox, tm
     outbox = sqlite_outbox
     fill(outbox, 3)
     outbox.close()
-    again = SqliteOutbox(outbox.path)
+    schema_before = sqlite3.connect(outbox.path).execute("PRAGMA schema_version").fetchone()[0]
+    # Another process holds the write lock (a worker committing): opening an outbox that needs no migration
+    # takes no write lock, so it neither waits for it nor fails with "database is locked".
+    holder = sqlite3.connect(outbox.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        again = SqliteOutbox(outbox.path)
+        assert time.monotonic() - started < 1.0
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
     assert again.stats().pending == 3
+    again.close()
+    assert sqlite3.connect(outbox.path).execute("PRAGMA schema_version").fetchone()[0] == schema_before
 
 
 def test_enqueue_is_idempotent_on_message_id(outbox):
@@ -224,7 +237,7 @@ def test_a_newer_schema_is_refused(tmp_path):
     conn = sqlite3.connect(path)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(RuntimeError, match="newer than this engine's"):
+    with pytest.raises(OutboxRefused, match="newer than this engine's"):
         SqliteOutbox(path)
 
 
@@ -263,4 +276,9 @@ def test_database_urls_are_shown_without_their_password():
         == "postgresql://bridge:***@db.internal:5432/engine"
     )
     assert describe_db("postgresql://bridge@db/engine") == "postgresql://bridge@db/engine"
+    assert describe_db("postgresql://bridge:s3@cr@t@db/engine") == "postgresql://bridge:***@db/engine"
+    assert describe_db("postgresql://bridge:s3/cr?t@db/engine") == "postgresql://bridge:***@db/engine"
+    assert describe_db("postgresql://db/engine?sslmode=require&password=s3cr3t") == (
+        "postgresql://db/engine?sslmode=require&password=***"
+    )
     assert describe_db("var/outbox.sqlite3") == "var/outbox.sqlite3"

@@ -3,6 +3,8 @@ discard` (dead letters nobody will replay), through the CLI."""
 
 from __future__ import annotations
 
+import pytest
+
 from engine.envelope import Webhook
 from engine.outbox import NewMessage, SqliteOutbox, stored_webhook
 
@@ -62,3 +64,147 @@ def test_discard_deletes_the_chosen_dead_letters_and_says_which(engine, tmp_path
     status = engine("outbox", "status", "--dead", env=env)
     assert "dead letters 0" in status.out and "dead #" not in status.out
     assert outbox.stats().pending == 0 and second.id not in {d.id for d in outbox.dead_letters(include_replayed=True)}
+
+
+def test_replay_and_discard_of_an_unknown_dead_letter_give_the_same_answer(engine, tmp_path):
+    outbox = backlog(tmp_path / "o.sqlite3")
+    outbox.keep_webhook(stored_webhook(Webhook("call", "call.ended", 1_700_000_009, "", {"id": 9})), "TypeError")
+    [letter] = outbox.dead_letters()
+    env = {"ENGINE_DB": str(tmp_path / "o.sqlite3")}
+    missing = "engine: no dead letter waiting with id #999 (see engine outbox status --dead)\n"
+    replay = engine("outbox", "replay", "--dead", "--id", "999", env=env)
+    assert (replay.code, replay.err) == (2, missing)
+    discard = engine("outbox", "discard", "--id", "999", env=env)
+    assert (discard.code, discard.err) == (2, missing)
+    both = engine("outbox", "replay", "--dead", "--id", str(letter.id), "--id", "999", env=env)
+    assert (both.code, both.err) == (2, missing)
+    assert both.out == "replayed 1 dead letter(s): 1 message(s) queued again\n"
+
+
+# -- what ENGINE_DB names is checked before anything is read or written -------------------------------------
+
+
+def snapshot(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_status_reads_only_and_refuses_a_file_that_is_not_an_outbox(engine, tmp_path):
+    import sqlite3
+
+    folder = tmp_path / "other"
+    folder.mkdir()
+    with sqlite3.connect(folder / "notes.db") as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+    sqlite3.connect(folder / "empty.db").execute("PRAGMA user_version").fetchone()  # an empty SQLite file
+    (folder / "text.txt").write_text("not a database, and long enough to have a header of sixteen bytes\n" * 4)
+    before = snapshot(folder)
+    refusals = {
+        "notes.db": "is not an aircall-segment outbox: it holds other tables (notes)",
+        "empty.db": "is not an aircall-segment outbox: it has no outbox tables",
+        "text.txt": "is not an aircall-segment outbox: file is not a database",
+    }
+    for name, reason in refusals.items():
+        env = {"ENGINE_DB": str(folder / name)}
+        for command in (["status"], ["status", "--dead"], ["discard", "--all"], ["replay"]):
+            run = engine("outbox", *command, env=env)
+            assert (run.code, run.out, run.err) == (2, "", f"engine: ENGINE_DB: {folder / name} {reason}\n")
+    assert snapshot(folder) == before  # nothing written, no table and no file created
+
+
+def test_status_of_a_real_outbox_writes_nothing(engine, tmp_path):
+    backlog(tmp_path / "o.sqlite3").close()
+    before = snapshot(tmp_path)
+    run = engine("outbox", "status", "--dead", env={"ENGINE_DB": str(tmp_path / "o.sqlite3")})
+    assert run.code == 0 and "\npending 2 " in run.out
+    # SQLite's readers of a WAL file may add its -wal and -shm companions; the outbox itself is untouched.
+    after = snapshot(tmp_path)
+    assert after["o.sqlite3"] == before["o.sqlite3"] and set(after) <= {*before, "o.sqlite3-wal", "o.sqlite3-shm"}
+
+
+def test_an_outbox_of_a_newer_engine_is_refused_by_every_command(engine, tmp_path):
+    import sqlite3
+
+    from engine.outbox import SCHEMA_VERSION
+
+    backlog(tmp_path / "o.sqlite3").close()
+    with sqlite3.connect(tmp_path / "o.sqlite3") as conn:
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    env = {"ENGINE_DB": str(tmp_path / "o.sqlite3")}
+    reason = (
+        f"engine: ENGINE_DB: {tmp_path / 'o.sqlite3'} has outbox schema {SCHEMA_VERSION + 1}, newer than this "
+        f"engine's {SCHEMA_VERSION}: upgrade aircall-segment\n"
+    )
+    for command in (["outbox", "status"], ["outbox", "discard", "--all"], ["outbox", "replay", "--dead"]):
+        run = engine(*command, env=env)
+        assert (run.code, run.err) == (2, reason)
+    serve = engine("serve", "--port", "1", env=env, timeout=30)
+    assert serve.code == 2 and serve.err.endswith(reason.removeprefix("engine: ")) and "Traceback" not in serve.err
+
+
+def test_an_outbox_locked_past_the_busy_timeout_is_one_line(engine, tmp_path):
+    import sqlite3
+
+    outbox = backlog(tmp_path / "o.sqlite3")
+    outbox.keep_webhook(stored_webhook(Webhook("call", "call.ended", 1_700_000_009, "", {"id": 9})), "TypeError")
+    outbox.close()
+    env = {"ENGINE_DB": str(tmp_path / "o.sqlite3")}
+    holder = sqlite3.connect(tmp_path / "o.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process writing, for longer than the 3 s busy timeout
+    try:
+        runs = [engine("outbox", *command, env=env) for command in (["discard", "--all"], ["replay", "--dead"])]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    for run in runs:
+        assert (run.code, run.err) == (
+            2,
+            "engine: ENGINE_DB: the outbox is busy or cannot be written (database is locked); try again\n",
+        )
+
+
+def test_a_postgresql_outbox_without_the_postgres_extra_says_what_to_install(capsys, monkeypatch):
+    import sys
+
+    from engine.cli import main
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if psycopg were not installed
+    monkeypatch.delitem(sys.modules, "engine.outbox_pg", raising=False)
+    monkeypatch.setenv("ENGINE_DB", "postgresql://bridge:pw@db.internal/engine")
+    assert main(["outbox", "status"]) == 2
+    assert capsys.readouterr().err == (
+        "engine: ENGINE_DB: a postgresql:// outbox needs psycopg: pip install 'aircall-segment[postgres]'\n"
+    )
+
+
+PASSWORD = "s3cr@t/Kq7"  # an '@' and a '/' not percent-encoded, as people write them
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://bridge:{PASSWORD}@127.0.0.1:1/engine",
+        f"postgres://bridge:{PASSWORD}@127.0.0.1:1/engine?sslmode=disable",
+        "postgresql://bridge@127.0.0.1:1/engine?password=s3cr-t-Kq7&sslmode=disable",
+    ],
+)
+def test_no_part_of_a_postgresql_password_is_ever_shown(engine, url):
+    run = engine("outbox", "status", env={"ENGINE_DB": url})
+    assert run.code == 2 and run.out == "" and run.err.count("\n") == 1, run.err
+    for part in ("s3cr", "Kq7"):
+        assert part not in run.err, run.err
+
+
+def test_status_of_an_outbox_of_an_older_engine_says_to_start_the_server_once(engine, tmp_path):
+    import sqlite3
+
+    from engine.outbox import SCHEMA_VERSION
+
+    backlog(tmp_path / "o.sqlite3").close()
+    with sqlite3.connect(tmp_path / "o.sqlite3") as conn:
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION - 1}")
+    run = engine("outbox", "status", env={"ENGINE_DB": str(tmp_path / "o.sqlite3")})
+    assert (run.code, run.out) == (2, "")
+    assert run.err == (
+        f"engine: ENGINE_DB: {tmp_path / 'o.sqlite3'} has outbox schema {SCHEMA_VERSION - 1}, older than this "
+        f"engine's {SCHEMA_VERSION}: start the server once (it migrates the outbox), then ask again\n"
+    )

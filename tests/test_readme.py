@@ -18,8 +18,21 @@ def test_ci_runs_the_readmes_test_command():
     assert test_command in (ROOT / ".ci" / "run").read_text()
 
 
+def named_blocks() -> list[tuple[str, str]]:
+    """(path, text) of each code block that README introduces with a line naming a file: "`mappings/x.yaml`:"."""
+    return re.findall(r"^`((?:[\w.-]+/)+[\w.-]+)`[^\n`]*:\n\n```\w*\n(.*?)```", README, re.S | re.M)
+
+
+def test_readme_shows_the_files_it_names_as_they_are():
+    blocks = named_blocks()
+    assert {"mappings/call.ended.yaml", "mappings/user.created.yaml"} <= dict(blocks).keys()
+    for path, text in blocks:
+        assert (ROOT / path).is_file(), f"README shows {path}, which does not exist"
+        assert text == (ROOT / path).read_text(), f"README's {path} is not the file"
+
+
 def test_readme_mapping_example_validates_and_renders(engine, mappings_copy):
-    example = re.search(r"`mappings/call.ended.yaml`:\n\n```yaml\n(.*?)```", README, re.S).group(1)
+    example = re.search(r"could read:\n\n```yaml\n(.*?)```", README, re.S).group(1)
     (mappings_copy / "call.ended.yaml").write_text(example)
     run = engine("validate", str(mappings_copy))
     assert run.code == 0, run.out

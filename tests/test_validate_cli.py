@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -236,8 +237,44 @@ def test_json_output_for_machines(engine, mappings_copy):
 
 def test_missing_folder_and_bad_setting_are_usage_errors(engine, tmp_path):
     run = engine("validate", str(tmp_path / "nope"))
-    assert run.code == 1 and "mappings folder not found" in run.out
+    assert (run.code, run.out, run.err) == (2, "", f"engine: {tmp_path / 'nope'}: mappings folder not found\n")
+    (tmp_path / "file.yaml").write_text("aircall_event: call.ended\n")
+    run = engine("validate", str(tmp_path / "file.yaml"))
+    assert (run.code, run.out, run.err) == (2, "", f"engine: {tmp_path / 'file.yaml'}: not a folder\n")
+    render = engine("render", "tests/fixtures/call.ended.json", "--mappings", str(tmp_path / "nope"))
+    assert (render.code, render.err) == (2, f"engine: {tmp_path / 'nope'}: mappings folder not found\n")
     bad = engine("validate", "mappings", env={"AIRCALL_EVENTS": "call ended"})
     assert bad.code == 2
     assert bad.err.strip() == "engine: AIRCALL_EVENTS: 'call ended' is not an Aircall event name (like call.ended)"
     assert "Traceback" not in bad.err
+
+
+def test_unknown_filter_or_test_is_a_finding_on_its_line_not_a_traceback(engine, mappings_copy):
+    text = (
+        'aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: "{{ event | upperr }}"\n'
+        '  properties:\n    known: "{{ data.id is nosuchtest }}"\n'
+        '    guarded: "{{ data.id | lowerr if data.id else none }}"\n'
+    )
+    write(mappings_copy, "call.ended.yaml", text)
+    run = engine("validate", str(mappings_copy))
+    assert run.code == 1 and "Traceback" not in run.err, run.err
+    assert findings(run) == [
+        "call.ended.yaml:4:10: unknown filter 'upperr'; did you mean 'upper'?",
+        "call.ended.yaml:6:12: unknown test 'nosuchtest'",
+        # Inside a condition Jinja defers the check to the render: it is refused here all the same.
+        "call.ended.yaml:7:14: unknown filter 'lowerr'; did you mean 'lower'?",
+    ]
+    render = engine("render", "tests/fixtures/call.ended.json", "--mappings", str(mappings_copy))
+    assert render.code == 1 and "Traceback" not in render.err
+    assert "call.ended.yaml:4:10: unknown filter 'upperr'" in render.err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder whatever its mode")
+def test_unreadable_folder_is_a_usage_error(engine, mappings_copy):
+    mappings_copy.chmod(0)
+    try:
+        run = engine("validate", str(mappings_copy))
+    finally:
+        mappings_copy.chmod(0o755)
+    assert (run.code, run.out) == (2, "")
+    assert run.err == f"engine: {mappings_copy}: cannot read the mappings folder: Permission denied\n"

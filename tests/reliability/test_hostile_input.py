@@ -160,3 +160,68 @@ def test_the_server_is_still_up_and_answering_after_all_of_it(hostile_server):
     assert hostile_server.health()["status"] == "ok"
     assert hostile_server.post(sample("user.created")).status_code == 200
     assert hostile_server.process.proc.poll() is None
+
+
+ATTACKER = "ATTACKER-CONTROLLED-TEXT"
+
+
+def unauthenticated_bodies() -> list[bytes]:
+    """Envelopes with a wrong or no token, each with attacker's text where a schema error would quote it."""
+    good = {k: v for k, v in sample("call.ended").items() if k != "token"}
+    bodies = []
+    for token in ({"token": "wrong-token"}, {}, {"token": [ATTACKER]}):
+        envelope = good | token
+        for field in ("timestamp", "event", "resource", "data"):
+            bodies.append(envelope | {field: ATTACKER})
+        bodies.append(envelope | {"timestamp": {ATTACKER: [ATTACKER]}, "data": [ATTACKER]})
+        bodies.append({k: v for k, v in envelope.items() if k != "data"} | {"event": ATTACKER})
+    encoded = [json.dumps(body).encode() for body in bodies]
+    encoded.append(json.dumps([ATTACKER, {"token": "wrong-token"}]).encode())
+    encoded.append(json.dumps(ATTACKER).encode())
+    # Not JSON at all (a number too large for a double): refused before the token, without quoting it.
+    encoded.append(b'{"token": "wrong-token", "data": {"n": 31337313373133731337e999}}')
+    return encoded
+
+
+def test_an_unauthenticated_body_is_never_echoed_in_the_answer_or_the_log(engine_server):
+    server = engine_server(ENGINE_LOG_LEVEL="debug")
+    answers = [server.post(body) for body in unauthenticated_bodies()]
+    server.stop()
+    log = server.process.log
+    assert [a.status_code for a in answers] == [401] * (len(answers) - 1) + [400]
+    assert answers[-1].json()["reason"] == "body is not valid JSON: a number is out of range"
+    for answer in answers:
+        assert ATTACKER not in answer.text and "31337" not in answer.text, answer.text
+        count("hostile input: bodies tried")
+    assert log.count("outcome=unauthorized") == len(answers) - 1
+    assert ATTACKER not in log and "31337" not in log
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """Nested YAML anchors: a few hundred bytes that expand to width**levels values (387M here)."""
+    lines = ['aircall_event: call.ended\nextends: _call.yaml\nsegment:\n  event: call.ended\nbomb:\n  l0: &l0 ["x"]']
+    for level in range(1, levels):
+        lines.append(f"  l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_in_a_mapping_is_refused_at_once_with_its_line(tmp_path):
+    import shutil
+
+    from tests.conftest import MAPPINGS, run_engine
+
+    mappings = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, mappings)
+    (mappings / "call.ended.yaml").write_text(alias_bomb())
+    started = time.monotonic()
+    run = run_engine("validate", str(mappings), timeout=20)
+    reason = "call.ended.yaml:6:7: YAML anchors and aliases (&name, *name) are not allowed; share values with extends"
+    assert run.code == 1 and reason in run.out, run.out
+    env = {"ENGINE_MAPPINGS": str(mappings), "ENGINE_DB": str(tmp_path / "o.sqlite3")}
+    serve = run_engine("serve", "--port", "1", env=env, timeout=20)
+    assert serve.code == 2 and reason in serve.err
+    assert time.monotonic() - started < 15
+    count("hostile input: YAML alias bombs refused")
+    (mappings / "call.ended.yaml").write_text(alias_bomb().split("bomb:")[0] + "deep: " + "[" * 5000 + "]" * 5000)
+    deep = run_engine("validate", str(mappings), timeout=20)
+    assert deep.code == 1 and "call.ended.yaml:5:" in deep.out and "nested deeper than 64 levels" in deep.out

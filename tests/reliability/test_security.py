@@ -15,18 +15,25 @@ from tests.conftest import MAPPINGS, run_engine
 from tests.harness import TOKEN, WRITE_KEY, count, expected_ids, sample
 
 
-def test_wrong_or_missing_token_stores_nothing(engine_server):
+def test_wrong_or_missing_token_gets_401_and_stores_nothing(engine_server, segment):
     server = engine_server()
-    tries = [{**sample("call.ended"), "token": t} for t in ("", "x", TOKEN[:-1], TOKEN + " ", TOKEN.upper())]
+    wrong = ("", "x", TOKEN[:-1], TOKEN + " ", TOKEN + "x", TOKEN.upper(), f"new-token,{TOKEN}")
+    tries = [{**sample("call.ended"), "token": t} for t in wrong]
     tries.append({k: v for k, v in sample("call.ended").items() if k != "token"})
+    tries.append({**sample("call.ended"), "token": None})
     for envelope in tries:
         assert server.post(envelope).status_code == 401
+    assert server.post(sample("call.hungup")).status_code == 200  # the right token, to see that it would send
+    segment.wait_for_ids(set(expected_ids(sample("call.hungup"))))
+    unauthorized = f'aircall_webhooks_total{{event="call.ended",outcome="unauthorized"}} {len(tries)}.0'
+    assert unauthorized in server.metrics()
     server.stop()
     import sqlite3
 
     conn = sqlite3.connect(server.db)
-    tables = ("webhooks", "messages", "dead_letters")
-    assert [conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables] == [0, 0, 0]
+    events = [row[0] for row in conn.execute("SELECT event FROM webhooks UNION ALL SELECT event FROM dead_letters")]
+    assert events == ["call.hungup"]
+    assert {m.get("event") for m in segment.received()["messages"]} == {"call.hungup"}
 
 
 @pytest.mark.parametrize("position", [0, 1, 2])

@@ -18,7 +18,8 @@ from tests.harness import TOKEN, base_env, call_webhook, count, free_port, wait_
 def test_webhooks_are_answered_while_nobody_reads_the_servers_stderr(tmp_path):
     port = free_port()
     env = base_env() | {"AIRCALL_WEBHOOK_TOKEN": TOKEN, "ENGINE_DB": str(tmp_path / "outbox.sqlite3")}
-    args = [str(ENGINE), "--env-file", str(tmp_path / "no.env"), "serve", "--port", str(port)]
+    (tmp_path / "empty.env").touch()
+    args = [str(ENGINE), "--env-file", str(tmp_path / "empty.env"), "serve", "--port", str(port)]
     # stderr is a pipe that nobody reads: it fills after 64 KB, about 600 log lines.
     server = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}/webhooks/aircall"
