@@ -35,7 +35,7 @@ def _committer(path: str) -> None:
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(
             "INSERT INTO webhooks (key, body) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-            [(hashlib.blake2b(body, digest_size=16).hexdigest(), body) for body, _, _ in group],
+            [(hashlib.sha256(body).hexdigest()[:32], body) for body, _, _ in group],
         )
         conn.execute("COMMIT")
         for _, loop, future in group:

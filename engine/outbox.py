@@ -789,4 +789,4 @@ def stored_key(body: bytes) -> str:
     """The dedupe key of a stored webhook: a digest of its bytes, so that Aircall's redelivery of one webhook is
     stored once. It costs microseconds on the request path; a redelivery that differs in a byte (a recording
     link signed afresh) is stored twice, and its messages, whose ids come from its content, are stored once."""
-    return hashlib.blake2b(body, digest_size=16).hexdigest()
+    return hashlib.sha256(body).hexdigest()[:32]  # SHA-256 runs on the CPU's SHA extensions: 2 µs for 3 KB
