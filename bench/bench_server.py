@@ -5,6 +5,7 @@
     python bench/bench_server.py e2e      # wrk load with delivery on: acknowledged *and* delivered per second
     python bench/bench_server.py drain    # 100,000 queued messages into the fake Segment, vs segment-analytics-python
     python bench/bench_server.py memory   # server RSS with a 1,000,000-message backlog vs an empty outbox
+    python bench/bench_server.py memory-webhooks  # the same with 1,000,000 stored webhooks still to map
 
 `drain` needs `pip install segment-analytics-python` (the comparison only; the engine does not use it).
 """
@@ -356,9 +357,55 @@ def memory(count: int) -> None:
     print(f"ratio full/empty RSS: {figures['full'][0] / figures['empty'][0]:.2f}")
 
 
+def memory_webhooks(count: int) -> None:
+    """RSS of the server and of its processing process with `count` stored webhooks waiting to be mapped, against
+    an empty outbox: both read the backlog a batch at a time."""
+    from engine.envelope import parse_webhook
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-memory-webhooks-"))
+    empty_dir, full_dir = tmp / "empty", tmp / "full"
+    empty_dir.mkdir()
+    full_dir.mkdir()
+    outbox = SqliteOutbox(full_dir / "outbox.sqlite3")
+    for start_at in range(0, count, 10_000):
+        batch = []
+        for n in range(start_at, min(start_at + 10_000, count)):
+            body = call_body(n)
+            batch.append(stored_webhook(parse_webhook(body), body))
+        outbox.append(batch)
+    outbox.close()
+    size_mb = (full_dir / "outbox.sqlite3").stat().st_size / 1e6
+    figures = {}
+    for name, folder in (("empty", empty_dir), ("full", full_dir)):
+        port = free_port()
+        proc = engine_server(folder, port)  # no write key: what is mapped stays in the outbox
+        time.sleep(10)  # the processing process works through the backlog meanwhile
+        child = next(iter(children(proc.pid)), None)
+        health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=60).json()
+        figures[name] = (rss_kib(proc.pid), rss_kib(child) if child else 0, health["outbox"]["unprocessed"])
+        stop(proc)
+    print(f"# memory with {count:,} stored webhooks to map, {machine()}; outbox file {size_mb:,.0f} MB")
+    for name, (server, child, waiting) in figures.items():
+        print(f"{name:<6} outbox: {waiting:>9,} still to map after 10 s; RSS server {server / 1024:,.1f} MiB, "
+              f"processing {child / 1024:,.1f} MiB")  # fmt: skip
+    print(f"ratio full/empty RSS: server {figures['full'][0] / figures['empty'][0]:.2f}, "
+          f"processing {figures['full'][1] / max(figures['empty'][1], 1):.2f}")  # fmt: skip
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["ingest", "wrk", "e2e", "drain", "memory"])
+    parser.add_argument("what", choices=["ingest", "wrk", "e2e", "drain", "memory", "memory-webhooks"])
     parser.add_argument("--count", type=int, help="requests per ingest round, messages to drain or to keep")
     parser.add_argument("--seconds", type=int, default=10, help="wrk's duration (wrk, e2e)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (wrk)")
@@ -368,6 +415,8 @@ def main() -> None:
         ingest_wrk(args.seconds, args.rounds)
     elif args.what == "e2e":
         end_to_end(args.seconds, args.workers)
+    elif args.what == "memory-webhooks":
+        memory_webhooks(args.count or 1_000_000)
     elif args.what == "ingest":
         ingest(args.count or 5000)
     elif args.what == "drain":
