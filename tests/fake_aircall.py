@@ -22,8 +22,8 @@ POST /_control with any of:
 - `{"limit": 10, "window": 2}`: the rate limit; `{"spend": 5}`: another integration spends 5 requests now;
   `{"others": 1}`: other integrations spend 1 request after each of ours, so our last headers are stale;
 - `{"advance": 30}`: the fake's clock moves 30 s ahead (tests that only pretend to wait move it with theirs);
-- `{"ceiling": 10000}`, `{"ignore_range": true}` (from/to ignored, as an API that does not filter), and
-  `{"cap_total": true}` (meta.total says no more than the ceiling);
+- `{"ceiling": 10000}`, `{"ignore_range": true}` (from/to ignored, as an API that does not filter),
+  `{"cap_total": true}` (meta.total says no more than the ceiling) and `{"no_total": true}` (no meta.total);
 - `{"fail_after": 5}`: every request after the 5th answers 500 (an outage that outlasts the retries);
 - `{"stall_after": 7}`: the 8th list request and those after it hang (until a reset), so a test can kill the
   client in the middle of a page;
@@ -124,6 +124,7 @@ class State:
         self.ceiling = CEILING
         self.ignore_range = False
         self.cap_total = False
+        self.no_total = False
         self.others = 0  # requests other integrations spend after each of ours: our view of the quota goes stale
         self.arrivals: list[float] = []  # when each request came, by the fake's clock
         self.extra_tags: list[dict] = []
@@ -234,6 +235,8 @@ def _listing(key: str):  # type: ignore[no-untyped-def]
             "next_page_link": f"{base}?{others}&page={page + 1}" if first + per_page < len(chosen) else None,
             "previous_page_link": f"{base}?{others}&page={page - 1}" if page > 1 else None,
         }
+        if STATE.no_total:
+            del meta["total"]
         objects = [listing.materialize(moment, ident, STATE.extra_tags) for moment, ident in shown]
         headers = _quota_headers()
         STATE.used = min(STATE.used + STATE.others, STATE.limit)  # after the answer: its headers are out of date
@@ -276,7 +279,8 @@ async def control(request: Request) -> Response:
     if order.get("reset"):
         STATE.release.set()  # stalled requests end
         STATE = State()
-    for name in ("limit", "window", "fail_after", "stall_after", "ceiling", "ignore_range", "cap_total", "others"):
+    settable = ("limit", "window", "fail_after", "stall_after", "ceiling", "ignore_range", "cap_total", "no_total")
+    for name in (*settable, "others"):
         if name in order:
             setattr(STATE, name, order[name])
     if "stall_after" in order and order["stall_after"] is None:
