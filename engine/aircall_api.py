@@ -27,6 +27,7 @@ from engine import LIBRARY_NAME, __version__
 
 MINUTE = 60.0
 RESET_MARGIN = 1.0  # seconds past Aircall's reset before asking again: its clock and ours differ a little
+PACE_MARGIN = 0.5  # seconds past a minute since the request `rate` requests ago: requests take a while to arrive
 
 
 class AircallError(Exception):
@@ -60,6 +61,8 @@ class Pacer:
     """At most `per_minute` requests in any 60 seconds: the share of Aircall's quota that this client takes.
 
     A sliding window rather than even spacing: a small backfill goes at once, a large one settles at the rate.
+    The minute is counted from when a request leaves, and Aircall counts from when it arrives: half a second
+    more keeps a request that travelled faster than the one a minute before it out of that one's minute.
     """
 
     def __init__(self, per_minute: int) -> None:
@@ -69,7 +72,7 @@ class Pacer:
     def delay(self, now: float) -> float:
         if len(self.sent) < self.per_minute:
             return 0.0
-        return max(0.0, self.sent[0] + MINUTE - now)
+        return max(0.0, self.sent[0] + MINUTE + PACE_MARGIN - now)
 
     def record(self, now: float) -> None:
         self.sent.append(now)
@@ -77,11 +80,11 @@ class Pacer:
     def seconds_for(self, requests: int, now: float, per_minute: int | None = None) -> float:
         """How long `requests` more requests take from now at this pace (or a lower one, Aircall's own)."""
         n = min(self.per_minute, per_minute or self.per_minute)
-        times: deque[float] = deque((t for t in self.sent if t > now - MINUTE), maxlen=n)
+        times: deque[float] = deque((t for t in self.sent if t > now - MINUTE - PACE_MARGIN), maxlen=n)
         moment = now
         for _ in range(requests):
             if len(times) == n:
-                moment = max(moment, times[0] + MINUTE)
+                moment = max(moment, times[0] + MINUTE + PACE_MARGIN)
             times.append(moment)
         return moment - now
 

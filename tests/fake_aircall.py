@@ -51,6 +51,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from engine.aircall_api import Clock
+
 API_ID = os.environ.get("FAKE_AIRCALL_ID", "api-id")
 API_TOKEN = os.environ.get("FAKE_AIRCALL_TOKEN", "api-token")
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -146,6 +148,26 @@ class State:
 
 
 STATE = State()
+
+
+class PretendClock(Clock):
+    """The engine's clock (engine.aircall_api.Clock) for tests and benchmarks: it jumps ahead instead of
+    sleeping, and moves the fake's clock by as much (`aircall` is the harness's FakeAircall), so that an hour of
+    rate-limited backfill takes a second and the fake's windows and resets agree with the engine's waits."""
+
+    def __init__(self, aircall: Any) -> None:
+        self.aircall = aircall
+        self.offset = 0.0
+        self.waits: list[float] = []
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self.offset += seconds
+            self.waits.append(seconds)
+            self.aircall.control(advance=seconds)
 
 
 def _quota_headers() -> dict[str, str]:
