@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sqlite3
@@ -375,10 +376,7 @@ def _backfill(args: argparse.Namespace) -> int:
     display = BackfillDisplay(sys.stderr, client)
     client.on_wait = display.waiting
     selection = Selection(settings.events, settings.numbers)
-
-    def queue(webhooks):  # type: ignore[no-untyped-def]
-        return queue_webhooks(outbox, mappings, selection, webhooks)
-
+    queue = functools.partial(queue_webhooks, outbox, mappings, selection)
     ranges = plan(outbox, names, since, until, contacts_since)
     walks = [Walk(client, outbox, resource, start, end, queue, display.note) for resource, start, end in ranges]
     try:
