@@ -1,9 +1,14 @@
-"""Aircall's public REST API (v1): HTTP Basic with the API ID and token, its rate limit honoured.
+"""Aircall's public REST API (v1): HTTP Basic with the API ID and token, its rate limit honoured and shared.
 
-Aircall allows 60 requests a minute per company and says where a caller stands in every answer
-(`X-AircallApi-Limit`, `X-AircallApi-Remaining`, `X-AircallApi-Reset`, the last in unix seconds). The client
-waits for the reset when nothing remains, instead of spending a request on a 429; a 429 or a 5xx anyway is
-retried after the reset or with backoff.
+Aircall allows a company 60 requests a minute, shared by every integration that uses the company's API keys
+(the CRM's, the helpdesk's, this one), and says where a caller stands in every answer
+(`X-AircallApi-Limit`, `X-AircallApi-Remaining`, `X-AircallApi-Reset`, the last in unix seconds). The client:
+- keeps to its share, `rate` requests over any 60 seconds, so that the other integrations keep the rest;
+- waits for the reset when Aircall says nothing remains, instead of spending a request on a 429;
+- after a 429 all the same (another integration spent what remained) waits for the reset and asks again;
+- retries 5xx answers and network errors with backoff.
+
+Time comes from a `Clock`, so that tests and benchmarks can pretend to wait.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +24,10 @@ from typing import Any
 import requests
 
 from engine import LIBRARY_NAME, __version__
+
+MINUTE = 60.0
+RESET_MARGIN = 1.0  # seconds past Aircall's reset before asking again: its clock and ours differ a little
+PACE_MARGIN = 0.5  # seconds past a minute since the request `rate` requests ago: requests take a while to arrive
 
 
 class AircallError(Exception):
@@ -28,11 +38,55 @@ class AircallAuthError(AircallError):
     pass
 
 
+class Clock:
+    """Wall-clock time and sleeping, in one place so that tests can substitute a clock that only pretends."""
+
+    def now(self) -> float:
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+
 @dataclass
 class RateLimitLog:
-    waits: int = 0
-    seconds: float = 0.0
     requests: int = 0
+    waits: int = 0  # times the client held a request back a second or more: for its share, or for Aircall's reset
+    seconds: float = 0.0  # how long it held requests back, in all
+    throttled: int = 0  # 429s received all the same
+
+
+class Pacer:
+    """At most `per_minute` requests in any 60 seconds: the share of Aircall's quota that this client takes.
+
+    A sliding window rather than even spacing: a small backfill goes at once, a large one settles at the rate.
+    The minute is counted from when a request leaves, and Aircall counts from when it arrives: half a second
+    more keeps a request that travelled faster than the one a minute before it out of that one's minute.
+    """
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self.sent: deque[float] = deque(maxlen=per_minute)
+
+    def delay(self, now: float) -> float:
+        if len(self.sent) < self.per_minute:
+            return 0.0
+        return max(0.0, self.sent[0] + MINUTE + PACE_MARGIN - now)
+
+    def record(self, now: float) -> None:
+        self.sent.append(now)
+
+    def seconds_for(self, requests: int, now: float, per_minute: int | None = None) -> float:
+        """How long `requests` more requests take from now at this pace (or a lower one, Aircall's own)."""
+        n = min(self.per_minute, per_minute or self.per_minute)
+        times: deque[float] = deque((t for t in self.sent if t > now - MINUTE - PACE_MARGIN), maxlen=n)
+        moment = now
+        for _ in range(requests):
+            if len(times) == n:
+                moment = max(moment, times[0] + MINUTE + PACE_MARGIN)
+            times.append(moment)
+        return moment - now
 
 
 @dataclass
@@ -40,15 +94,20 @@ class AircallClient:
     api_url: str
     api_id: str
     api_token: str = field(repr=False)
+    rate: int | None = None  # requests a minute this client allows itself; None: as many as Aircall allows
     timeout: float = 15.0
-    max_retries: int = 6
-    sleep: Callable[[float], None] = time.sleep
+    max_retries: int = 6  # 5xx answers and network errors in a row
+    max_throttled: int = 30  # 429s in a row, each followed by a wait for the reset
+    clock: Clock = field(default_factory=Clock)
     log: RateLimitLog = field(default_factory=RateLimitLog)
+    on_wait: Callable[[float], None] | None = None  # told before each wait, with its length in seconds
 
     def __post_init__(self) -> None:
         self.session = requests.Session()
         self.session.auth = (self.api_id, self.api_token)
         self.session.headers["User-Agent"] = f"{LIBRARY_NAME}/{__version__}"
+        self.pacer = Pacer(self.rate) if self.rate else None
+        self.limit: int | None = None  # Aircall's, from X-AircallApi-Limit
         self._remaining: int | None = None
         self._reset_at: float = 0.0
 
@@ -56,14 +115,18 @@ class AircallClient:
 
     def request(self, method: str, path_or_url: str, **kwargs: Any) -> dict[str, Any]:
         url = path_or_url if path_or_url.startswith("http") else f"{self.api_url.rstrip('/')}/{path_or_url.lstrip('/')}"
-        for attempt in range(self.max_retries + 1):
-            self._wait_for_quota()
+        failures = throttled = 0
+        while True:
+            self._wait_turn()
+            if self.pacer is not None:
+                self.pacer.record(self.clock.now())
             try:
                 response = self.session.request(method, url, timeout=self.timeout, **kwargs)
             except requests.RequestException as exc:
-                if attempt == self.max_retries:
+                failures += 1
+                if failures > self.max_retries:
                     raise AircallError(f"Aircall API unreachable at {self.api_url}: {type(exc).__name__}") from None
-                self._backoff(attempt)
+                self._backoff(failures)
                 continue
             self.log.requests += 1
             self._read_quota(response)
@@ -72,19 +135,33 @@ class AircallClient:
                     f"Aircall refused the API credentials ({response.status_code}): "
                     "check AIRCALL_API_ID and AIRCALL_API_TOKEN"
                 )
-            if response.status_code == 429 or response.status_code >= 500:
-                if attempt == self.max_retries:
-                    raise AircallError(f"Aircall API answered {response.status_code} {self.max_retries + 1} times")
-                if response.status_code == 429:
-                    self._remaining = 0
-                    self._reset_at = max(self._reset_at, time.time() + _retry_after(response))
-                else:
-                    self._backoff(attempt)
+            if response.status_code == 429:
+                self.log.throttled += 1
+                throttled += 1
+                if throttled > self.max_throttled:
+                    raise AircallError(
+                        f"Aircall answered 429 {throttled} times in a row: the account's other integrations use "
+                        "the whole quota; try again later or with a lower --rate"
+                    )
+                self._remaining = 0
+                self._reset_at = max(self._reset_at, self._retry_at(response))
+                continue
+            if response.status_code >= 500:
+                failures += 1
+                if failures > self.max_retries:
+                    raise AircallError(f"Aircall API answered {response.status_code} {failures} times")
+                self._backoff(failures)
                 continue
             if response.status_code >= 400:
                 raise AircallError(f"Aircall API answered {response.status_code}: {response.text[:300]}")
             return response.json() if response.content else {}
-        raise AircallError("unreachable")  # pragma: no cover
+
+    def list_page(self, path: str, key: str, params: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """One page of a list endpoint: its objects and its `meta` (count, total, next_page_link, ...)."""
+        document = self.request("GET", path, params=params)
+        objects = document.get(key)
+        meta = document.get("meta")
+        return (objects if isinstance(objects, list) else []), (meta if isinstance(meta, dict) else {})
 
     def pages(self, path: str, key: str, params: dict[str, Any]) -> Iterator[tuple[list[dict[str, Any]], dict]]:
         """Each page of a list endpoint, following `meta.next_page_link`."""
@@ -97,28 +174,55 @@ class AircallClient:
                 return
             document = self.request("GET", link)
 
+    def seconds_for(self, requests_: int) -> float:
+        """How long that many more requests take at this client's share and Aircall's limit (waits only)."""
+        limit = self.limit or 60
+        per_minute = min(self.rate, limit) if self.rate else limit
+        pacer = self.pacer or Pacer(per_minute)
+        return pacer.seconds_for(requests_, self.clock.now(), per_minute)
+
     # -- rate limit ----------------------------------------------------------------------------------------
 
     def _read_quota(self, response: requests.Response) -> None:
-        remaining = response.headers.get("X-AircallApi-Remaining")
+        limit = response.headers.get("X-AircallApi-Limit", "").strip()
+        remaining = response.headers.get("X-AircallApi-Remaining", "").strip()
         reset = response.headers.get("X-AircallApi-Reset")
-        if remaining is not None and remaining.strip().isdigit():
+        if limit.isdigit() and int(limit) > 0:
+            self.limit = int(limit)
+        if remaining.isdigit():
             self._remaining = int(remaining)
         if reset is not None:
             with contextlib.suppress(ValueError):
-                self._reset_at = float(reset)
+                self._reset_at = self._moment(float(reset))
 
-    def _wait_for_quota(self) -> None:
+    def _moment(self, reset: float) -> float:
+        """X-AircallApi-Reset is a unix time; a small number would be seconds from now, and is read so."""
+        return reset if reset > 1_000_000_000 else self.clock.now() + reset
+
+    def _retry_at(self, response: requests.Response) -> float:
+        retry_after = response.headers.get("Retry-After", "").strip()
+        if retry_after.isdigit():
+            return self.clock.now() + float(retry_after)
+        if response.headers.get("X-AircallApi-Reset") is not None and self._reset_at > self.clock.now():
+            return self._reset_at
+        return self.clock.now() + MINUTE  # no word on when: Aircall's window is a minute
+
+    def _wait_turn(self) -> None:
+        now = self.clock.now()
+        delay = self.pacer.delay(now) if self.pacer is not None else 0.0
         if self._remaining is not None and self._remaining <= 0:
-            delay = self._reset_at - time.time()
-            if delay > 0:
+            delay = max(delay, self._reset_at + RESET_MARGIN - now)
+            self._remaining = None  # after the reset: known again from the next answer
+        if delay > 0:
+            self.log.seconds += delay
+            if delay >= 1.0:  # the waits a person would notice; the pacer's milliseconds between requests are not
                 self.log.waits += 1
-                self.log.seconds += delay
-                self.sleep(delay)
-            self._remaining = None
+                if self.on_wait is not None:
+                    self.on_wait(delay)
+            self.clock.sleep(delay)
 
-    def _backoff(self, attempt: int) -> None:
-        self.sleep(min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0))
+    def _backoff(self, failures: int) -> None:
+        self.clock.sleep(min(30.0, 0.5 * 2 ** (failures - 1)) * random.uniform(0.5, 1.0))
 
     # -- resources -----------------------------------------------------------------------------------------
 
@@ -131,14 +235,3 @@ class AircallClient:
 
     def numbers(self) -> list[dict[str, Any]]:
         return [n for page, _ in self.pages("numbers", "numbers", {"per_page": 50}) for n in page]
-
-
-def _retry_after(response: requests.Response) -> float:
-    value = response.headers.get("Retry-After", "")
-    if value.strip().isdigit():
-        return float(value)
-    reset = response.headers.get("X-AircallApi-Reset")
-    try:
-        return max(float(reset) - time.time(), 1.0) if reset else 1.0
-    except ValueError:
-        return 1.0

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
 import sqlite3
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from engine import __version__, logs, metrics
 from engine.aircall_api import AircallClient, AircallError
-from engine.backfill import RESOURCES, Progress, backfill, parse_date
-from engine.backfill import now as backfill_now
+from engine.backfill import RESOURCES, Walk, parse_date, plan, queue_webhooks, run_walks
 from engine.config import ConfigError, Settings, load_settings, parse_env_line, parse_events
 from engine.envelope import EnvelopeError, parse_webhook
 from engine.findings import MappingError, MappingsFolderError
@@ -23,6 +22,7 @@ from engine.mapping import Mappings, load_mappings
 from engine.message import RenderError
 from engine.operations import replay_dead_letters
 from engine.outbox import Outbox, OutboxRefused, OutboxUnavailable, describe_db, open_outbox
+from engine.progress import BackfillDisplay
 from engine.runtime import load_server_mappings
 from engine.selection import Selection
 from engine.validate import find_fixtures, validate
@@ -126,11 +126,16 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     back = commands.add_parser("backfill", help="send history from Aircall's REST API through the mappings")
-    back.add_argument("--since", required=True, help="start date, YYYY-MM-DD (UTC) or ISO 8601")
-    back.add_argument("--until", help="end date, excluded (default: now)")
+    back.add_argument("--since", required=True, help="calls from this date, YYYY-MM-DD (UTC) or ISO 8601")
+    back.add_argument("--until", help="calls until this date, excluded (default: now)")
     back.add_argument(
         "--resources", default="calls,users,contacts,numbers", help="comma list of calls, users, contacts, numbers"
     )
+    back.add_argument("--contacts-since", metavar="DATE", help="only contacts created since DATE (default: all)")
+    back.add_argument(
+        "--rate", type=_per_minute, default=45, metavar="N",
+        help="requests a minute to Aircall, out of its 60 for the whole account (default 45: 15 left to others)",
+    )  # fmt: skip
     back.set_defaults(run=_backfill)
     return parser
 
@@ -307,11 +312,12 @@ def _report_missing(asked: list[int] | None, found: list[int]) -> bool:
     return bool(missing)
 
 
-def _aircall_client(args: argparse.Namespace) -> tuple[Settings, AircallClient]:
+def _aircall_client(args: argparse.Namespace, rate: int | None = None) -> tuple[Settings, AircallClient]:
     settings = _settings(args)
     if not (settings.aircall_api_id and settings.aircall_api_token):
         raise UsageError("set AIRCALL_API_ID and AIRCALL_API_TOKEN (Aircall dashboard: Integrations, API keys)")
-    return settings, AircallClient(settings.aircall_api_url, settings.aircall_api_id, settings.aircall_api_token)
+    api = settings.aircall_api_url, settings.aircall_api_id, settings.aircall_api_token
+    return settings, AircallClient(*api, rate=rate)
 
 
 def _aircall(action):  # type: ignore[no-untyped-def]
@@ -386,15 +392,22 @@ def _aircall_numbers(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _per_minute(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of requests a minute, 1 or more")
+    return int(text)
+
+
 @_aircall
 def _backfill(args: argparse.Namespace) -> int:
-    settings, client = _aircall_client(args)
+    settings, client = _aircall_client(args, rate=args.rate)
     try:
         since = parse_date(args.since, "--since")
-        until = parse_date(args.until, "--until") if args.until else backfill_now()
+        until = parse_date(args.until, "--until") if args.until else None
+        contacts_since = parse_date(args.contacts_since, "--contacts-since") if args.contacts_since else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if until <= since:
+    if until is not None and until <= since:
         raise UsageError("--until must be after --since")
     names = [n.strip() for n in args.resources.split(",") if n.strip()]
     unknown = [n for n in names if n not in RESOURCES]
@@ -404,27 +417,29 @@ def _backfill(args: argparse.Namespace) -> int:
     if mappings is None:
         return EXIT_FINDINGS
     outbox = _open_outbox(args, create=True)
+    display = BackfillDisplay(sys.stderr, client)
+    client.on_wait = display.waiting
     selection = Selection(settings.events, settings.numbers)
-    last_line = [0.0]
-
-    def report(progress: Progress, final: bool = False) -> None:
-        if final or time.monotonic() - last_line[0] >= 2:
-            last_line[0] = time.monotonic()
-            log = client.log
-            print(
-                f"{progress.resource}: {progress.fetched} fetched, {progress.queued} queued, "
-                f"{progress.skipped} skipped, {progress.dead_lettered} dead-lettered; "
-                f"window {progress.windows_done}/{progress.windows_total}; "
-                f"{log.requests} requests, rate-limit waits {log.waits} ({log.seconds:.1f} s)",
-                file=sys.stderr,
-            )
-
-    for name in names:
-        progress = backfill(client, outbox, mappings, selection, RESOURCES[name], since, until, report)
-        report(progress, final=True)
-        print(f"{name}\tfetched {progress.fetched}\tqueued {progress.queued}\tskipped {progress.skipped}"
-              f"\tdead-lettered {progress.dead_lettered}")  # fmt: skip
-    print(f"rate limit: {client.log.waits} waits, {client.log.seconds:.1f} s of {client.log.requests} requests")
+    queue = functools.partial(queue_webhooks, outbox, mappings, selection)
+    ranges = plan(outbox, names, since, until, contacts_since)
+    walks = [Walk(client, outbox, resource, start, end, queue, display.note) for resource, start, end in ranges]
+    try:
+        run_walks(walks, display)
+    except KeyboardInterrupt:
+        display.interrupted()
+        raise
+    except AircallError as exc:
+        raise AircallError(
+            f"{exc}; what was listed is queued, and the same command continues at the next page"
+        ) from None
+    for walk in walks:
+        p = walk.progress
+        print(f"{p.resource}\tfetched {p.fetched}\tqueued {p.queued}\tskipped {p.skipped}"
+              f"\tdead-lettered {p.dead_lettered}\trequests {p.requests}")  # fmt: skip
+    log = client.log
+    print(
+        f"rate limit: {log.waits} waits, {log.seconds:.1f} s of {log.requests} requests, {log.throttled} answered 429"
+    )
     return EXIT_OK
 
 

@@ -28,7 +28,7 @@ from typing import Protocol
 
 from engine.envelope import Webhook
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEAD_LETTER_COLUMNS = "id, message_id, event, reason, attempts, created_at, replayed_at, webhook"  # DeadLetter
 
 _MIGRATIONS: dict[int, str] = {
@@ -91,6 +91,10 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE webhooks ADD COLUMN lease_owner TEXT;
     UPDATE webhooks SET processed_at = received_at;
     CREATE INDEX webhooks_unprocessed ON webhooks (id) WHERE processed_at IS NULL;
+    """,
+    4: """
+    -- where an unfinished run stands, to the page: engine.backfill's own text
+    ALTER TABLE backfills ADD COLUMN state TEXT;
     """,
 }
 
@@ -217,11 +221,12 @@ class Outbox(Protocol):
     def mark_replayed(self, ids: Iterable[int]) -> None: ...
     def discard_dead_letters(self, ids: Sequence[int] | None) -> list[DeadLetter]: ...
     def message_bodies(self) -> list[bytes]: ...
-    def backfill_resume_point(self, resource: str, since: int, until: int) -> int: ...
-    def backfill_window_done(
-        self, resource: str, since: int, until: int, done_until: int, fetched: int, queued: int
+    def backfill_start(self, resource: str, since: int, until: int) -> tuple[int, str | None]: ...
+    def backfill_save(
+        self, resource: str, since: int, until: int, state: str, done_until: int, fetched: int, queued: int
     ) -> None: ...
     def backfill_finished(self, resource: str, since: int, until: int) -> None: ...
+    def backfill_unfinished_until(self, resource: str, since: int) -> int | None: ...
     def close(self) -> None: ...
 
 
@@ -675,38 +680,49 @@ class SqliteOutbox:
 
     # -- backfill progress ---------------------------------------------------------------------------------
 
-    def backfill_resume_point(self, resource: str, since: int, until: int) -> int:
-        """Where a backfill of this range starts: after what an unfinished run did, else from the beginning."""
+    def backfill_start(self, resource: str, since: int, until: int) -> tuple[int, str | None]:
+        """Where a backfill of this range starts: the saved state of an unfinished run (with how far it got), or
+        (since, None) after recording a fresh start. The state is the backfill's own text; the store keeps it."""
         now = time.time()
 
-        def work(conn: sqlite3.Connection) -> int:
+        def work(conn: sqlite3.Connection) -> tuple[int, str | None]:
             row = conn.execute(
-                "SELECT done_until, finished_at FROM backfills WHERE resource = ? AND since = ? AND until = ?",
+                "SELECT done_until, finished_at, state FROM backfills WHERE resource = ? AND since = ? AND until = ?",
                 (resource, since, until),
             ).fetchone()
             if row is not None and row[1] is None:
-                return row[0]
+                return row[0], row[2]
             conn.execute(
                 "INSERT INTO backfills (resource, since, until, done_until, updated_at) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (resource, since, until) DO UPDATE SET done_until = excluded.done_until, "
-                "fetched = 0, queued = 0, finished_at = NULL, updated_at = excluded.updated_at",
+                "fetched = 0, queued = 0, finished_at = NULL, state = NULL, updated_at = excluded.updated_at",
                 (resource, since, until, since, now),
             )
-            return since
+            return since, None
 
         return self._write(work)
 
-    def backfill_window_done(
-        self, resource: str, since: int, until: int, done_until: int, fetched: int, queued: int
+    def backfill_save(
+        self, resource: str, since: int, until: int, state: str, done_until: int, fetched: int, queued: int
     ) -> None:
+        """After each page: what the run has done, so that an interrupted run continues at the next page."""
         now = time.time()
         self._write(
             lambda conn: conn.execute(
-                "UPDATE backfills SET done_until = ?, fetched = fetched + ?, queued = queued + ?, updated_at = ? "
+                "UPDATE backfills SET state = ?, done_until = ?, fetched = ?, queued = ?, updated_at = ? "
                 "WHERE resource = ? AND since = ? AND until = ?",
-                (done_until, fetched, queued, now, resource, since, until),
+                (state, done_until, fetched, queued, now, resource, since, until),
             )
         )
+
+    def backfill_unfinished_until(self, resource: str, since: int) -> int | None:
+        """The end of the latest unfinished run from `since`: a run without --until continues that one."""
+        row = self.conn.execute(
+            "SELECT until FROM backfills WHERE resource = ? AND since = ? AND finished_at IS NULL "
+            "ORDER BY updated_at DESC LIMIT 1",
+            (resource, since),
+        ).fetchone()
+        return None if row is None else row[0]
 
     def backfill_finished(self, resource: str, since: int, until: int) -> None:
         now = time.time()

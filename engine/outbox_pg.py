@@ -32,7 +32,7 @@ from engine.outbox import (
 
 T = TypeVar("T")
 _CONNECTION_ERRORS = (PoolTimeout, psycopg.OperationalError)
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _NOW = "extract(epoch from clock_timestamp())"
 
 
@@ -96,6 +96,7 @@ _MIGRATIONS: dict[int, list[str]] = {
         "UPDATE webhooks SET processed_at = received_at",
         "CREATE INDEX webhooks_unprocessed ON webhooks (id) WHERE processed_at IS NULL",
     ],
+    4: ["ALTER TABLE backfills ADD COLUMN state TEXT"],
 }
 
 
@@ -445,36 +446,46 @@ class PostgresOutbox:
 
     # -- backfill progress ---------------------------------------------------------------------------------
 
-    def backfill_resume_point(self, resource: str, since: int, until: int) -> int:
-        def work(conn: psycopg.Connection) -> int:
+    def backfill_start(self, resource: str, since: int, until: int) -> tuple[int, str | None]:
+        def work(conn: psycopg.Connection) -> tuple[int, str | None]:
             row = conn.execute(
-                "SELECT done_until, finished_at FROM backfills WHERE resource = %s AND since = %s AND until = %s "
-                "FOR UPDATE",
+                "SELECT done_until, finished_at, state FROM backfills "
+                "WHERE resource = %s AND since = %s AND until = %s FOR UPDATE",
                 (resource, since, until),
             ).fetchone()
             if row is not None and row[1] is None:
-                return row[0]
+                return row[0], row[2]
             conn.execute(
                 "INSERT INTO backfills (resource, since, until, done_until, updated_at) "
                 f"VALUES (%s, %s, %s, %s, {_NOW}) ON CONFLICT (resource, since, until) DO UPDATE SET "
-                "done_until = excluded.done_until, fetched = 0, queued = 0, finished_at = NULL, "
+                "done_until = excluded.done_until, fetched = 0, queued = 0, finished_at = NULL, state = NULL, "
                 "updated_at = excluded.updated_at",
                 (resource, since, until, since),
             )
-            return since
+            return since, None
 
         return self._write(work)
 
-    def backfill_window_done(
-        self, resource: str, since: int, until: int, done_until: int, fetched: int, queued: int
+    def backfill_save(
+        self, resource: str, since: int, until: int, state: str, done_until: int, fetched: int, queued: int
     ) -> None:
         self._write(
             lambda conn: conn.execute(
-                "UPDATE backfills SET done_until = %s, fetched = fetched + %s, queued = queued + %s, "
+                "UPDATE backfills SET state = %s, done_until = %s, fetched = %s, queued = %s, "
                 f"updated_at = {_NOW} WHERE resource = %s AND since = %s AND until = %s",
-                (done_until, fetched, queued, resource, since, until),
+                (state, done_until, fetched, queued, resource, since, until),
             )
         )
+
+    def backfill_unfinished_until(self, resource: str, since: int) -> int | None:
+        row = self._write(
+            lambda conn: conn.execute(
+                "SELECT until FROM backfills WHERE resource = %s AND since = %s AND finished_at IS NULL "
+                "ORDER BY updated_at DESC LIMIT 1",
+                (resource, since),
+            ).fetchone()
+        )
+        return None if row is None else row[0]
 
     def backfill_finished(self, resource: str, since: int, until: int) -> None:
         self._write(

@@ -1,74 +1,173 @@
 """A local stand-in for Aircall's public REST API (v1), run as its own uvicorn process.
 
-Like the real one where the engine depends on it: HTTP Basic auth (API ID and token), list endpoints with
-`from`/`to`, `per_page` and `page`, a `meta` with `next_page_link`, the rate limit (a fixed window, 60 requests
-a minute unless told otherwise) announced in `X-AircallApi-Limit/Remaining/Reset` on every answer and
-enforced with 429, and webhooks that can be listed and created (each with a token).
+Strict where the engine depends on Aircall:
+- HTTP Basic auth with the API ID and token (401 otherwise);
+- list endpoints (/v1/calls, /users, /contacts, /numbers) with `page`, `per_page` (at most 50) and
+  `order` (asc or desc, by creation), and `from`/`to` (unix seconds, both included) on calls, users and
+  contacts, not on numbers; a `meta` with count, total, current_page, per_page, next_page_link and
+  previous_page_link;
+- the 10,000-object ceiling: a page that starts past it is a 400, although `next_page_link` still offers it;
+- the rate limit, a fixed window (60 requests a minute unless told otherwise), announced in
+  `X-AircallApi-Limit/Remaining/Reset` on every answer and enforced with 429;
+- webhooks that can be listed and created, each with a token.
 
     FAKE_AIRCALL_LIMIT=60 FAKE_AIRCALL_WINDOW=60 uvicorn tests.fake_aircall:app --port 9998
 
-POST /_control {"calls": 120, "start": 1700000000, "spacing": 600, "fail_after": 5, "limit": 10, "window": 2}
-generates calls (one every `spacing` seconds from `start`), and makes every request after the `fail_after`-th
-answer 500 (an outage that outlasts the client's retries). `{"tag_calls": "follow-up"}` adds that tag to every
-call, as agents do after the fact. GET /_stats tells requests, 429s and pages served.
+POST /_control with any of:
+- `{"reset": true}`: empty account (one number), default limits;
+- `{"calls": 120, "start": 1700000000, "spacing": 600}`: 120 calls, one every 600 s from start, with 3 users,
+  2 contacts and 1 number created just after start (the small account of the first tests);
+- `{"calls": [{"count": 12000, "start": T, "spacing": 7}, ...]}` and the same for `users`, `contacts`,
+  `numbers`: objects created at those times, any number of them (kept compact: 100,000 calls are cheap);
+- `{"limit": 10, "window": 2}`: the rate limit; `{"spend": 5}`: another integration spends 5 requests now;
+  `{"others": 1}`: other integrations spend 1 request after each of ours, so our last headers are stale;
+- `{"advance": 30}`: the fake's clock moves 30 s ahead (tests that only pretend to wait move it with theirs);
+- `{"ceiling": 10000}`, `{"ignore_range": true}` (from/to ignored, as an API that does not filter),
+  `{"cap_total": true}` (meta.total says no more than the ceiling) and `{"no_total": true}` (no meta.total);
+- `{"fail_after": 5}`: every request after the 5th answers 500 (an outage that outlasts the retries);
+- `{"stall_after": 7}`: the 8th list request and those after it hang (until a reset), so a test can kill the
+  client in the middle of a page;
+- `{"tag_calls": "follow-up"}`: every call gains that tag, as agents do after the fact.
+
+GET /_stats: requests (and when each came, by the fake's clock), 429s, pages served, 400s past the ceiling,
+requests stalled, objects served (and how many distinct) per resource, and the fake's clock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import calendar
+import bisect
+import contextlib
 import copy
 import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from engine.aircall_api import Clock
+
 API_ID = os.environ.get("FAKE_AIRCALL_ID", "api-id")
 API_TOKEN = os.environ.get("FAKE_AIRCALL_TOKEN", "api-token")
 FIXTURES = Path(__file__).parent / "fixtures"
-CALL = json.loads((FIXTURES / "call.ended.json").read_text())["data"]
-USER = json.loads((FIXTURES / "user.created.json").read_text())["data"]
-CONTACT = json.loads((FIXTURES / "contact.created.json").read_text())["data"]
-NUMBER = json.loads((FIXTURES / "number.created.json").read_text())["data"]
+TEMPLATES = {
+    "calls": json.loads((FIXTURES / "call.ended.json").read_text())["data"],
+    "users": json.loads((FIXTURES / "user.created.json").read_text())["data"],
+    "contacts": json.loads((FIXTURES / "contact.created.json").read_text())["data"],
+    "numbers": json.loads((FIXTURES / "number.created.json").read_text())["data"],
+}
+FIRST_ID = {"calls": 3_000_000_000, "users": 1_000, "contacts": 2_000, "numbers": 745_821}
+FILTERED = {"calls": True, "users": True, "contacts": True, "numbers": False}  # takes from/to
+CEILING = 10_000
+
+
+def _iso(moment: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(moment))
+
+
+class Listing:
+    """One resource's objects as (creation time, id), sorted: materialized only when a page is served."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.rows: list[tuple[int, int]] = []
+        self.times: list[int] = []
+
+    def fill(self, specs: list[dict[str, int]]) -> None:
+        rows, next_id = [], FIRST_ID[self.name]
+        for spec in specs:
+            for n in range(spec["count"]):
+                rows.append((spec["start"] + n * spec.get("spacing", 1), next_id))
+                next_id += 1
+        self.rows = sorted(rows)
+        self.times = [t for t, _ in self.rows]
+
+    def between(self, low: int | None, high: int | None) -> list[tuple[int, int]]:
+        first = 0 if low is None else bisect.bisect_left(self.times, low)
+        last = len(self.rows) if high is None else bisect.bisect_right(self.times, high)
+        return self.rows[first:last]
+
+    def materialize(self, moment: int, ident: int, extra_tags: list[dict]) -> dict[str, Any]:
+        obj = copy.deepcopy(TEMPLATES[self.name])
+        obj["id"] = ident
+        if self.name == "calls":
+            obj.update(started_at=moment, answered_at=moment + 10, ended_at=moment + 120)
+            if extra_tags:
+                obj["tags"] = [*obj.get("tags", []), *extra_tags]
+        elif self.name == "contacts":
+            obj["created_at"] = moment  # Aircall gives contacts' times in unix seconds...
+        else:
+            obj["created_at"] = _iso(moment)  # ...and users' and numbers' in ISO 8601
+        return obj
 
 
 class State:
     def __init__(self) -> None:
         self.limit = int(os.environ.get("FAKE_AIRCALL_LIMIT", "60"))
         self.window = float(os.environ.get("FAKE_AIRCALL_WINDOW", "60"))
-        self.window_start = time.time()
+        self.offset = 0.0  # the fake's clock: real time plus what tests advanced it by
+        self.window_start = self.now()
         self.used = 0
         self.requests = 0
+        self.list_requests = 0
         self.throttled = 0
         self.pages = 0
+        self.past_ceiling = 0
+        self.stalled = 0
         self.fail_after: int | None = None
-        self.calls: list[dict] = []
-        self.users: list[dict] = []
-        self.contacts: list[dict] = []
-        self.numbers: list[dict] = [copy.deepcopy(NUMBER)]
+        self.stall_after: int | None = None
+        self.release = asyncio.Event()
+        self.ceiling = CEILING
+        self.ignore_range = False
+        self.cap_total = False
+        self.no_total = False
+        self.others = 0  # requests other integrations spend after each of ours: our view of the quota goes stale
+        self.arrivals: list[float] = []  # when each request came, by the fake's clock
+        self.extra_tags: list[dict] = []
+        self.listings = {name: Listing(name) for name in TEMPLATES}
+        self.listings["numbers"].rows = [(1_707_730_211, FIRST_ID["numbers"])]  # the sample number, 2024-02-12
+        self.listings["numbers"].times = [1_707_730_211]
+        self.served: dict[str, int] = {name: 0 for name in TEMPLATES}
+        self.distinct: dict[str, set[int]] = {name: set() for name in TEMPLATES}
         self.webhooks: list[dict] = []
 
-    def generate(self, calls: int, start: int, spacing: int) -> None:
-        self.calls = []
-        for n in range(calls):
-            call = copy.deepcopy(CALL)
-            call["id"] = 3_000_000_000 + n
-            call["started_at"] = start + n * spacing
-            call["answered_at"] = start + n * spacing + 10
-            call["ended_at"] = start + n * spacing + 120
-            self.calls.append(call)
-        created = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(start + 60))
-        self.users = [{**copy.deepcopy(USER), "id": 1_000 + n, "created_at": created} for n in range(3)]
-        self.contacts = [{**copy.deepcopy(CONTACT), "id": 2_000 + n, "created_at": start + 120} for n in range(2)]
-        self.numbers = [{**copy.deepcopy(NUMBER), "created_at": created}]
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def small_account(self, calls: int, start: int, spacing: int) -> None:
+        self.listings["calls"].fill([{"count": calls, "start": start, "spacing": spacing}])
+        self.listings["users"].fill([{"count": 3, "start": start + 60}])
+        self.listings["contacts"].fill([{"count": 2, "start": start + 120}])
+        self.listings["numbers"].fill([{"count": 1, "start": start + 60}])
 
 
 STATE = State()
+
+
+class PretendClock(Clock):
+    """The engine's clock (engine.aircall_api.Clock) for tests and benchmarks: it jumps ahead instead of
+    sleeping, and moves the fake's clock by as much (`aircall` is the harness's FakeAircall), so that an hour of
+    rate-limited backfill takes a second and the fake's windows and resets agree with the engine's waits."""
+
+    def __init__(self, aircall: Any) -> None:
+        self.aircall = aircall
+        self.offset = 0.0
+        self.waits: list[float] = []
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self.offset += seconds
+            self.waits.append(seconds)
+            self.aircall.control(advance=seconds)
 
 
 def _quota_headers() -> dict[str, str]:
@@ -77,6 +176,12 @@ def _quota_headers() -> dict[str, str]:
         "X-AircallApi-Remaining": str(max(STATE.limit - STATE.used, 0)),
         "X-AircallApi-Reset": str(int(STATE.window_start + STATE.window + 0.999)),
     }
+
+
+def _roll_window() -> None:
+    now = STATE.now()
+    if now >= STATE.window_start + STATE.window:
+        STATE.window_start, STATE.used = now, 0
 
 
 def _gate(request: Request) -> Response | None:
@@ -88,10 +193,9 @@ def _gate(request: Request) -> Response | None:
         user = password = ""
     if not header.startswith("Basic ") or (user, password) != (API_ID, API_TOKEN):
         return JSONResponse({"error": "Unauthorized", "troubleshoot": "Check your API key"}, status_code=401)
-    now = time.time()
-    if now >= STATE.window_start + STATE.window:
-        STATE.window_start, STATE.used = now, 0
+    _roll_window()
     STATE.requests += 1
+    STATE.arrivals.append(STATE.now())
     if STATE.used >= STATE.limit:
         STATE.throttled += 1
         return JSONResponse({"error": "Too Many Requests"}, status_code=429, headers=_quota_headers())
@@ -101,41 +205,64 @@ def _gate(request: Request) -> Response | None:
     return None
 
 
-def _time(value: object) -> float:
-    if isinstance(value, int | float):
-        return float(value)
-    return float(calendar.timegm(time.strptime(str(value)[:19], "%Y-%m-%dT%H:%M:%S")))
+def _bad(message: str) -> Response:
+    return JSONResponse({"error": "Bad Request", "troubleshoot": message}, status_code=400, headers=_quota_headers())
 
 
-def _listing(key: str, field: str):  # type: ignore[no-untyped-def]
+def _listing(key: str):  # type: ignore[no-untyped-def]
     async def endpoint(request: Request) -> Response:
         refused = _gate(request)
         if refused is not None:
             return refused
+        STATE.list_requests += 1
+        if STATE.stall_after is not None and STATE.list_requests > STATE.stall_after:
+            STATE.stalled += 1
+            release = STATE.release
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(release.wait(), timeout=120)
+            return JSONResponse({"error": "Service Unavailable"}, status_code=503)
         query = request.query_params
-        per_page = min(int(query.get("per_page", 20)), 50)
-        page = int(query.get("page", 1))
-        chosen = getattr(STATE, key)
-        if "from" in query:
-            chosen = [i for i in chosen if _time(i[field]) >= int(query["from"])]
-        if "to" in query:
-            chosen = [i for i in chosen if _time(i[field]) <= int(query["to"])]
-        if query.get("order") == "desc":
-            chosen = list(reversed(chosen))
-        shown = chosen[(page - 1) * per_page : page * per_page]
+        try:
+            per_page = min(int(query.get("per_page", 20)), 50)
+            page = int(query.get("page", 1))
+            low = int(query["from"]) if "from" in query else None
+            high = int(query["to"]) if "to" in query else None
+        except ValueError:
+            return _bad("page, per_page, from and to are whole numbers (from and to: unix seconds)")
+        order = query.get("order", "asc")
+        if order not in ("asc", "desc") or page < 1 or per_page < 1:
+            return _bad("order is asc or desc; page and per_page start at 1")
+        listing = STATE.listings[key]
+        if not FILTERED[key] or STATE.ignore_range:
+            low = high = None
+        chosen = listing.between(low, high)
+        if order == "desc":
+            chosen = chosen[::-1]
+        first = (page - 1) * per_page
+        if first >= STATE.ceiling:
+            STATE.past_ceiling += 1
+            return _bad(f"lists stop at {STATE.ceiling} items: narrow the query with from and to")
+        shown = chosen[first : first + per_page]
         STATE.pages += 1
+        STATE.served[key] += len(shown)
+        STATE.distinct[key].update(ident for _, ident in shown)
         base = str(request.url).split("?")[0]
         others = "&".join(f"{k}={v}" for k, v in query.items() if k != "page")
-        more = page * per_page < len(chosen)
+        total = min(len(chosen), STATE.ceiling) if STATE.cap_total else len(chosen)
         meta = {
             "count": len(shown),
-            "total": len(chosen),
+            "total": total,
             "current_page": page,
             "per_page": per_page,
-            "next_page_link": f"{base}?{others}&page={page + 1}" if more else None,
+            "next_page_link": f"{base}?{others}&page={page + 1}" if first + per_page < len(chosen) else None,
             "previous_page_link": f"{base}?{others}&page={page - 1}" if page > 1 else None,
         }
-        return JSONResponse({key: shown, "meta": meta}, headers=_quota_headers())
+        if STATE.no_total:
+            del meta["total"]
+        objects = [listing.materialize(moment, ident, STATE.extra_tags) for moment, ident in shown]
+        headers = _quota_headers()
+        STATE.used = min(STATE.used + STATE.others, STATE.limit)  # after the answer: its headers are out of date
+        return JSONResponse({key: objects, "meta": meta}, headers=headers)
 
     return endpoint
 
@@ -164,33 +291,58 @@ async def webhooks(request: Request) -> Response:
     return JSONResponse({"webhooks": STATE.webhooks, "meta": meta}, headers=_quota_headers())
 
 
+def _specs(value: Any) -> list[dict[str, int]]:
+    return value if isinstance(value, list) else [value]
+
+
 async def control(request: Request) -> Response:
     global STATE
     order = await request.json()
     if order.get("reset"):
+        STATE.release.set()  # stalled requests end
         STATE = State()
-    STATE.limit = order.get("limit", STATE.limit)
-    STATE.window = order.get("window", STATE.window)
-    STATE.fail_after = order.get("fail_after", STATE.fail_after)
-    if "calls" in order:
-        STATE.generate(order["calls"], order.get("start", 1_700_000_000), order.get("spacing", 600))
+    settable = ("limit", "window", "fail_after", "stall_after", "ceiling", "ignore_range", "cap_total", "no_total")
+    for name in (*settable, "others"):
+        if name in order:
+            setattr(STATE, name, order[name])
+    if "stall_after" in order and order["stall_after"] is None:
+        STATE.release.set()  # the requests held are let go (with a 503: their client is gone)
+        STATE.release = asyncio.Event()
+    if "advance" in order:
+        STATE.offset += order["advance"]
+    if "spend" in order:
+        _roll_window()
+        STATE.used += order["spend"]
+    if isinstance(order.get("calls"), int):
+        STATE.small_account(order["calls"], order.get("start", 1_700_000_000), order.get("spacing", 600))
+    for name in TEMPLATES:
+        if name in order and not isinstance(order[name], int):
+            STATE.listings[name].fill(_specs(order[name]))
     if "tag_calls" in order:  # the calls change after the fact, as they do when agents tag them
-        for call in STATE.calls:
-            call["tags"] = [*call.get("tags", []), {"id": 99, "name": order["tag_calls"]}]
+        STATE.extra_tags.append({"id": 99, "name": order["tag_calls"]})
     return JSONResponse({"ok": True})
 
 
 async def stats(request: Request) -> Response:
-    return JSONResponse({"requests": STATE.requests, "throttled": STATE.throttled, "pages": STATE.pages,
-                         "webhooks": len(STATE.webhooks)})  # fmt: skip
+    return JSONResponse(
+        {
+            "requests": STATE.requests,
+            "throttled": STATE.throttled,
+            "pages": STATE.pages,
+            "past_ceiling": STATE.past_ceiling,
+            "stalled": STATE.stalled,
+            "served": STATE.served,
+            "distinct": {name: len(ids) for name, ids in STATE.distinct.items()},
+            "webhooks": len(STATE.webhooks),
+            "now": STATE.now(),
+            "arrivals": STATE.arrivals,
+        }
+    )
 
 
 app = Starlette(
     routes=[
-        Route("/v1/calls", _listing("calls", "started_at")),
-        Route("/v1/users", _listing("users", "created_at")),
-        Route("/v1/contacts", _listing("contacts", "created_at")),
-        Route("/v1/numbers", _listing("numbers", "created_at")),
+        *(Route(f"/v1/{name}", _listing(name)) for name in TEMPLATES),
         Route("/v1/webhooks", webhooks, methods=["GET", "POST"]),
         Route("/_control", control, methods=["POST"]),
         Route("/_stats", stats),
