@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine import cli  # noqa: E402
-from engine.aircall_api import AircallClient  # noqa: E402
+from engine.aircall.api import AircallClient  # noqa: E402
+from engine.cli import aircall as aircall_commands  # noqa: E402
 from tests.fake_aircall import PretendClock  # noqa: E402
 from tests.harness import FakeAircall, base_env, wait_for  # noqa: E402
 
@@ -81,13 +82,15 @@ def month(aircall: FakeAircall, tmp: Path, calls: int, days: int, rate: int) -> 
     db = tmp / "month.sqlite3"
     os.environ.update(aircall.settings() | {"ENGINE_DB": str(db), "ENGINE_MAPPINGS": str(ROOT / "mappings")})
     clock = PretendClock(aircall)
-    cli.AircallClient = functools.partial(AircallClient, clock=clock)  # type: ignore[misc]
+    aircall_commands.AircallClient = functools.partial(AircallClient, clock=clock)  # type: ignore[misc]
     out = io.StringIO()
     began = time.perf_counter()
     with contextlib.redirect_stdout(out):
-        code = cli.main(["--env-file", str(tmp / "no.env"), *args, "--rate", str(rate)])
+        env_file = tmp / "empty.env"  # only the environment: not a .env of the working directory
+        env_file.touch()
+        code = cli.main(["--env-file", str(env_file), *args, "--rate", str(rate)])
     wall = time.perf_counter() - began
-    cli.AircallClient = AircallClient  # type: ignore[misc]
+    aircall_commands.AircallClient = AircallClient  # type: ignore[misc]
     assert code == 0, out.getvalue()
     stats = aircall.stats()
     arrivals = stats["arrivals"]

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_server import call_body, engine_server, machine, queued_messages, stop  # noqa: E402
 from load import LoadResult, run_load  # noqa: E402
 
-from engine.envelope import webhook_from_json  # noqa: E402
+from engine.aircall.envelope import webhook_from_json  # noqa: E402
 from engine.outbox import NewMessage, open_outbox, stored_webhook  # noqa: E402
 from tests.harness import WRITE_KEY, FakeSegment, free_port, wait_for  # noqa: E402
 from tests.postgres import Cluster  # noqa: E402

@@ -26,10 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.envelope import Webhook, content_fingerprint, parse_webhook  # noqa: E402
-from engine.mapping import load_mappings  # noqa: E402
-from engine.message import finish  # noqa: E402
-from engine.templating import compile_expression, e164, iso8601, pluck, stable_id  # noqa: E402
+from engine.aircall.envelope import Webhook, content_fingerprint, parse_webhook  # noqa: E402
+from engine.mapping.load import load_mappings  # noqa: E402
+from engine.mapping.templating import compile_expression, e164, iso8601, pluck, stable_id  # noqa: E402
+from engine.segment.message import finish  # noqa: E402
 
 
 def plain_call_properties(d: dict) -> dict:

@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from load import run_load  # noqa: E402
 
-from engine.envelope import webhook_from_json  # noqa: E402
-from engine.mapping import load_mappings  # noqa: E402
+from engine.aircall.envelope import webhook_from_json  # noqa: E402
+from engine.mapping.load import load_mappings  # noqa: E402
 from engine.outbox import NewMessage, SqliteOutbox, stored_webhook  # noqa: E402
 from tests.harness import TOKEN, WRITE_KEY, FakeSegment, base_env, free_port, wait_for  # noqa: E402
 
@@ -360,7 +360,7 @@ def memory(count: int) -> None:
 def memory_webhooks(count: int) -> None:
     """RSS of the server and of its processing process with `count` stored webhooks waiting to be mapped, against
     an empty outbox: both read the backlog a batch at a time."""
-    from engine.envelope import parse_webhook
+    from engine.aircall.envelope import parse_webhook
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-memory-webhooks-"))
     empty_dir, full_dir = tmp / "empty", tmp / "full"

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 from starlette.config import Config, Environ, environ
 
+from engine.aircall.events import ALL_EVENTS
 from engine.digits import normalize_digits
-from engine.events import ALL_EVENTS
 
 _EVENT_NAME = re.compile(r"^[a-z_]{1,64}\.[a-z_]{1,64}$")
 _NUMBER_ID = re.compile(r"[0-9]{1,9}")  # ASCII digits: see engine.digits

@@ -51,7 +51,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from engine.aircall_api import Clock
+from engine.aircall.api import Clock
 
 API_ID = os.environ.get("FAKE_AIRCALL_ID", "api-id")
 API_TOKEN = os.environ.get("FAKE_AIRCALL_TOKEN", "api-token")
@@ -151,7 +151,7 @@ STATE = State()
 
 
 class PretendClock(Clock):
-    """The engine's clock (engine.aircall_api.Clock) for tests and benchmarks: it jumps ahead instead of
+    """The engine's clock (engine.aircall.api.Clock) for tests and benchmarks: it jumps ahead instead of
     sleeping, and moves the fake's clock by as much (`aircall` is the harness's FakeAircall), so that an hour of
     rate-limited backfill takes a second and the fake's windows and resets agree with the engine's waits."""
 

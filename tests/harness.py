@@ -16,8 +16,8 @@ from pathlib import Path
 
 import requests
 
-from engine.envelope import webhook_from_json
-from engine.mapping import load_mappings
+from engine.aircall.envelope import webhook_from_json
+from engine.mapping.load import load_mappings
 from tests.conftest import ENGINE, FIXTURES, ROOT
 
 TOKEN = "45b1b6f1a2c3d4e5f60718293a4b5c6d"  # the token in every sample webhook

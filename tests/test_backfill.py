@@ -21,7 +21,8 @@ import time
 import pytest
 
 from engine import cli
-from engine.aircall_api import AircallClient, Clock
+from engine.aircall.api import AircallClient, Clock
+from engine.cli import aircall as aircall_commands
 from engine.outbox import SqliteOutbox, open_outbox
 from tests.conftest import ENGINE, MAPPINGS, ROOT, Run, run_engine
 from tests.fake_aircall import PretendClock
@@ -66,7 +67,7 @@ def backfill(env, aircall, monkeypatch, capsys, tmp_path):
             for name, value in (env | settings).items():
                 patch.setenv(name, value)
             clock = clock or PretendClock(aircall)
-            patch.setattr(cli, "AircallClient", functools.partial(AircallClient, clock=clock))
+            patch.setattr(aircall_commands, "AircallClient", functools.partial(AircallClient, clock=clock))
             settings_file = tmp_path / "empty.env"  # not the .env of the working directory: only the environment
             settings_file.touch()
             code = cli.main(["--env-file", str(settings_file), "backfill", *args])

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from starlette.config import Environ
 
+from engine.aircall.events import ALL_EVENTS
 from engine.config import ConfigError, load_settings
-from engine.events import ALL_EVENTS
 
 
 def settings(tmp_path: Path, env_file_text: str = "", **env: str):
@@ -135,7 +135,7 @@ def test_a_named_env_file_that_does_not_exist_is_refused(capsys, tmp_path):
 
 
 def test_writing_the_token_keeps_an_exported_one_for_the_rotation(tmp_path):
-    from engine.cli import write_env_token
+    from engine.cli.aircall import write_env_token
 
     path = tmp_path / ".env"
     path.write_text("export AIRCALL_WEBHOOK_TOKEN=old-token\nexport SEGMENT_WRITE_KEY=wk\n")

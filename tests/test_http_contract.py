@@ -10,7 +10,7 @@ import time
 import pytest
 from starlette.testclient import TestClient
 
-from engine.app import create_app
+from engine.server.app import create_app
 from tests.conftest import MAPPINGS
 from tests.harness import TOKEN, sample
 

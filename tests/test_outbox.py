@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from engine.envelope import Webhook
+from engine.aircall.envelope import Webhook
 from engine.outbox import SCHEMA_VERSION, NewMessage, OutboxRefused, SqliteOutbox, open_outbox, stored_webhook
 
 
@@ -251,7 +251,7 @@ def test_raw_body_is_stored_with_the_token_blanked():
 
 
 def test_an_outbox_of_the_previous_schema_is_migrated_keeping_its_messages(tmp_path):
-    from engine.outbox import _MIGRATIONS, _statements
+    from engine.outbox.sqlite import _MIGRATIONS, _statements
 
     path = tmp_path / "old.sqlite3"
     conn = sqlite3.connect(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.envelope import Webhook
+from engine.aircall.envelope import Webhook
 from engine.outbox import NewMessage, SqliteOutbox, stored_webhook
 
 
@@ -168,7 +168,7 @@ def test_a_postgresql_outbox_without_the_postgres_extra_says_what_to_install(cap
     from engine.cli import main
 
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if psycopg were not installed
-    monkeypatch.delitem(sys.modules, "engine.outbox_pg", raising=False)
+    monkeypatch.delitem(sys.modules, "engine.outbox.postgres", raising=False)
     monkeypatch.setenv("ENGINE_DB", "postgresql://bridge:pw@db.internal/engine")
     assert main(["outbox", "status"]) == 2
     assert capsys.readouterr().err == (

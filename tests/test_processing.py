@@ -11,10 +11,10 @@ import sqlite3
 
 import pytest
 
-from engine.envelope import parse_webhook
-from engine.mapping import load_mappings
+from engine.aircall.envelope import parse_webhook
+from engine.mapping.load import load_mappings
 from engine.outbox import SqliteOutbox, open_outbox, stored_webhook
-from engine.processing import process_stored
+from engine.processing.mapper import process_stored
 from tests.conftest import MAPPINGS, run_engine
 from tests.harness import call_webhook, expected_ids, sample, wait_for
 

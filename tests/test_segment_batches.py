@@ -5,7 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 
-from engine.segment import MAX_BATCH_BYTES, batch_body, retry_after, split_batches
+from engine.segment.client import MAX_BATCH_BYTES, batch_body, retry_after, split_batches
 
 
 def test_batches_stay_under_500_kb_and_keep_every_message_in_order():

@@ -9,11 +9,11 @@ import json
 
 import pytest
 
-from engine.envelope import parse_webhook
-from engine.events import ALL_EVENTS
-from engine.mapping import load_mappings
-from engine.message import MAX_MESSAGE_BYTES
+from engine.aircall.envelope import parse_webhook
+from engine.aircall.events import ALL_EVENTS
+from engine.mapping.load import load_mappings
 from engine.schemas import segment_message_validator
+from engine.segment.message import MAX_MESSAGE_BYTES
 from tests.conftest import MAPPINGS, fixture_paths
 
 

@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from engine import webhook as webhook_module
-from engine.webhook import token_matches
+from engine.aircall import webhook as webhook_module
+from engine.aircall.webhook import token_matches
 from tests.conftest import MAPPINGS, run_engine
 from tests.harness import TOKEN, WRITE_KEY, count, expected_ids, sample
 

@@ -10,7 +10,7 @@ import threading
 
 import requests
 
-from engine.logs import QUEUED_LINES
+from engine.server.logs import QUEUED_LINES
 from tests.conftest import ENGINE, ROOT
 from tests.harness import TOKEN, base_env, call_webhook, count, free_port, wait_for
 

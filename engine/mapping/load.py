@@ -16,18 +16,18 @@ from typing import Any
 from jinja2 import nodes
 from jsonschema import ValidationError
 
-from engine import yamlsource
-from engine.envelope import Webhook
-from engine.findings import Finding, MappingError, MappingsFolderError, caret_excerpt
-from engine.message import Encoded, RenderError, encode, finish
-from engine.schemas import mapping_file_validator, resolved_mapping_validator
-from engine.templating import (
+from engine.aircall.envelope import Webhook
+from engine.mapping import yamlsource
+from engine.mapping.findings import Finding, MappingError, MappingsFolderError, caret_excerpt
+from engine.mapping.templating import (
     MappingEnvironment,
     TemplateProblem,
     compile_expression,
     dict_node,
     parse_value,
 )
+from engine.schemas import mapping_file_validator, resolved_mapping_validator
+from engine.segment.message import Encoded, RenderError, encode, finish
 
 # Keys of a message spec that hold templates, in the order messages are built.
 _TEMPLATE_KEYS = ("event", "userId", "anonymousId", "groupId")

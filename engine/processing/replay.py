@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.envelope import EnvelopeError
-from engine.mapping import Mappings
+from engine.aircall.envelope import EnvelopeError
+from engine.mapping.load import Mappings
 from engine.outbox import Outbox, StoredWebhook, stored_key
-from engine.processing import process, stored_to_webhook
+from engine.processing.mapper import process, stored_to_webhook
 
 
 @dataclass

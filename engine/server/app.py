@@ -14,12 +14,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine import __version__, logs
+from engine import __version__
+from engine.aircall.webhook import receive
 from engine.config import ConfigError, load_settings
-from engine.findings import MappingError
+from engine.mapping.findings import MappingError
 from engine.outbox import describe_db
-from engine.runtime import Runtime, build_runtime
-from engine.webhook import receive
+from engine.server import logs
+from engine.server.runtime import Runtime, build_runtime
 
 log = logging.getLogger("engine.server")
 

@@ -1,6 +1,6 @@
 """The outbox: Segment messages committed durably before Aircall gets its 200, until Segment has them.
 
-The store is synchronous and owns one SQLite connection; `engine.committer` runs it on a thread of its own
+The store is synchronous and owns one SQLite connection; `engine.outbox.committer` runs it on a thread of its own
 for the server (group commit), the CLI uses it directly. The interface (enqueue, claim, ack, retry, dead,
 stats, prune) is what a PostgreSQL outbox for several replicas has to provide too.
 
@@ -13,24 +13,25 @@ claim, however many delivered rows wait for pruning.
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
-import json
-import os
-import re
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-from engine.envelope import Webhook
+from engine.outbox.base import (
+    DEAD_LETTER_COLUMNS,
+    Claimed,
+    DeadLetter,
+    NewMessage,
+    OutboxRefused,
+    OutboxStats,
+    OutboxUnavailable,
+    PendingWebhook,
+    Processed,
+    StoredWebhook,
+)
 
 SCHEMA_VERSION = 4
-DEAD_LETTER_COLUMNS = "id, message_id, event, reason, attempts, created_at, replayed_at, webhook"  # DeadLetter
-
 _MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE webhooks (
@@ -93,200 +94,10 @@ _MIGRATIONS: dict[int, str] = {
     CREATE INDEX webhooks_unprocessed ON webhooks (id) WHERE processed_at IS NULL;
     """,
     4: """
-    -- where an unfinished run stands, to the page: engine.backfill's own text
+    -- where an unfinished run stands, to the page: engine.aircall.backfill's own text
     ALTER TABLE backfills ADD COLUMN state TEXT;
     """,
 }
-
-
-class OutboxUnavailable(Exception):
-    """The outbox cannot take a write now (disk full, read-only, locked): the webhook must get 503."""
-
-
-class OutboxRefused(Exception):
-    """ENGINE_DB names something this engine must not use as its outbox, however often it is retried: a file
-    of another application, a newer engine's schema, a URL that cannot be read safely, a driver not installed.
-    The message says which, and never shows a password."""
-
-
-@dataclass(frozen=True)
-class StoredWebhook:
-    key: str
-    event: str
-    body: bytes  # JSON envelope, token removed
-
-
-@dataclass(frozen=True)
-class NewMessage:
-    message_id: str
-    event: str
-    body: bytes
-
-
-@dataclass(frozen=True)
-class PendingWebhook:
-    """A stored webhook waiting to be mapped, as a processing worker claims it."""
-
-    id: int
-    key: str
-    event: str
-    body: bytes  # the envelope without its token
-    received_at: float
-
-
-@dataclass(frozen=True)
-class Processed:
-    """What processing made of one webhook: its messages, or the reason it is a dead letter.
-
-    `id` is the stored webhook's row when the webhook came through the gateway (it is marked processed in the
-    same transaction that stores its messages); None for the backfill and the replay, whose webhook is stored
-    then, already processed.
-    """
-
-    webhook: StoredWebhook
-    messages: Sequence[NewMessage] = ()
-    dead_reason: str | None = None
-    id: int | None = None
-
-
-@dataclass(frozen=True)
-class Claimed:
-    id: int
-    message_id: str
-    body: bytes
-    attempts: int
-    created_at: float
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    id: int
-    message_id: str | None
-    event: str
-    reason: str
-    attempts: int
-    created_at: float
-    replayed_at: float | None
-    webhook: bytes
-
-
-@dataclass(frozen=True)
-class OutboxStats:
-    pending: int
-    due: int
-    delivered: int
-    dead_letters: int
-    oldest_pending_age: float | None  # seconds
-    last_error: str | None
-    unprocessed: int = 0  # webhooks stored by the gateway, not yet mapped
-    oldest_unprocessed_age: float | None = None  # seconds: the processing lag
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "unprocessed": self.unprocessed,
-            "oldest_unprocessed_age_seconds": _rounded(self.oldest_unprocessed_age),
-            "pending": self.pending,
-            "due": self.due,
-            "delivered": self.delivered,
-            "dead_letters": self.dead_letters,
-            "oldest_pending_age_seconds": _rounded(self.oldest_pending_age),
-            "last_error": self.last_error,
-        }
-
-
-def _rounded(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds, 3)
-
-
-class Outbox(Protocol):
-    """What delivery, the webhook endpoint and the CLI need of a store."""
-
-    def append(self, webhooks: Sequence[StoredWebhook]) -> list[bool]: ...
-    def claim_webhooks(self, limit: int, lease_seconds: float, owner: str) -> list[PendingWebhook]: ...
-    def commit_processed(self, batch: Sequence[Processed]) -> list[int]: ...
-    def enqueue(self, batch: Sequence[tuple[StoredWebhook, Sequence[NewMessage]]]) -> list[int]: ...
-    def keep_webhook(self, webhook: StoredWebhook, reason: str) -> None: ...
-    def claim(self, limit: int, lease_seconds: float, owner: str) -> list[Claimed]: ...
-    def ack(self, ids: Iterable[int]) -> None: ...
-    def retry(
-        self, ids: Iterable[int], delay: float, error: str | None, owner: str, attempted: bool = True
-    ) -> None: ...
-    def dead(self, ids: Iterable[int], reason: str) -> None: ...
-    def release(self, owner: str) -> None: ...
-    def stats(self) -> OutboxStats: ...
-    def prune(self, older_than_seconds: float) -> int: ...
-    def next_due(self) -> float | None: ...
-    def retry_now(self) -> int: ...
-    def dead_letters(self, include_replayed: bool = False, ids: Sequence[int] | None = None) -> list[DeadLetter]: ...
-    def mark_replayed(self, ids: Iterable[int]) -> None: ...
-    def discard_dead_letters(self, ids: Sequence[int] | None) -> list[DeadLetter]: ...
-    def message_bodies(self) -> list[bytes]: ...
-    def backfill_start(self, resource: str, since: int, until: int) -> tuple[int, str | None]: ...
-    def backfill_save(
-        self, resource: str, since: int, until: int, state: str, done_until: int, fetched: int, queued: int
-    ) -> None: ...
-    def backfill_finished(self, resource: str, since: int, until: int) -> None: ...
-    def backfill_unfinished_until(self, resource: str, since: int) -> int | None: ...
-    def close(self) -> None: ...
-
-
-def sqlite_path(setting: str) -> Path:
-    """ENGINE_DB: a file path, or sqlite:///relative/path and sqlite:////absolute/path."""
-    if setting.startswith("sqlite:///"):
-        return Path(setting.removeprefix("sqlite:///"))
-    if "://" in setting:
-        raise ValueError(f"ENGINE_DB: {describe_db(setting)!r} is neither a SQLite path nor a postgresql:// URL")
-    return Path(setting)
-
-
-def is_postgres(setting: str) -> bool:
-    return setting.startswith(("postgresql://", "postgres://"))
-
-
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
-
-
-def describe_db(setting: str) -> str:
-    """ENGINE_DB as logs may show it: a PostgreSQL URL without its password, wherever it is written."""
-    scheme, sep, rest = setting.partition("://")
-    if not sep:
-        return setting
-    # The last '@' ends the credentials: a password may hold an '@' its writer did not percent-encode.
-    credentials, at, location = rest.rpartition("@")
-    if at and ":" in credentials:
-        rest = f"{credentials.split(':', 1)[0]}:***@{location}"
-    return scheme + sep + _QUERY_PASSWORD.sub(r"\1***", rest)
-
-
-def check_postgres_url(setting: str) -> None:
-    """libpq reads an unencoded '@', '/', '?' or '#' in a password as the start of the host, path or query,
-    and its errors then quote what it took for a host name: part of the password. Refused before connecting."""
-    credentials, at, _ = setting.partition("://")[2].rpartition("@")
-    if at and re.search(r"[@/?#]", credentials):
-        raise OutboxRefused(
-            "the user name or password in the postgresql:// URL holds '@', '/', '?' or '#': "
-            "percent-encode them (%40, %2F, %3F, %23)"
-        )
-
-
-def open_outbox(setting: str, *, create: bool = True, read_only: bool = False) -> Outbox:
-    """The outbox ENGINE_DB names: a SQLite file (the default) or a PostgreSQL database shared by replicas.
-
-    `create`: a missing file is created (the server, a backfill); `read_only`: nothing is written, not even a
-    migration (engine outbox status). Either way, what is not this engine's outbox is refused: OutboxRefused.
-    """
-    if is_postgres(setting):
-        check_postgres_url(setting)
-        try:
-            from engine.outbox_pg import PostgresOutbox  # psycopg is needed only by those who use it
-        except ImportError as exc:
-            if not (exc.name or "").startswith("psycopg"):
-                raise
-            raise OutboxRefused(
-                "a postgresql:// outbox needs psycopg: pip install 'aircall-segment[postgres]'"
-            ) from None
-        return PostgresOutbox(setting, read_only=read_only)
-    return SqliteOutbox(sqlite_path(setting), create=create, read_only=read_only)
 
 
 class SqliteOutbox:
@@ -761,48 +572,3 @@ def _statements(script: str) -> list[str]:
             statements.append("\n".join(current).strip())
             current = []
     return [s for s in statements if s.strip(" ;\n")]
-
-
-@functools.lru_cache(maxsize=16)
-def _token_pair(token: str) -> re.Pattern[bytes]:
-    encoded = json.dumps(token)[1:-1].encode()
-    return re.compile(rb'"token"\s*:\s*"' + re.escape(encoded) + rb'"')
-
-
-def _blank_token(raw: bytes, token: str) -> bytes | None:
-    pattern = _token_pair(token)
-    found = pattern.findall(raw)
-    if len(found) != 1:
-        return None
-    blanked = pattern.sub(b'"token":""', raw)
-    return blanked if (not token or token.encode() not in blanked) else None
-
-
-def new_owner() -> str:
-    """An id for one delivery worker: host process and a random part."""
-    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def stored_webhook(webhook: Webhook, raw: bytes | None = None) -> StoredWebhook:
-    """The webhook as the outbox keeps it, to be mapped and for replay: its envelope without the token.
-
-    From the raw body when the token can be blanked in it for certain (one `"token": "..."` pair holding it):
-    re-encoding a 3 KB envelope costs a tenth of a webhook's time. Otherwise it is encoded afresh.
-    """
-    body = _blank_token(raw, webhook.token) if raw is not None else None
-    if body is None:
-        envelope = {
-            "resource": webhook.resource,
-            "event": webhook.event,
-            "timestamp": webhook.timestamp,
-            "data": webhook.data,
-        }
-        body = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, default=str).encode()
-    return StoredWebhook(stored_key(body), webhook.event, body)
-
-
-def stored_key(body: bytes) -> str:
-    """The dedupe key of a stored webhook: a digest of its bytes, so that Aircall's redelivery of one webhook is
-    stored once. It costs microseconds on the request path; a redelivery that differs in a byte (a recording
-    link signed afresh) is stored twice, and its messages, whose ids come from its content, are stored once."""
-    return hashlib.sha256(body).hexdigest()[:32]  # SHA-256 runs on the CPU's SHA extensions: 2 µs for 3 KB

@@ -26,13 +26,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from engine.aircall_api import AircallClient
-from engine.envelope import Webhook
-from engine.mapping import Mappings
+from engine.aircall.api import AircallClient
+from engine.aircall.envelope import Webhook
+from engine.aircall.selection import Selection
+from engine.mapping.load import Mappings
+from engine.mapping.templating import parse_iso
 from engine.outbox import Outbox, stored_webhook
-from engine.processing import process
-from engine.selection import Selection
-from engine.templating import parse_iso
+from engine.processing.mapper import process
 
 PER_PAGE = 50  # Aircall's largest page
 CEILING = 10_000  # Aircall lists no further than this many objects for one query, however it is paged
@@ -371,7 +371,7 @@ def _split(window: Window, total: int, created: list[int | None]) -> list[Window
 
 
 class Display(Protocol):
-    """Whoever tells a person how the backfill goes (engine.progress)."""
+    """Whoever tells a person how the backfill goes (engine.aircall.progress)."""
 
     def plan(self, walks: Sequence[Walk]) -> None: ...
     def start(self, walk: Walk) -> None: ...

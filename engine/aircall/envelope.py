@@ -26,7 +26,7 @@ class Webhook:
     token: str
     data: dict[str, Any]
     # False for the webhooks a backfill builds: their ids must not change when an object has changed since the
-    # last run, so they are identified by event, object and time alone (see engine.message.message_id).
+    # last run, so they are identified by event, object and time alone (see engine.segment.message.message_id).
     identified_by_content: bool = True
 
     @cached_property

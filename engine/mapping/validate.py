@@ -14,12 +14,12 @@ from pathlib import Path
 
 from jsonschema.exceptions import best_match
 
-from engine.envelope import EnvelopeError, Webhook, parse_webhook
-from engine.events import resource_of
-from engine.findings import Finding
-from engine.mapping import CompiledMapping, field_finding, inspect_mappings
-from engine.message import RenderError
+from engine.aircall.envelope import EnvelopeError, Webhook, parse_webhook
+from engine.aircall.events import resource_of
+from engine.mapping.findings import Finding
+from engine.mapping.load import CompiledMapping, field_finding, inspect_mappings
 from engine.schemas import segment_message_validator
+from engine.segment.message import RenderError
 
 
 @dataclass

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from engine.aircall.envelope import Webhook
 from engine.config import NumberSelection
-from engine.envelope import Webhook
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from enum import Enum
 import requests
 
 from engine import LIBRARY_NAME, __version__
-from engine.templating import iso8601
+from engine.mapping.templating import iso8601
 
 MAX_BATCH_BYTES = 500 * 1000  # Segment refuses a batch request over 500 KB
 _ENVELOPE_ALLOWANCE = 200  # '{"batch":[', '],"sentAt":"…"}' and commas, with room to spare

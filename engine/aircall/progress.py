@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TextIO
 
-from engine.aircall_api import AircallClient
-from engine.backfill import Walk
+from engine.aircall.api import AircallClient
+from engine.aircall.backfill import Walk
 
 
 def duration(seconds: float) -> str:

@@ -8,17 +8,17 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from engine.committer import Committer
+from engine.aircall.events import ALL_EVENTS
+from engine.aircall.selection import Selection
 from engine.config import ConfigError, Settings
-from engine.delivery import Delivery, DeliveryPolicy
-from engine.events import ALL_EVENTS
-from engine.findings import MappingsFolderError
-from engine.mapping import Mappings, load_mappings
-from engine.metrics import Metrics
+from engine.mapping.findings import MappingsFolderError
+from engine.mapping.load import Mappings, load_mappings
 from engine.outbox import Outbox, OutboxStats, describe_db, open_outbox
-from engine.processing_process import ProcessingProcess
-from engine.segment import SegmentClient
-from engine.selection import Selection
+from engine.outbox.committer import Committer
+from engine.processing.child import ProcessingProcess
+from engine.segment.client import SegmentClient
+from engine.segment.delivery import Delivery, DeliveryPolicy
+from engine.server.metrics import Metrics
 
 log = logging.getLogger("engine.server")
 

@@ -1,5 +1,5 @@
 """POST /webhooks/aircall, the gateway: content type, body, JSON, token, envelope, selection, one durable append
-of the raw webhook, answer. Mapping happens after the answer (engine.processing).
+of the raw webhook, answer. Mapping happens after the answer (engine.processing.worker).
 
 Aircall disables a webhook that keeps failing, so everything stored or deliberately ignored gets a 2xx, and
 the answer never waits on mapping or on Segment. A 5xx is given only when the outbox cannot take the write, so
@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from engine.envelope import EnvelopeError, parse_json, webhook_from_json
+from engine.aircall.envelope import EnvelopeError, parse_json, webhook_from_json
 from engine.outbox import OutboxUnavailable, stored_webhook
 
 if TYPE_CHECKING:
-    from engine.runtime import Runtime
+    from engine.server.runtime import Runtime
 
 log = logging.getLogger("engine.webhook")
 

@@ -1,13 +1,10 @@
-"""Processing: stored webhooks become Segment messages, after the gateway has answered Aircall.
+"""The processing worker: stored webhooks become Segment messages, after the gateway has answered Aircall.
 
-`process` is the one way a webhook turns into its messages or a dead letter: the worker below (live webhooks),
-the backfill and the replay of dead letters all call it, so a webhook maps the same whichever way it came in.
-
-The worker (`work`, run in a process of its own beside the server: engine.processing_process) claims the
-oldest unprocessed webhooks in batches (a lease, so that several `--workers` processes or replicas never map
-the same batch), maps them, and commits their messages with the webhooks' processed mark in one transaction.
-A kill at any moment loses nothing: an unprocessed webhook is claimed again when its lease ends, and maps to
-the same messageIds.
+`work` runs in a process of its own beside the server (engine.processing.child). It claims the oldest
+unprocessed webhooks in batches (a lease, so that several `--workers` processes or replicas never map the same
+batch), maps each with engine.processing.mapper, and commits their messages with the webhooks' processed mark
+in one transaction. A kill at any moment loses nothing: an unprocessed webhook is claimed again when its lease
+ends, and maps to the same messageIds.
 """
 
 from __future__ import annotations
@@ -16,49 +13,15 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from engine.envelope import EnvelopeError, Webhook, parse_json, webhook_from_json
-from engine.mapping import Mappings
-from engine.message import RenderError
+from engine.mapping.load import Mappings
 from engine.outbox import (
-    NewMessage,
     Outbox,
     OutboxUnavailable,
-    PendingWebhook,
-    Processed,
-    StoredWebhook,
     new_owner,
 )
+from engine.processing.mapper import process_stored
 
 log = logging.getLogger("engine.processing")
-
-
-def process(webhook: Webhook, stored: StoredWebhook, mappings: Mappings, row_id: int | None = None) -> Processed:
-    """A webhook's Segment messages, or the reason it is a dead letter (kept for a replay after a fix)."""
-    mapping = mappings.get(webhook.event)
-    if mapping is None:
-        # Start-up refuses an enabled event without a mapping; this is a webhook stored before a mapping was
-        # removed, or a dead letter replayed since.
-        return Processed(stored, dead_reason=f"no mapping for event {webhook.event!r}", id=row_id)
-    try:
-        encoded = mapping.render_json(webhook)
-    except RenderError as exc:
-        return Processed(stored, dead_reason=str(exc), id=row_id)
-    messages = [NewMessage(message_id, webhook.event, body) for message_id, body in encoded]
-    return Processed(stored, messages, id=row_id)
-
-
-def stored_to_webhook(body: bytes) -> Webhook:
-    """A stored envelope (token blanked) as a Webhook again. Raises EnvelopeError."""
-    return webhook_from_json(parse_json(body))
-
-
-def process_stored(pending: PendingWebhook, mappings: Mappings) -> Processed:
-    stored = StoredWebhook(pending.key, pending.event, pending.body)
-    try:
-        webhook = stored_to_webhook(pending.body)
-    except EnvelopeError as exc:
-        return Processed(stored, dead_reason=f"stored webhook unreadable: {exc}", id=pending.id)
-    return process(webhook, stored, mappings, pending.id)
 
 
 @dataclass(frozen=True)
@@ -70,7 +33,7 @@ class ProcessingPolicy:
 
 
 class Channel(Protocol):
-    """How the worker hears of new webhooks and reports what it stored (see engine.processing_process)."""
+    """How the worker hears of new webhooks and reports what it stored (see engine.processing.child)."""
 
     def wait(self, seconds: float) -> bool:
         """Block until woken or `seconds` pass; False once the worker must stop."""

@@ -10,8 +10,8 @@ from typing import Any, NamedTuple
 from jinja2.runtime import Undefined
 
 from engine import LIBRARY_NAME, __version__
-from engine.envelope import Webhook, content_fingerprint
-from engine.templating import iso8601, stable_id, uuid5
+from engine.aircall.envelope import Webhook, content_fingerprint
+from engine.mapping.templating import iso8601, stable_id, uuid5
 
 _MESSAGE_ID_NAMESPACE = uuid.UUID("0b7f2f4c-4f0e-4c43-8d0e-2f1a9a3c6e11")
 MAX_MESSAGE_BYTES = 32 * 1024  # Segment refuses a message over 32 KB with a 400

@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine.committer import Committer
 from engine.outbox import Claimed, OutboxUnavailable, new_owner
-from engine.segment import Answer, Outcome, SegmentClient, split_batches
+from engine.outbox.committer import Committer
+from engine.segment.client import Answer, Outcome, SegmentClient, split_batches
 
 log = logging.getLogger("engine.delivery")
 

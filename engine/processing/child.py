@@ -22,9 +22,9 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from engine import logs
 from engine.config import ConfigError, load_settings
-from engine.findings import MappingError
+from engine.mapping.findings import MappingError
+from engine.server import logs
 
 log = logging.getLogger("engine.processing")
 
@@ -48,7 +48,7 @@ class ProcessingProcess:
     def start(self) -> None:
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
-        args = [sys.executable, "-m", "engine.processing_process", "--fd", str(theirs.fileno())]
+        args = [sys.executable, "-m", "engine.processing.child", "--fd", str(theirs.fileno())]
         if self._env_file:
             args += ["--env-file", self._env_file]
         self._proc = subprocess.Popen(args, pass_fds=[theirs.fileno()])
@@ -111,7 +111,7 @@ class ProcessingProcess:
 
 
 class SocketChannel:
-    """The child's end of the socket pair (engine.processing.Channel)."""
+    """The child's end of the socket pair (engine.processing.worker.Channel)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
@@ -153,8 +153,8 @@ class SocketChannel:
 
 def main(argv: list[str] | None = None) -> int:
     from engine.outbox import open_outbox
-    from engine.processing import ProcessingPolicy, work
-    from engine.runtime import load_server_mappings
+    from engine.processing.worker import ProcessingPolicy, work
+    from engine.server.runtime import load_server_mappings
 
     parser = argparse.ArgumentParser(prog="engine-processing")
     parser.add_argument("--fd", type=int, required=True)

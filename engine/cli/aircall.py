@@ -1,0 +1,185 @@
+"""`engine aircall connect | webhooks | numbers` and `engine backfill`: Aircall's side, from the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from pathlib import Path
+
+from engine.aircall.api import AircallClient, AircallError
+from engine.aircall.backfill import RESOURCES, Walk, parse_date, plan, queue_webhooks, run_walks
+from engine.aircall.progress import BackfillDisplay
+from engine.aircall.selection import Selection
+from engine.cli.common import (
+    EXIT_FINDINGS,
+    EXIT_OK,
+    UsageError,
+    mappings_or_findings,
+    open_outbox_for,
+    settings_for,
+)
+from engine.config import Settings, parse_env_line, parse_events
+from engine.server.runtime import load_server_mappings
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    aircall = commands.add_parser("aircall", help="set up Aircall from the terminal (AIRCALL_API_ID/TOKEN)")
+    aircall_commands = aircall.add_subparsers(required=True, metavar="ACTION")
+    connect = aircall_commands.add_parser("connect", help="create (or find) the webhook and print its token")
+    connect.add_argument("--url", required=True, help="the public URL of /webhooks/aircall on your server")
+    connect.add_argument("--events", help="comma-separated events (default AIRCALL_EVENTS, else all 26)")
+    connect.add_argument("--name", default="aircall-segment", help="the webhook's name in Aircall")
+    connect.add_argument(
+        "--write-env", nargs="?", const=".env", metavar="FILE",
+        help="also put the token in AIRCALL_WEBHOOK_TOKEN of this settings file (default .env)",
+    )  # fmt: skip
+    connect.set_defaults(run=_aircall_connect)
+    aircall_commands.add_parser("webhooks", help="list the account's webhooks").set_defaults(run=_aircall_webhooks)
+    aircall_commands.add_parser("numbers", help="list numbers with their ids and digits").set_defaults(
+        run=_aircall_numbers
+    )
+
+    back = commands.add_parser("backfill", help="send history from Aircall's REST API through the mappings")
+    back.add_argument("--since", required=True, help="calls from this date, YYYY-MM-DD (UTC) or ISO 8601")
+    back.add_argument("--until", help="calls until this date, excluded (default: now)")
+    back.add_argument(
+        "--resources", default="calls,users,contacts,numbers", help="comma list of calls, users, contacts, numbers"
+    )
+    back.add_argument("--contacts-since", metavar="DATE", help="only contacts created since DATE (default: all)")
+    back.add_argument(
+        "--rate", type=_per_minute, default=45, metavar="N",
+        help="requests a minute to Aircall, out of its 60 for the whole account (default 45: 15 left to others)",
+    )  # fmt: skip
+    back.set_defaults(run=_backfill)
+
+
+def _aircall_client(args: argparse.Namespace, rate: int | None = None) -> tuple[Settings, AircallClient]:
+    settings = settings_for(args)
+    if not (settings.aircall_api_id and settings.aircall_api_token):
+        raise UsageError("set AIRCALL_API_ID and AIRCALL_API_TOKEN (Aircall dashboard: Integrations, API keys)")
+    api = settings.aircall_api_url, settings.aircall_api_id, settings.aircall_api_token
+    return settings, AircallClient(*api, rate=rate)
+
+
+def _aircall(action):  # type: ignore[no-untyped-def]
+    """Run an Aircall API action; a refusal or an unreachable API is a one-line error and exit 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return action(args)
+        except AircallError as exc:
+            raise UsageError(str(exc)) from None
+
+    return run
+
+
+@_aircall
+def _aircall_connect(args: argparse.Namespace) -> int:
+    settings, client = _aircall_client(args)
+    events = sorted(parse_events(args.events) if args.events is not None else settings.events)
+    if not events:
+        raise UsageError("no events to subscribe: AIRCALL_EVENTS (or --events) selects none")
+    existing = next((w for w in client.webhooks() if w.get("url") == args.url), None)
+    webhook = existing or client.create_webhook(args.url, events, args.name)
+    token = webhook.get("token")
+    if not token:
+        raise UsageError("Aircall did not return the webhook's token")
+    verb = "found" if existing else "created"
+    print(f"{verb} webhook {webhook.get('webhook_id') or webhook.get('id')} for {args.url}", file=sys.stderr)
+    if existing and sorted(existing.get("events") or []) != events:
+        print("note: its events differ from the ones asked for; change them in the Aircall dashboard", file=sys.stderr)
+    if args.write_env:
+        write_env_token(Path(args.write_env), token)
+        print(f"AIRCALL_WEBHOOK_TOKEN written to {args.write_env}", file=sys.stderr)
+    print(token)
+    return EXIT_OK
+
+
+def write_env_token(path: Path, token: str) -> None:
+    """Put the token first in AIRCALL_WEBHOOK_TOKEN, keeping tokens already there (a rotation loses nothing)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--write-env: {path}: cannot read: {exc}") from None
+    # The line the settings are read from: the last one naming it, written `export NAME=...` or not.
+    setting = [i for i, line in enumerate(lines) if (parse_env_line(line) or ("",))[0] == "AIRCALL_WEBHOOK_TOKEN"]
+    if setting:
+        index = setting[-1]
+        _, value = parse_env_line(lines[index]) or ("", "")
+        kept = [t.strip() for t in value.split(",") if t.strip() and t.strip() != token]
+        export = "export " if lines[index].lstrip().startswith("export ") else ""
+        lines[index] = f"{export}AIRCALL_WEBHOOK_TOKEN=" + ",".join([token, *kept])
+    else:
+        lines.append(f"AIRCALL_WEBHOOK_TOKEN={token}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.chmod(0o600)
+
+
+@_aircall
+def _aircall_webhooks(args: argparse.Namespace) -> int:
+    _, client = _aircall_client(args)
+    for webhook in client.webhooks():
+        state = "active" if webhook.get("active", True) else "inactive"
+        ident = webhook.get("webhook_id") or webhook.get("id")
+        print(f"{ident}\t{state}\t{len(webhook.get('events') or [])} events\t{webhook.get('url')}")
+    return EXIT_OK
+
+
+@_aircall
+def _aircall_numbers(args: argparse.Namespace) -> int:
+    _, client = _aircall_client(args)
+    for number in client.numbers():
+        print(f"{number.get('id')}\t{number.get('digits')}\t{number.get('name')}\t{number.get('country') or ''}")
+    return EXIT_OK
+
+
+def _per_minute(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of requests a minute, 1 or more")
+    return int(text)
+
+
+@_aircall
+def _backfill(args: argparse.Namespace) -> int:
+    settings, client = _aircall_client(args, rate=args.rate)
+    try:
+        since = parse_date(args.since, "--since")
+        until = parse_date(args.until, "--until") if args.until else None
+        contacts_since = parse_date(args.contacts_since, "--contacts-since") if args.contacts_since else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if until is not None and until <= since:
+        raise UsageError("--until must be after --since")
+    names = [n.strip() for n in args.resources.split(",") if n.strip()]
+    unknown = [n for n in names if n not in RESOURCES]
+    if unknown or not names:
+        raise UsageError(f"--resources: {', '.join(unknown) or 'none'}; choose from {', '.join(RESOURCES)}")
+    mappings = mappings_or_findings(lambda: load_server_mappings(settings))
+    if mappings is None:
+        return EXIT_FINDINGS
+    outbox = open_outbox_for(args, create=True)
+    display = BackfillDisplay(sys.stderr, client)
+    client.on_wait = display.waiting
+    selection = Selection(settings.events, settings.numbers)
+    queue = functools.partial(queue_webhooks, outbox, mappings, selection)
+    ranges = plan(outbox, names, since, until, contacts_since)
+    walks = [Walk(client, outbox, resource, start, end, queue, display.note) for resource, start, end in ranges]
+    try:
+        run_walks(walks, display)
+    except KeyboardInterrupt:
+        display.interrupted()
+        raise
+    except AircallError as exc:
+        raise AircallError(
+            f"{exc}; what was listed is queued, and the same command continues at the next page"
+        ) from None
+    for walk in walks:
+        p = walk.progress
+        print(f"{p.resource}\tfetched {p.fetched}\tqueued {p.queued}\tskipped {p.skipped}"
+              f"\tdead-lettered {p.dead_lettered}\trequests {p.requests}")  # fmt: skip
+    log = client.log
+    print(
+        f"rate limit: {log.waits} waits, {log.seconds:.1f} s of {log.requests} requests, {log.throttled} answered 429"
+    )
+    return EXIT_OK

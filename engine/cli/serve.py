@@ -1,0 +1,67 @@
+"""`engine serve`: the settings, mappings and outbox checked here, then uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from engine.cli.common import (
+    EXIT_OK,
+    UsageError,
+    open_outbox_for,
+    settings_for,
+)
+from engine.mapping.findings import MappingError
+from engine.server import logs, metrics
+from engine.server.runtime import load_server_mappings
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="run the webhook server (uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="server processes sharing the outbox (default 1)")
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        default="127.0.0.1",
+        help="proxies whose X-Forwarded-* headers are trusted (default 127.0.0.1: a proxy on this machine)",
+    )
+    serve.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = settings_for(args)
+    try:  # the same checks as the server's start-up, to fail here with a plain message and exit 2
+        load_server_mappings(settings)
+    except MappingError as exc:
+        for finding in exc.findings:
+            print(finding, file=sys.stderr)
+        raise UsageError(f"the mappings in {settings.mappings_dir} have problems; run `engine validate`") from None
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if not 1 <= args.port <= 65535:  # uvicorn would bind the port modulo 65536 and log the number given
+        raise UsageError(f"--port: {args.port} is not a port (1 to 65535)")
+    # The outbox too (created or migrated here, once for all the workers): one that is refused is refused here.
+    open_outbox_for(args, create=True).close()
+    # The workers read the settings themselves, from the file named here (or .env).
+    if args.env_file:
+        os.environ["ENGINE_ENV_FILE"] = args.env_file
+    else:
+        os.environ.pop("ENGINE_ENV_FILE", None)
+    with metrics.shared_across_workers(args.workers):
+        uvicorn.run(
+            "engine.server.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            proxy_headers=True,
+            forwarded_allow_ips=args.forwarded_allow_ips,
+            timeout_graceful_shutdown=30,
+            log_config=logs.uvicorn_log_config(settings.log_format),
+            log_level=settings.log_level,
+        )
+    return EXIT_OK

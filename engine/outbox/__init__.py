@@ -1,0 +1,73 @@
+"""The outbox: where webhooks and Segment messages wait between the stages, durably.
+
+`open_outbox` picks the store ENGINE_DB names; the records and the protocol are in engine.outbox.base,
+the stores in engine.outbox.sqlite and engine.outbox.postgres (which needs the postgres extra)."""
+
+from __future__ import annotations
+
+from engine.outbox.base import (
+    DEAD_LETTER_COLUMNS,
+    Claimed,
+    DeadLetter,
+    NewMessage,
+    Outbox,
+    OutboxRefused,
+    OutboxStats,
+    OutboxUnavailable,
+    PendingWebhook,
+    Processed,
+    StoredWebhook,
+    check_postgres_url,
+    describe_db,
+    is_postgres,
+    new_owner,
+    sqlite_path,
+    stored_key,
+    stored_webhook,
+)
+from engine.outbox.sqlite import SCHEMA_VERSION, SqliteOutbox
+
+
+def open_outbox(setting: str, *, create: bool = True, read_only: bool = False) -> Outbox:
+    """The outbox ENGINE_DB names: a SQLite file (the default) or a PostgreSQL database shared by replicas.
+
+    `create`: a missing file is created (the server, a backfill); `read_only`: nothing is written, not even a
+    migration (engine outbox status). Either way, what is not this engine's outbox is refused: OutboxRefused.
+    """
+    if is_postgres(setting):
+        check_postgres_url(setting)
+        try:
+            from engine.outbox.postgres import PostgresOutbox  # psycopg is needed only by those who use it
+        except ImportError as exc:
+            if not (exc.name or "").startswith("psycopg"):
+                raise
+            raise OutboxRefused(
+                "a postgresql:// outbox needs psycopg: pip install 'aircall-segment[postgres]'"
+            ) from None
+        return PostgresOutbox(setting, read_only=read_only)
+    return SqliteOutbox(sqlite_path(setting), create=create, read_only=read_only)
+
+
+__all__ = [
+    "DEAD_LETTER_COLUMNS",
+    "SCHEMA_VERSION",
+    "Claimed",
+    "DeadLetter",
+    "NewMessage",
+    "Outbox",
+    "OutboxRefused",
+    "OutboxStats",
+    "OutboxUnavailable",
+    "PendingWebhook",
+    "Processed",
+    "SqliteOutbox",
+    "StoredWebhook",
+    "check_postgres_url",
+    "describe_db",
+    "is_postgres",
+    "new_owner",
+    "open_outbox",
+    "sqlite_path",
+    "stored_key",
+    "stored_webhook",
+]

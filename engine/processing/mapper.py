@@ -1,0 +1,41 @@
+"""One webhook to its Segment messages, or to the reason it is a dead letter.
+
+`process` is the one way a webhook is mapped: the processing worker (live webhooks), the backfill and the
+replay of dead letters all call it, so a webhook maps the same whichever way it came in.
+"""
+
+from __future__ import annotations
+
+from engine.aircall.envelope import EnvelopeError, Webhook, parse_json, webhook_from_json
+from engine.mapping.load import Mappings
+from engine.outbox import NewMessage, PendingWebhook, Processed, StoredWebhook
+from engine.segment.message import RenderError
+
+
+def process(webhook: Webhook, stored: StoredWebhook, mappings: Mappings, row_id: int | None = None) -> Processed:
+    """A webhook's Segment messages, or the reason it is a dead letter (kept for a replay after a fix)."""
+    mapping = mappings.get(webhook.event)
+    if mapping is None:
+        # Start-up refuses an enabled event without a mapping; this is a webhook stored before a mapping was
+        # removed, or a dead letter replayed since.
+        return Processed(stored, dead_reason=f"no mapping for event {webhook.event!r}", id=row_id)
+    try:
+        encoded = mapping.render_json(webhook)
+    except RenderError as exc:
+        return Processed(stored, dead_reason=str(exc), id=row_id)
+    messages = [NewMessage(message_id, webhook.event, body) for message_id, body in encoded]
+    return Processed(stored, messages, id=row_id)
+
+
+def stored_to_webhook(body: bytes) -> Webhook:
+    """A stored envelope (token blanked) as a Webhook again. Raises EnvelopeError."""
+    return webhook_from_json(parse_json(body))
+
+
+def process_stored(pending: PendingWebhook, mappings: Mappings) -> Processed:
+    stored = StoredWebhook(pending.key, pending.event, pending.body)
+    try:
+        webhook = stored_to_webhook(pending.body)
+    except EnvelopeError as exc:
+        return Processed(stored, dead_reason=f"stored webhook unreadable: {exc}", id=pending.id)
+    return process(webhook, stored, mappings, pending.id)
