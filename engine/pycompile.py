@@ -25,14 +25,17 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Number
 from typing import Any
 
+import jinja2.filters
+import jinja2.tests
 from jinja2 import nodes
 from jinja2.compiler import operators as _JINJA_OPERATORS
 from jinja2.nodes import EvalContext
 from jinja2.optimizer import Optimizer
 from jinja2.runtime import Undefined, str_join
-from jinja2.tests import test_none
+from jinja2.tests import test_none, test_number
 from jinja2.utils import _PassArg
 
 from engine.templating import TEMPLATE_VARIABLES, MappingEnvironment, compile_expression, stable_id
@@ -73,11 +76,16 @@ def compile_messages(env: MappingEnvironment, expr: nodes.Expr, roots: Sequence[
     """
     writer = _Writer(env, {id(root): index for index, root in enumerate(roots)})
     try:
-        body = writer.expression(expr)
+        writer.prepare(expr, roots)
+        # Twice: where `data` is a dict (always, for a webhook: `data.x` is then its get), and for anything else.
+        writer.known_dicts = {("data",)}
+        fast = writer.expression(expr)
+        writer.reset()
+        slow = writer.expression(expr)
     except Unsupported as problem:  # outside any template: not a mapping's shape; Jinja does all of it
         evaluate = compile_expression(env, expr)
         return Program(evaluate, "", [Fallback(-1, problem.lineno, problem.reason)])
-    return writer.finish(body)
+    return writer.finish(fast, slow)
 
 
 def compile_value(env: MappingEnvironment, expr: nodes.Expr) -> Callable[[Mapping[str, Any]], Any]:
@@ -88,7 +96,6 @@ def compile_value(env: MappingEnvironment, expr: nodes.Expr) -> Callable[[Mappin
 # ---------------------------------------------------------------------------------------------------------------
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
-_VARIABLE = re.compile(r"v_[a-z]+\Z")  # the function's locals for the template variables
 _BINARY = {
     nodes.Add: "+",
     nodes.Sub: "-",
@@ -133,32 +140,74 @@ class _Writer:
             "_undefined": env.undefined,
             "_Undefined": Undefined,
             "_str_join": str_join,
+            "_isinstance": isinstance,
+            "_Number": Number,
+            "_NUMBERS": (int, float, bool),
+            "_NOT_NUMBERS": (type(None), str, list, dict),
+            "_list": list,
+            "_len": len,
         }
         self.by_object: dict[int, str] = {}
         self.variables: set[str] = set()
         self.needs_context = False
         self.needs_eval_context = False
-        self.temporaries = 0
+        # chain of lookups -> the local holding its value, and the local saying whether that value is a dict
+        self.bound: dict[tuple[Any, ...], str] = {}
+        self.dict_flags: dict[tuple[Any, ...], str] = {}
+        self.known_dicts: set[tuple[Any, ...]] = set()  # chains whose value is a dict where the code runs
+        self.uses: dict[tuple[Any, ...], int] = {}
+        self.optimized: dict[int, nodes.Node] = {}  # id(template) -> the template after constant folding
+        self.on_jinja: dict[int, str] = {}  # template index -> the name of its Jinja callable
+        self.reset()
         self.fallbacks: list[Fallback] = []
         self.optimizer = Optimizer(env)
         self.eval_ctx = EvalContext(env)
 
     # -- the function
 
-    def finish(self, body: str) -> Program:
+    def prepare(self, expr: nodes.Expr, roots: Sequence[nodes.Expr]) -> None:
+        """Jinja's constant folding of every template, and how often each chain of lookups occurs."""
+        for root in roots:
+            self.optimized[id(root)] = self.optimizer.visit(root, self.eval_ctx)  # as Jinja does when it compiles
+        self.uses.clear()
+        pending: list[nodes.Node] = [expr]
+        while pending:
+            node = pending.pop()
+            node = self.optimized.get(id(node), node)
+            chain = _chain(node)
+            if chain is not None:
+                self.uses[chain] = self.uses.get(chain, 0) + 1
+            pending.extend(node.iter_child_nodes())
+
+    def reset(self) -> None:
+        """Ready to translate the expression again, under other assumptions."""
+        self.known_dicts = set()
+        self.bound = {(name,): f"v_{name}" for name in TEMPLATE_VARIABLES}
+        self.dict_flags = {}
+        self.temporaries = 0  # the two versions are two branches of one function: their locals may share names
+
+    def finish(self, fast: str, slow: str) -> Program:
         lines = ["def build(variables):"]
         for name in sorted(self.variables):
             lines.append(f"    v_{name} = variables[{name!r}] if {name!r} in variables else _undefined(name={name!r})")
-        # What a filter may ask for, made per call as Jinja's runtime does, and only when one asks.
-        if self.needs_context:
+        body = slow
+        # What a filter may ask for. Jinja's own filters and tests only read the environment from it (map calls
+        # the filter it names with it): one made here serves every call. Otherwise one per call, as Jinja's.
+        shared = _context_blind(self.env)
+        if self.needs_context and not shared:
             lines.append("    context = _context(variables)")
             lines.append("    eval_ctx = context.eval_ctx")
-        elif self.needs_eval_context:
+        elif self.needs_eval_context and not shared:
             lines.append("    eval_ctx = _EvalContext(_env)")
+        if fast != slow:
+            lines.append(f"    if _type(v_data) is _dict:\n        return {fast}")
         lines.append(f"    return {body}")
         source = "\n".join(lines) + "\n"
         namespace = dict(self.namespace)
-        if self.needs_context:
+        if shared and (self.needs_context or self.needs_eval_context):
+            context = _context_factory(self.env)({})
+            namespace.update(context=context, eval_ctx=context.eval_ctx)
+        elif self.needs_context:
             namespace["_context"] = _context_factory(self.env)
         elif self.needs_eval_context:  # a filter that reads only the evaluation context (list, join, ...)
             namespace.update(_EvalContext=EvalContext, _env=self.env)
@@ -175,9 +224,16 @@ class _Writer:
             self.namespace[name] = obj
         return name
 
-    def temporary(self) -> str:
+    def holder(self, code: str) -> tuple[str, str]:
+        """A name for the value of `code`, and the code that evaluates and binds it (once, before the name)."""
+        if code.isidentifier():
+            return code, code
+        name = self.temporary()
+        return name, f"({name} := {code})"
+
+    def temporary(self, prefix: str = "_t") -> str:
         self.temporaries += 1
-        return f"_t{self.temporaries}"
+        return f"{prefix}{self.temporaries}"
 
     # -- expressions
 
@@ -185,12 +241,15 @@ class _Writer:
         index = self.roots.get(id(node))
         if index is None:
             return self.translate(node)
-        optimized = self.optimizer.visit(node, self.eval_ctx)  # Jinja's own constant folding, as it compiles
+        scope = self.scope()
         try:
-            return self.translate(optimized)
+            return self.translate(self.optimized[id(node)])
         except Unsupported as problem:
-            self.fallbacks.append(Fallback(index, problem.lineno, problem.reason))
-            return f"{self.ref(compile_expression(self.env, node), 'jinja')}(variables)"
+            self.bound, self.dict_flags = scope  # nothing of this template is in the function
+            if index not in self.on_jinja:
+                self.fallbacks.append(Fallback(index, problem.lineno, problem.reason))
+                self.on_jinja[index] = self.ref(compile_expression(self.env, node), "jinja")
+            return f"{self.on_jinja[index]}(variables)"
 
     def translate(self, node: nodes.Node) -> str:
         method = getattr(self, f"visit_{type(node).__name__}", None)
@@ -216,30 +275,73 @@ class _Writer:
             return self.ref(stable_id, "helper")
         raise Unsupported(f"the name {node.name!r}", node.lineno)
 
+    # -- lookups: `a.b`, `a['b']`, `a[0]`
+    #
+    # A chain of lookups with constant keys from a template variable (data.user.id) is a pure function of the
+    # variables: the value is kept in a local the first time the chain is evaluated and reused after, as is
+    # whether it is a dict. "The first time" is in the order Python evaluates the expression; what is bound
+    # where evaluation is conditional (a branch of `a if b else c`, the right side of `and`/`or`, the third
+    # operand of `a < b < c`) is forgotten after it (see conditional()).
+
     def visit_Getattr(self, node: nodes.Getattr) -> str:
         attribute = node.attr
         if not isinstance(attribute, str) or attribute.startswith("_"):
             raise Unsupported(f"access to {attribute!r}", node.lineno)
-        return self.lookup(self.expression(node.node), repr(attribute), "_getattr")
+        return self.lookup(node, repr(attribute), "_getattr")
 
     def visit_Getitem(self, node: nodes.Getitem) -> str:
-        target = self.expression(node.node)
         if isinstance(node.arg, nodes.Slice):  # Jinja slices with Python's own subscript
+            target = self.expression(node.node)
             return f"{target}[{self.visit_Slice(node.arg)}]"
         if not isinstance(node.arg, nodes.Const):  # the key is evaluated after the target, as Jinja does
+            target = self.expression(node.node)
             return f"_getitem({target}, {self.expression(node.arg)})"
         if isinstance(node.arg.value, str) and node.arg.value.startswith("_"):
             raise Unsupported(f"access to {node.arg.value!r}", node.lineno)
-        return self.lookup(target, self.visit_Const(node.arg), "_getitem")
+        return self.lookup(node, self.visit_Const(node.arg), "_getitem")
 
-    def lookup(self, target: str, key: str, fallback: str) -> str:
+    def lookup(self, node: nodes.Getattr | nodes.Getitem, key: str, fallback: str) -> str:
         """The environment's getattr or getitem of a constant key, with its dict case inlined (a dict's get)."""
-        if _VARIABLE.fullmatch(target):
-            holder, head = target, f"({target})"
+        chain = _chain(node)
+        if chain is not None and chain in self.bound:
+            return self.bound[chain]
+        target = self.expression(node.node)
+        target_chain = _chain(node.node)
+        holder = self.bound.get(target_chain) if target_chain is not None else None
+        if target_chain in self.known_dicts:
+            code = f"{holder}.get({key})"
         else:
-            holder = self.temporary()
-            head = f"({holder} := {target})"
-        return f"({holder}.get({key}) if _type{head} is _dict else {fallback}({holder}, {key}))"
+            if holder is None:  # a value used once: a temporary holds it for the test and the lookup
+                holder = self.temporary()
+                head = f"_type({holder} := {target}) is _dict"
+            elif (flag := self.dict_flags.get(target_chain)) is not None:
+                head = flag
+            else:  # the target is (now) in a local, and whether it is a dict will be too
+                flag = self.dict_flags[target_chain] = self.temporary("_d")
+                head = f"({flag} := _type({target}) is _dict)"
+            if fallback == "_getitem" and type(node.arg.value) is int:  # the environment's getitem on a list
+                index = node.arg.value
+                in_range = f"{index} < _len({holder})" if index >= 0 else f"{-index} <= _len({holder})"
+                item = f"({holder}[{index}] if {in_range} else None)"
+                otherwise = f"({item} if _type({holder}) is _list else {fallback}({holder}, {key}))"
+            else:
+                otherwise = f"{fallback}({holder}, {key})"
+            code = f"({holder}.get({key}) if {head} else {otherwise})"
+        if chain is None or self.uses.get(chain, 0) < 2:
+            return code
+        name = self.bound[chain] = self.temporary("_v")
+        return f"({name} := {code})"
+
+    def scope(self) -> tuple[dict[tuple[Any, ...], str], dict[tuple[Any, ...], str]]:
+        return dict(self.bound), dict(self.dict_flags)
+
+    def conditional(self, node: nodes.Node) -> str:
+        """`node` translated where Python may not evaluate it: what it binds is not reused after it."""
+        scope = self.scope()
+        try:
+            return self.expression(node)
+        finally:
+            self.bound, self.dict_flags = scope
 
     def visit_Slice(self, node: nodes.Slice) -> str:
         start = self.expression(node.start) if node.start is not None else ""
@@ -261,10 +363,10 @@ class _Writer:
         return f"{{{', '.join(pairs)}}}"
 
     def visit_CondExpr(self, node: nodes.CondExpr) -> str:
-        yes = self.expression(node.expr1)
-        test = self.expression(node.test)
+        test = self.expression(node.test)  # evaluated first, then one branch
+        yes = self.conditional(node.expr1)
         if node.expr2 is not None:
-            no = self.expression(node.expr2)
+            no = self.conditional(node.expr2)
         else:  # what Jinja gives for `a if b` when b is false
             hint = (
                 f"the inline if-expression on line {int(node.lineno)} evaluated to false"
@@ -274,10 +376,10 @@ class _Writer:
         return f"({yes} if {test} else {no})"
 
     def visit_And(self, node: nodes.And) -> str:
-        return f"({self.expression(node.left)} and {self.expression(node.right)})"
+        return f"({self.expression(node.left)} and {self.conditional(node.right)})"
 
     def visit_Or(self, node: nodes.Or) -> str:
-        return f"({self.expression(node.left)} or {self.expression(node.right)})"
+        return f"({self.expression(node.left)} or {self.conditional(node.right)})"
 
     def visit_Not(self, node: nodes.Not) -> str:
         if "not" in self.env.intercepted_unops:
@@ -302,11 +404,13 @@ class _Writer:
 
     def visit_Compare(self, node: nodes.Compare) -> str:
         parts = [self.expression(node.expr)]
-        for operand in node.ops:
+        for index, operand in enumerate(node.ops):
             operator = _JINJA_OPERATORS.get(operand.op)
             if operator is None:
                 raise Unsupported(f"the comparison {operand.op!r}", node.lineno)
-            parts.append(f"{operator} {self.expression(operand.expr)}")
+            # `a < b < c` evaluates c only when a < b
+            value = self.expression(operand.expr) if index == 0 else self.conditional(operand.expr)
+            parts.append(f"{operator} {value}")
         return f"({' '.join(parts)})"
 
     def visit_Concat(self, node: nodes.Concat) -> str:
@@ -321,8 +425,14 @@ class _Writer:
     def visit_Test(self, node: nodes.Test) -> str:
         function = self.env.tests.get(node.name)
         target = self.expression(node.node)
-        if function is test_none and not node.args and not node.kwargs and not node.dyn_args and not node.dyn_kwargs:
+        plain = not node.args and not node.kwargs and node.dyn_args is None and node.dyn_kwargs is None
+        if function is test_none and plain:  # Jinja's own tests, inlined
             return f"({target} is None)"
+        if function is test_number and plain:  # isinstance(x, Number), the JSON types answered without the ABC
+            holder, bind = self.holder(target)
+            kind = self.temporary("_k")
+            other = f"({kind} not in _NOT_NUMBERS and _isinstance({holder}, _Number))"
+            return f"(({kind} := _type({bind})) in _NUMBERS or {other})"
         return self.call(node, function, "test", target)
 
     def visit_Call(self, node: nodes.Call) -> str:
@@ -356,6 +466,31 @@ class _Writer:
                 raise Unsupported(f"the keyword argument {key!r}", node.lineno)
             arguments.append(f"{key}={self.expression(keyword_node.value)}")
         return arguments
+
+
+def _chain(node: nodes.Node) -> tuple[Any, ...] | None:
+    """('data', ('.', 'user'), ('.', 'id')) for data.user.id: lookups with constant keys from a template variable."""
+    if isinstance(node, nodes.Name):
+        return (node.name,) if node.ctx == "load" and node.name in TEMPLATE_VARIABLES else None
+    if isinstance(node, nodes.Getattr) and isinstance(node.attr, str) and not node.attr.startswith("_"):
+        head = _chain(node.node)
+        return None if head is None else (*head, (".", node.attr))
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and _literal(node.arg.value):
+        value = node.arg.value
+        if isinstance(value, str) and value.startswith("_"):
+            return None
+        head = _chain(node.node)  # 1, 1.0 and True are one dict key but not one list index: the type is kept
+        return None if head is None else (*head, ("[]", type(value).__name__, repr(value)))
+    return None
+
+
+_JINJA_FUNCTIONS = frozenset(id(f) for f in (*jinja2.filters.FILTERS.values(), *jinja2.tests.TESTS.values()))
+
+
+def _context_blind(env: MappingEnvironment) -> bool:
+    """Whether every filter and test of `env` that is given a context is one of Jinja's own."""
+    functions = (*env.filters.values(), *env.tests.values())
+    return all(_PassArg.from_obj(f) is None or id(f) in _JINJA_FUNCTIONS for f in functions)
 
 
 def _context_factory(env: MappingEnvironment) -> Callable[[Mapping[str, Any]], Any]:
