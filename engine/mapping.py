@@ -85,6 +85,8 @@ class CompiledMapping:
         except Exception as exc:  # a template may raise anything its expression can (TypeError, SecurityError...)
             raise RenderError(f"{self.path.name}: {type(exc).__name__}: {exc}") from None
         try:
+            if len(raw) == 1:  # most mappings send one message: no comprehension for it
+                return [finish(raw[0], 0, webhook)]
             return [finish(spec, index, webhook) for index, spec in enumerate(raw)]
         except RenderError as exc:
             raise RenderError(f"{self.path.name}: {exc}") from None

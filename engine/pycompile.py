@@ -20,6 +20,7 @@ both ways on the sample webhooks and on payloads Hypothesis makes.
 
 from __future__ import annotations
 
+import functools
 import keyword
 import math
 import re
@@ -79,6 +80,7 @@ def compile_messages(env: MappingEnvironment, expr: nodes.Expr, roots: Sequence[
         writer.prepare(expr, roots)
         # Twice: where `data` is a dict (always, for a webhook: `data.x` is then its get), and for anything else.
         writer.known_dicts = {("data",)}
+        writer.getters[("data",)] = "_get_data"
         fast = writer.expression(expr)
         writer.reset()
         slow = writer.expression(expr)
@@ -145,6 +147,8 @@ class _Writer:
             "_NUMBERS": (int, float, bool),
             "_NOT_NUMBERS": (type(None), str, list, dict),
             "_list": list,
+            "_partial": functools.partial,
+            "_get_none": _get_none,
             "_len": len,
         }
         self.by_object: dict[int, str] = {}
@@ -154,6 +158,9 @@ class _Writer:
         # chain of lookups -> the local holding its value, and the local saying whether that value is a dict
         self.bound: dict[tuple[Any, ...], str] = {}
         self.dict_flags: dict[tuple[Any, ...], str] = {}
+        # chain -> a local holding its value's lookup function: the dict's own get (a bound method is the quickest
+        # call), or the environment's getattr bound to it
+        self.getters: dict[tuple[Any, ...], str] = {}
         self.known_dicts: set[tuple[Any, ...]] = set()  # chains whose value is a dict where the code runs
         self.uses: dict[tuple[Any, ...], int] = {}
         self.optimized: dict[int, nodes.Node] = {}  # id(template) -> the template after constant folding
@@ -184,6 +191,7 @@ class _Writer:
         self.known_dicts = set()
         self.bound = {(name,): f"v_{name}" for name in TEMPLATE_VARIABLES}
         self.dict_flags = {}
+        self.getters = {}
         self.temporaries = 0  # the two versions are two branches of one function: their locals may share names
 
     def finish(self, fast: str, slow: str) -> Program:
@@ -200,7 +208,9 @@ class _Writer:
         elif self.needs_eval_context and not shared:
             lines.append("    eval_ctx = _EvalContext(_env)")
         if fast != slow:
-            lines.append(f"    if _type(v_data) is _dict:\n        return {fast}")
+            lines.append("    if _type(v_data) is _dict:")
+            lines.append("        _get_data = v_data.get")
+            lines.append(f"        return {fast}")
         lines.append(f"    return {body}")
         source = "\n".join(lines) + "\n"
         namespace = dict(self.namespace)
@@ -245,7 +255,7 @@ class _Writer:
         try:
             return self.translate(self.optimized[id(node)])
         except Unsupported as problem:
-            self.bound, self.dict_flags = scope  # nothing of this template is in the function
+            self.restore(scope)  # nothing of this template is in the function
             if index not in self.on_jinja:
                 self.fallbacks.append(Fallback(index, problem.lineno, problem.reason))
                 self.on_jinja[index] = self.ref(compile_expression(self.env, node), "jinja")
@@ -308,8 +318,17 @@ class _Writer:
         target = self.expression(node.node)
         target_chain = _chain(node.node)
         holder = self.bound.get(target_chain) if target_chain is not None else None
-        if target_chain in self.known_dicts:
-            code = f"{holder}.get({key})"
+        if target_chain in self.known_dicts:  # a dict: getattr and getitem are both its get
+            code = f"{self.getters[target_chain]}({key})"
+        elif fallback == "_getattr" and holder is not None:
+            getter = self.getters.get(target_chain)
+            if getter is None:  # the target is (now) in a local; its getter will be too
+                getter = self.getters[target_chain] = self.temporary("_g")
+                other = f"_get_none if {holder} is None else _partial(_getattr, {holder})"  # getattr of None is None
+                choose = f"({holder}.get if _type({target}) is _dict else {other})"
+                code = f"({getter} := {choose})({key})"
+            else:
+                code = f"{getter}({key})"
         else:
             if holder is None:  # a value used once: a temporary holds it for the test and the lookup
                 holder = self.temporary()
@@ -332,8 +351,11 @@ class _Writer:
         name = self.bound[chain] = self.temporary("_v")
         return f"({name} := {code})"
 
-    def scope(self) -> tuple[dict[tuple[Any, ...], str], dict[tuple[Any, ...], str]]:
-        return dict(self.bound), dict(self.dict_flags)
+    def scope(self) -> tuple[dict[tuple[Any, ...], str], ...]:
+        return dict(self.bound), dict(self.dict_flags), dict(self.getters)
+
+    def restore(self, scope: tuple[dict[tuple[Any, ...], str], ...]) -> None:
+        self.bound, self.dict_flags, self.getters = scope
 
     def conditional(self, node: nodes.Node) -> str:
         """`node` translated where Python may not evaluate it: what it binds is not reused after it."""
@@ -341,7 +363,7 @@ class _Writer:
         try:
             return self.expression(node)
         finally:
-            self.bound, self.dict_flags = scope
+            self.restore(scope)
 
     def visit_Slice(self, node: nodes.Slice) -> str:
         start = self.expression(node.start) if node.start is not None else ""
@@ -466,6 +488,10 @@ class _Writer:
                 raise Unsupported(f"the keyword argument {key!r}", node.lineno)
             arguments.append(f"{key}={self.expression(keyword_node.value)}")
         return arguments
+
+
+def _get_none(key: Any) -> None:
+    return None
 
 
 def _chain(node: nodes.Node) -> tuple[Any, ...] | None:
