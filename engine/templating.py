@@ -108,7 +108,7 @@ def iso8601(value: Any) -> str | None:
         return (_DATES.get(day) or _date_prefix(day)) + _HOURS_MINUTES[second // 60] + _SECONDS[second % 60]
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
+    if isinstance(value, (int, float)):
         return _iso_from_unix(value)
     if isinstance(value, str):
         parsed = parse_iso(value)
@@ -173,7 +173,7 @@ def e164(value: Any) -> str | None:
 
 def pluck(items: Any, key: str) -> list[Any]:
     """`data.tags | pluck('name')`: one field of each object of a list; [] for a missing list."""
-    if not isinstance(items, list):
+    if not isinstance(items, list) or not items:  # often empty (no tags, no teams): no comprehension then
         return []
     return [item.get(key) if type(item) is dict else None for item in items]
 
