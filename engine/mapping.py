@@ -77,11 +77,12 @@ class CompiledMapping:
     _compile_value: Callable[[MappingEnvironment, nodes.Expr], Callable[[Mapping[str, Any]], Any]] = field(
         default=compile_value, repr=False
     )
+    _build_webhook: Callable[[Webhook], list[dict[str, Any]]] | None = field(default=None, repr=False)
 
     def render(self, webhook: Webhook) -> list[dict[str, Any]]:
         """The Segment messages for one webhook. Raises RenderError, never anything else."""
         try:
-            raw = self._build(webhook.template_variables())
+            raw = self._build_webhook(webhook) if self._build_webhook else self._build(webhook.template_variables())
         except Exception as exc:  # a template may raise anything its expression can (TypeError, SecurityError...)
             raise RenderError(f"{self.path.name}: {type(exc).__name__}: {exc}") from None
         try:
@@ -396,6 +397,7 @@ def _compile(
         _build=program.function,
         _env=env,
         on_jinja=tuple((fields[f.index], f) for f in program.fallbacks if f.index >= 0),
+        _build_webhook=program.of_webhook,
     )
 
 

@@ -67,6 +67,8 @@ class Program:
     function: Callable[[Mapping[str, Any]], Any]
     source: str
     fallbacks: list[Fallback] = field(default_factory=list)
+    # The same function of a Webhook (engine.envelope): what its template_variables() would give, without the dict.
+    of_webhook: Callable[[Any], Any] | None = None
 
 
 def compile_messages(env: MappingEnvironment, expr: nodes.Expr, roots: Sequence[nodes.Expr]) -> Program:
@@ -79,11 +81,8 @@ def compile_messages(env: MappingEnvironment, expr: nodes.Expr, roots: Sequence[
     try:
         writer.prepare(expr, roots)
         # Twice: where `data` is a dict (always, for a webhook: `data.x` is then its get), and for anything else.
-        writer.known_dicts = {("data",)}
-        writer.getters[("data",)] = "_get_data"
-        fast = writer.expression(expr)
-        writer.reset()
-        slow = writer.expression(expr)
+        fast = writer.translate_twice(expr, data_is_dict=True)
+        slow = writer.translate_twice(expr, data_is_dict=False)
     except Unsupported as problem:  # outside any template: not a mapping's shape; Jinja does all of it
         evaluate = compile_expression(env, expr)
         return Program(evaluate, "", [Fallback(-1, problem.lineno, problem.reason)])
@@ -144,7 +143,7 @@ class _Writer:
             "_str_join": str_join,
             "_isinstance": isinstance,
             "_Number": Number,
-            "_NUMBERS": (int, float, bool),
+            "_INT_FLOAT": (int, float),  # and their subclasses, bool included: all Numbers
             "_NOT_NUMBERS": (type(None), str, list, dict),
             "_list": list,
             "_partial": functools.partial,
@@ -165,6 +164,10 @@ class _Writer:
         self.uses: dict[tuple[Any, ...], int] = {}
         self.optimized: dict[int, nodes.Node] = {}  # id(template) -> the template after constant folding
         self.on_jinja: dict[int, str] = {}  # template index -> the name of its Jinja callable
+        self.useful: set[int | None] | None = None
+        self.reused: set[int | None] = set()
+        self.sites = 0
+        self.site_of: dict[str, int] = {}
         self.reset()
         self.fallbacks: list[Fallback] = []
         self.optimizer = Optimizer(env)
@@ -186,6 +189,23 @@ class _Writer:
                 self.uses[chain] = self.uses.get(chain, 0) + 1
             pending.extend(node.iter_child_nodes())
 
+    def translate_twice(self, expr: nodes.Expr, data_is_dict: bool) -> str:
+        """Translated once to learn which values bound to locals are used again, then again binding only those."""
+        self.begin(data_is_dict, useful=None)
+        self.expression(expr)
+        self.begin(data_is_dict, useful=self.reused)
+        return self.expression(expr)
+
+    def begin(self, data_is_dict: bool, useful: set[int | None] | None) -> None:
+        self.reset()
+        if data_is_dict:
+            self.known_dicts = {("data",)}
+            self.getters[("data",)] = "_get_data"
+        self.useful = useful  # the binding sites (in translation order) worth a local; None: all
+        self.reused = set()
+        self.sites = 0
+        self.site_of = {}
+
     def reset(self) -> None:
         """Ready to translate the expression again, under other assumptions."""
         self.known_dicts = set()
@@ -195,23 +215,27 @@ class _Writer:
         self.temporaries = 0  # the two versions are two branches of one function: their locals may share names
 
     def finish(self, fast: str, slow: str) -> Program:
-        lines = ["def build(variables):"]
-        for name in sorted(self.variables):
-            lines.append(f"    v_{name} = variables[{name!r}] if {name!r} in variables else _undefined(name={name!r})")
-        body = slow
         # What a filter may ask for. Jinja's own filters and tests only read the environment from it (map calls
         # the filter it names with it): one made here serves every call. Otherwise one per call, as Jinja's.
         shared = _context_blind(self.env)
+        body = []
         if self.needs_context and not shared:
-            lines.append("    context = _context(variables)")
-            lines.append("    eval_ctx = context.eval_ctx")
+            body += ["    context = _context(variables)", "    eval_ctx = context.eval_ctx"]
         elif self.needs_eval_context and not shared:
-            lines.append("    eval_ctx = _EvalContext(_env)")
+            body.append("    eval_ctx = _EvalContext(_env)")
         if fast != slow:
-            lines.append("    if _type(v_data) is _dict:")
-            lines.append("        _get_data = v_data.get")
-            lines.append(f"        return {fast}")
-        lines.append(f"    return {body}")
+            body += ["    if _type(v_data) is _dict:", "        _get_data = v_data.get", f"        return {fast}"]
+        body.append(f"    return {slow}")
+        # The same body twice: a function of the template variables, and one of the webhook, which reads them
+        # from its attributes (a webhook has all four) and makes the dict only for what runs on Jinja.
+        lines = ["def build(variables):"]
+        for name in sorted(self.variables):
+            lines.append(f"    v_{name} = variables[{name!r}] if {name!r} in variables else _undefined(name={name!r})")
+        lines += [*body, "", "def build_webhook(webhook):"]
+        lines += [f"    v_{name} = webhook.{name}" for name in sorted(self.variables)]
+        if self.fallbacks or (self.needs_context and not shared):
+            lines.append("    variables = webhook.template_variables()")
+        lines += body
         source = "\n".join(lines) + "\n"
         namespace = dict(self.namespace)
         if shared and (self.needs_context or self.needs_eval_context):
@@ -222,7 +246,7 @@ class _Writer:
         elif self.needs_eval_context:  # a filter that reads only the evaluation context (list, join, ...)
             namespace.update(_EvalContext=EvalContext, _env=self.env)
         exec(compile(source, "<mapping>", "exec"), namespace)
-        return Program(namespace["build"], source, self.fallbacks)
+        return Program(namespace["build"], source, self.fallbacks, namespace["build_webhook"])
 
     def ref(self, obj: Any, prefix: str) -> str:
         """A name for `obj` in the function's namespace."""
@@ -314,10 +338,13 @@ class _Writer:
         """The environment's getattr or getitem of a constant key, with its dict case inlined (a dict's get)."""
         chain = _chain(node)
         if chain is not None and chain in self.bound:
+            self.reused.add(self.site_of.get(self.bound[chain]))
             return self.bound[chain]
         target = self.expression(node.node)
         target_chain = _chain(node.node)
         holder = self.bound.get(target_chain) if target_chain is not None else None
+        if holder is not None:
+            self.reused.add(self.site_of.get(holder))
         if target_chain in self.known_dicts:  # a dict: getattr and getitem are both its get
             code = f"{self.getters[target_chain]}({key})"
         elif fallback == "_getattr" and holder is not None:
@@ -340,15 +367,26 @@ class _Writer:
                 head = f"({flag} := _type({target}) is _dict)"
             if fallback == "_getitem" and type(node.arg.value) is int:  # the environment's getitem on a list
                 index = node.arg.value
-                in_range = f"{index} < _len({holder})" if index >= 0 else f"{-index} <= _len({holder})"
+                if index in (0, -1):  # a list has them when it is not empty
+                    in_range = holder
+                else:
+                    in_range = f"{index} < _len({holder})" if index >= 0 else f"{-index} <= _len({holder})"
                 item = f"({holder}[{index}] if {in_range} else None)"
-                otherwise = f"({item} if _type({holder}) is _list else {fallback}({holder}, {key}))"
+                if head.startswith("_type("):  # a value of its own, most likely a list: that is tested first
+                    dict_or_other = f"({holder}.get({key}) if _type({holder}) is _dict else _getitem({holder}, {key}))"
+                    code = f"({item} if {head[: -len(' is _dict')]} is _list else {dict_or_other})"
+                else:
+                    code = f"({holder}.get({key}) if {head} else ({item} if _type({holder}) is _list else "
+                    code += f"_getitem({holder}, {key})))"
             else:
-                otherwise = f"{fallback}({holder}, {key})"
-            code = f"({holder}.get({key}) if {head} else {otherwise})"
+                code = f"({holder}.get({key}) if {head} else {fallback}({holder}, {key}))"
         if chain is None or self.uses.get(chain, 0) < 2:
             return code
+        self.sites += 1
+        if self.useful is not None and self.sites not in self.useful:  # never used again where it is bound
+            return code
         name = self.bound[chain] = self.temporary("_v")
+        self.site_of[name] = self.sites
         return f"({name} := {code})"
 
     def scope(self) -> tuple[dict[tuple[Any, ...], str], ...]:
@@ -452,9 +490,8 @@ class _Writer:
             return f"({target} is None)"
         if function is test_number and plain:  # isinstance(x, Number), the JSON types answered without the ABC
             holder, bind = self.holder(target)
-            kind = self.temporary("_k")
-            other = f"({kind} not in _NOT_NUMBERS and _isinstance({holder}, _Number))"
-            return f"(({kind} := _type({bind})) in _NUMBERS or {other})"
+            other = f"(_type({holder}) not in _NOT_NUMBERS and _isinstance({holder}, _Number))"
+            return f"(_isinstance({bind}, _INT_FLOAT) or {other})"
         return self.call(node, function, "test", target)
 
     def visit_Call(self, node: nodes.Call) -> str:

@@ -324,3 +324,12 @@ def test_generated_code_has_no_builtins_and_no_template_text():
     assert program.function.__globals__["__builtins__"] == {}
     assert "import os" not in re.sub(r"'(?:[^'\\]|\\.)*'", "''", program.source)  # only inside a literal
     assert program.function({"data": {"x": 1}}) == '1"); import os; os.system("echo") #\n'
+
+
+def test_function_of_the_webhook_gives_what_the_function_of_its_variables_gives():
+    template = "{{ data.user.name.upper() if data.user else none }} {{ data.id | string | list | join('-') }}"
+    node = parse_value(ENV, template)
+    program = compile_messages(ENV, node, [node])
+    assert [f.reason for f in program.fallbacks] == ["calls other than stable_id(...)"]
+    for webhook in SAMPLES:
+        assert program.of_webhook(webhook) == program.function(webhook.template_variables())
