@@ -32,12 +32,10 @@ from typing import Any
 import jinja2.filters
 import jinja2.tests
 from jinja2 import nodes
-from jinja2.compiler import operators as _JINJA_OPERATORS
 from jinja2.nodes import EvalContext
 from jinja2.optimizer import Optimizer
 from jinja2.runtime import Undefined, str_join
 from jinja2.tests import test_none, test_number
-from jinja2.utils import _PassArg
 
 from engine.templating import TEMPLATE_VARIABLES, MappingEnvironment, compile_expression, stable_id
 
@@ -107,6 +105,7 @@ _BINARY = {
     nodes.Pow: "**",
 }
 _UNARY = {nodes.Neg: "-", nodes.Pos: "+"}
+_COMPARISONS = {"eq": "==", "ne": "!=", "gt": ">", "gteq": ">=", "lt": "<", "lteq": "<=", "in": "in", "notin": "not in"}
 _MAX_LITERAL_INT = 10**18  # larger integers go through the namespace (repr of huge ints is slow, or refused)
 
 
@@ -465,7 +464,7 @@ class _Writer:
     def visit_Compare(self, node: nodes.Compare) -> str:
         parts = [self.expression(node.expr)]
         for index, operand in enumerate(node.ops):
-            operator = _JINJA_OPERATORS.get(operand.op)
+            operator = _COMPARISONS.get(operand.op)
             if operator is None:
                 raise Unsupported(f"the comparison {operand.op!r}", node.lineno)
             # `a < b < c` evaluates c only when a < b
@@ -504,15 +503,17 @@ class _Writer:
         if function is None:
             raise Unsupported(f"no {kind} named {node.name!r}", node.lineno)
         arguments = [target, *self.arguments(node)]
-        passed = _PassArg.from_obj(function)
-        if passed is _PassArg.context:
+        passed = _passes(function)
+        if passed == "context":
             self.needs_context = True
             arguments.insert(0, "context")
-        elif passed is _PassArg.eval_context:
+        elif passed == "eval_context":
             self.needs_eval_context = True
             arguments.insert(0, "eval_ctx")
-        elif passed is _PassArg.environment:
+        elif passed == "environment":
             arguments.insert(0, self.ref(self.env, "env"))
+        elif passed is not None:
+            raise Unsupported(f"a {kind} given {passed!r}", node.lineno)
         return f"{self.ref(function, kind)}({', '.join(arguments)})"
 
     def arguments(self, node: nodes.Call | nodes.Filter | nodes.Test) -> list[str]:
@@ -553,7 +554,16 @@ _JINJA_FUNCTIONS = frozenset(id(f) for f in (*jinja2.filters.FILTERS.values(), *
 def _context_blind(env: MappingEnvironment) -> bool:
     """Whether every filter and test of `env` that is given a context is one of Jinja's own."""
     functions = (*env.filters.values(), *env.tests.values())
-    return all(_PassArg.from_obj(f) is None or id(f) in _JINJA_FUNCTIONS for f in functions)
+    return all(_passes(f) is None or id(f) in _JINJA_FUNCTIONS for f in functions)
+
+
+def _passes(function: Any) -> str | None:
+    """What Jinja passes a filter or test before its value: "context", "eval_context", "environment" or nothing.
+
+    Read from the attribute Jinja's pass_context (and the others) set, as Jinja itself does.
+    """
+    passed = getattr(function, "jinja_pass_arg", None)
+    return None if passed is None else str(getattr(passed, "name", passed))
 
 
 def _context_factory(env: MappingEnvironment) -> Callable[[Mapping[str, Any]], Any]:
