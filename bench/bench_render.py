@@ -2,19 +2,20 @@
 
     python bench/bench_render.py [--seconds 3]
 
-Three ways to turn the sample call webhooks into Segment messages, each timed in this process:
-  engine        the shipped mappings as `engine` runs them: one compiled expression per mapping
-  per-property  the same templates compiled one by one and rendered one at a time (the naive design)
-  plain Python  a hand-written function building the identical messages (checked equal before timing)
-All three finish messages the same way (messageId, timestamp, context), so the ratios isolate templating.
-The engine is also timed over every sample webhook (all 26 events), single-threaded. Each render gets a fresh
-Webhook, as each request does, so the digest of its data that goes into the messageId is paid every time (its
-cost alone is printed last).
+Three ways to turn the sample call webhooks into the bytes Segment receives, each timed in this process:
+  engine        the shipped mappings as `engine` runs them: each compiled to one Python function (mapping.compiler)
+  Jinja         the same mappings on Jinja's runtime (one compiled Jinja expression per mapping: the old engine)
+  plain Python  a hand-written function building the identical messages (checked byte for byte before timing)
+All three finish and encode messages the same way (messageId, timestamp, context, engine.message.encode), so the
+ratios isolate templating. The engine is also timed over every sample webhook (all 26 events), single-threaded.
+Each render gets a fresh Webhook, as each request does, so the digest of its data that goes into the messageId
+is paid every time. Last, the JSON work of a webhook, the standard library against what the engine uses.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import sys
@@ -26,10 +27,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.aircall.envelope import Webhook, content_fingerprint, parse_webhook  # noqa: E402
+from engine.aircall.envelope import (  # noqa: E402
+    _URL_STRING,
+    Webhook,
+    _strict_loads,
+    canonical_json_stdlib,
+    content_fingerprint,
+    parse_json,
+    parse_webhook,
+)
 from engine.mapping.load import load_mappings  # noqa: E402
-from engine.mapping.templating import compile_expression, e164, iso8601, pluck, stable_id  # noqa: E402
-from engine.segment.message import finish  # noqa: E402
+from engine.mapping.templating import e164, iso8601, pluck, stable_id  # noqa: E402
+from engine.segment.message import Encoded, encode, encode_stdlib, finish  # noqa: E402
 
 
 def plain_call_properties(d: dict) -> dict:
@@ -78,6 +87,10 @@ def plain_call_properties(d: dict) -> dict:
     }
 
 
+def plain_call_json(webhook: Webhook) -> list[Encoded]:
+    return [Encoded(message["messageId"], encode(message)) for message in plain_call_message(webhook)]
+
+
 def plain_call_message(webhook: Webhook) -> list[dict]:
     d = webhook.data
     user = d.get("user") if isinstance(d.get("user"), dict) else {}
@@ -94,34 +107,18 @@ def plain_call_message(webhook: Webhook) -> list[dict]:
     return [finish(spec, 0, webhook)]
 
 
-def per_property(mapping) -> callable:
-    """The same templates, each compiled and rendered on its own."""
-    compiled = [(t.path, compile_expression(mapping._env, t.node)) for t in mapping.fields]
-
-    def render(webhook: Webhook) -> list[dict]:
-        variables = webhook.template_variables()
-        spec = {"type": "track", "properties": {}}
-        for path, evaluate in compiled:
-            value = evaluate(variables)
-            if path[1] == "properties":
-                spec["properties"][path[2]] = value
-            else:
-                spec[path[1]] = value
-        return [finish(spec, 0, webhook)]
-
-    return render
-
-
-def rate(render, webhooks: list[Webhook], seconds: float) -> float:
-    """Events per second over at least `seconds`, best of three rounds."""
-    best = 0.0
-    for _ in range(3):
-        count, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < seconds / 3:
-            for webhook in webhooks:
-                render(replace(webhook))  # a new object: its fingerprint is not cached from the last round
-            count += len(webhooks)
-        best = max(best, count / elapsed)
+def rates(variants: dict[str, tuple], seconds: float, rounds: int = 6) -> dict[str, float]:
+    """Events per second of each variant, the best of `rounds` rounds, the variants taking turns in each round so
+    that the load of whatever else runs on the machine falls on all of them alike."""
+    best = dict.fromkeys(variants, 0.0)
+    for _ in range(rounds):
+        for name, (render, webhooks) in variants.items():
+            count, start = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < seconds / rounds:
+                for webhook in webhooks:
+                    render(replace(webhook))  # a new object: its fingerprint is not cached from the last round
+                count += len(webhooks)
+            best[name] = max(best[name], count / elapsed)
     return best
 
 
@@ -137,10 +134,12 @@ def cpu_model() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--seconds", type=float, default=3.0, help="per variant (the run takes about 6x this)")
     args = parser.parse_args()
     mappings = load_mappings(ROOT / "mappings")
-    samples = [parse_webhook(p.read_bytes()) for p in sorted((ROOT / "tests/fixtures").glob("*.json"))]
+    on_jinja = load_mappings(ROOT / "mappings", runtime="jinja")
+    bodies = [p.read_bytes() for p in sorted((ROOT / "tests/fixtures").glob("*.json"))]
+    samples = [parse_webhook(body) for body in bodies]
     # The events whose mapping is _call.yaml alone, where the hand-written baseline is exact.
     plain_events = {
         "call.created",
@@ -156,31 +155,67 @@ def main() -> None:
     }
     calls = [w for w in samples if w.event in plain_events]
     for webhook in calls:
-        engine_out = mappings.get(webhook.event).render(webhook)
-        assert engine_out == plain_call_message(webhook), webhook.event
-        assert engine_out == per_property(mappings.get(webhook.event))(webhook), webhook.event
+        engine_out = mappings.get(webhook.event).render_json(webhook)
+        assert engine_out == plain_call_json(webhook), webhook.event
+        assert engine_out == on_jinja.get(webhook.event).render_json(webhook), webhook.event
+    for webhook in samples:
+        assert mappings.get(webhook.event).render_json(webhook) == on_jinja.get(webhook.event).render_json(webhook)
+
+    # Each variant finds what renders an event the same way: a dict lookup, in a function of the webhook.
+    compiled_by_event, jinja_by_event = mappings.by_event, on_jinja.by_event
+    plain_by_event = dict.fromkeys(plain_events, plain_call_json)
 
     def engine(webhook: Webhook) -> list:
-        return mappings.get(webhook.event).render(webhook)
+        return compiled_by_event[webhook.event].render_json(webhook)
 
-    naive = {event: per_property(mappings.get(event)) for event in plain_events}
-    results = {
-        "engine, call events": rate(engine, calls, args.seconds),
-        "per-property, call events": rate(lambda w: naive[w.event](w), calls, args.seconds),
-        "plain Python, call events": rate(plain_call_message, calls, args.seconds),
-        "engine, all 26 events": rate(engine, samples, args.seconds),
-    }
+    def jinja(webhook: Webhook) -> list:
+        return jinja_by_event[webhook.event].render_json(webhook)
+
+    def plain(webhook: Webhook) -> list:
+        return plain_by_event[webhook.event](webhook)
+
+    results = rates(
+        {
+            "engine, call events": (engine, calls),
+            "Jinja runtime, call events": (jinja, calls),
+            "plain Python, call events": (plain, calls),
+            "engine, all 26 events": (engine, samples),
+            "Jinja runtime, all 26 events": (jinja, samples),
+        },
+        args.seconds * 5,
+    )
     baseline = results["plain Python, call events"]
     print(
         f"# {platform.python_implementation()} {platform.python_version()} on {platform.machine()}, "
         f"{cpu_model()}, {os.cpu_count()} cores, one thread used"
     )
-    print(f"{'variant':<28}{'events/s':>12}{'µs/event':>10}{'vs plain':>10}")
+    print(f"{'variant':<30}{'events/s':>12}{'µs/event':>10}{'vs plain':>10}")
     for name, value in results.items():
-        print(f"{name:<28}{value:>12,.0f}{1e6 / value:>10.1f}{value / baseline:>10.2f}")
-    rounds = 2000
-    digest = min(timeit.repeat(lambda: [content_fingerprint(w.data) for w in calls], number=rounds, repeat=3))
-    print(f"of which the messageId's digest of the data: {digest / rounds / len(calls) * 1e6:.1f} µs/event")
+        print(f"{name:<30}{value:>12,.0f}{1e6 / value:>10.1f}{value / baseline:>10.2f}")
+    engine_over_jinja = results["engine, call events"] / results["Jinja runtime, call events"]
+    print(f"engine / Jinja runtime, call events: {engine_over_jinja:.2f}x")
+
+    def stdlib_digest(data: dict) -> str:
+        text = _URL_STRING.sub('""', canonical_json_stdlib(data)).encode()
+        return hashlib.blake2b(text, digest_size=12).hexdigest()
+
+    messages = [m for w in calls for m in mappings.get(w.event).render(w)]
+    call_bodies = [body for body, w in zip(bodies, samples, strict=True) if w.event in plain_events]
+    data_bytes = sum(len(canonical_json_stdlib(w.data).encode()) for w in calls) / len(calls)
+    print(f"\n{'JSON work, per call webhook (µs)':<48}{'stdlib':>9}{'engine':>9}{'ratio':>8}")
+    for name, slow, fast, items in [
+        (f"digest of the data ({data_bytes:,.0f} B)", stdlib_digest, content_fingerprint, [w.data for w in calls]),
+        ("encoding the message", encode_stdlib, encode, messages),
+        ("parsing the body", _strict_loads, parse_json, call_bodies),
+    ]:
+        slow_us, fast_us = per_item(slow, items), per_item(fast, items)
+        print(f"{name:<48}{slow_us:>9.2f}{fast_us:>9.2f}{slow_us / fast_us:>7.1f}x")
+
+
+def per_item(function, items: list, rounds: int = 2000) -> float:
+    """µs per call of function on each item, best of five."""
+    best = min(timeit.repeat(lambda: [function(item) for item in items], number=rounds, repeat=5))
+    return best / rounds / len(items) * 1e6
 
 
 if __name__ == "__main__":

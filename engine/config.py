@@ -115,6 +115,7 @@ def read_env_file(path: Path) -> dict[str, str]:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark some editors write: not part of the first name
     for number, line in enumerate(raw.splitlines(), start=1):
         try:
             text = line.decode("utf-8").strip()
@@ -136,6 +137,10 @@ def parse_env_line(line: str) -> tuple[str, str] | None:
     value = value.strip()
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
         value = value[1:-1]
+    elif value.startswith("#"):
+        value = ""
+    else:  # unquoted, a shell ends the value at a comment: `TOKEN=abc # the old one` is abc
+        value = re.split(r"\s#", value, maxsplit=1)[0].rstrip()
     return name, value
 
 
@@ -179,7 +184,10 @@ def load_settings(
 
     def url(name: str, default: str) -> str:
         value = (optional(name) or default).rstrip("/")
-        parts = urlsplit(value)
+        try:
+            parts = urlsplit(value)
+        except ValueError:  # an unclosed [ of an IPv6 address, say
+            raise ConfigError(f"{name}: {value!r} is not an http(s) URL") from None
         if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", value):
             raise ConfigError(f"{name}: {value!r} is not an http(s) URL")
         try:

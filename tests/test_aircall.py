@@ -49,6 +49,14 @@ def test_connect_writes_the_token_to_the_settings_file_keeping_the_old_one(engin
     assert oct(settings.stat().st_mode & 0o777) == "0o600"
 
 
+def test_connect_refuses_a_settings_file_it_could_not_write_before_creating_anything(engine, env, aircall, tmp_path):
+    target = tmp_path / "no-such-folder" / ".env"
+    run = engine("aircall", "connect", "--url", "https://h/webhooks/aircall", "--write-env", str(target), env=env)
+    assert (run.code, run.out) == (2, "")
+    assert run.err == f"engine: --write-env: {target.parent} is not a folder; create it first\n"
+    assert aircall.stats()["webhooks"] == 0
+
+
 def test_numbers_lists_ids_and_digits(engine, env):
     run = engine("aircall", "numbers", env=env)
     assert run.code == 0

@@ -358,6 +358,11 @@ def test_bad_dates_resources_and_rates_are_one_line_errors(backfill, engine, env
         "engine: --since: 'yesterday' is not a date (YYYY-MM-DD) or an ISO 8601 time"
     )
     assert backfill("--since", "2024-01-02", "--until", "2024-01-01").code == 2
+    future = backfill("--since", "9999-12-31")
+    assert (future.code, future.err) == (
+        2,
+        "engine: --since: 9999-12-31 is in the future; nothing has happened there yet\n",
+    )
     bad = backfill("--since", "2024-01-01", "--resources", "calls,sms")
     assert bad.code == 2 and "sms" in bad.err
     rate = engine("backfill", "--since", "2024-01-01", "--rate", "0", env=env)

@@ -94,6 +94,7 @@ def engine_main(capsys, monkeypatch, tmp_path, env_file: bytes = b"", *args: str
     ("name", "value", "complaint"),
     [
         ("SEGMENT_API_URL", "http://127.0.0.1:abc", "has no valid port (1 to 65535)"),
+        ("SEGMENT_API_URL", "http://[oops", "is not an http(s) URL"),
         ("SEGMENT_API_URL", "http://127.0.0.1:70000", "has no valid port (1 to 65535)"),
         ("SEGMENT_API_URL", "http://127.0.0.1:0", "has no valid port (1 to 65535)"),
         ("SEGMENT_API_URL", "https://:443", "is not an http(s) URL"),
@@ -142,3 +143,18 @@ def test_writing_the_token_keeps_an_exported_one_for_the_rotation(tmp_path):
     write_env_token(path, "new-token")
     assert path.read_text() == "export AIRCALL_WEBHOOK_TOKEN=new-token,old-token\nexport SEGMENT_WRITE_KEY=wk\n"
     assert load_settings(path, Environ({})).webhook_tokens == ("new-token", "old-token")
+
+
+def test_env_file_with_a_byte_order_mark_and_comments_after_values_reads_as_a_shell_would(tmp_path):
+    from engine.config import load_settings
+
+    settings_file = tmp_path / "settings.env"
+    settings_file.write_bytes(
+        b"\xef\xbb\xbfAIRCALL_WEBHOOK_TOKEN=new-token # the one Aircall sends since Monday\n"
+        b"ENGINE_LEASE_SECONDS=30  # shorter in tests\n"
+        b'SEGMENT_WRITE_KEY="key # with a hash"\n'
+    )
+    settings = load_settings(settings_file, environ_={})
+    assert settings.webhook_tokens == ("new-token",)
+    assert settings.lease_seconds == 30
+    assert settings.segment_write_key == "key # with a hash"

@@ -184,3 +184,71 @@ def test_the_processing_process_is_restarted_when_it_dies_and_never_outlives_its
     os.kill(server.process.proc.pid, signal.SIGKILL)
     server.process.proc.wait()
     wait_for(lambda: not os.path.exists(f"/proc/{replacement}"), what="the orphaned child to exit")
+
+
+def test_a_webhook_no_encoder_can_write_is_a_dead_letter_and_holds_up_nothing_behind_it(engine_server, segment):
+    """A lone surrogate (valid JSON escape, not text) passes the gateway; mapping cannot encode it. It must become
+    a dead letter on its own, not fail its batch again and again."""
+    server = engine_server()
+    poison = json.dumps(call_webhook(1)).replace('"direction": "inbound"', '"direction": "\\ud800"')
+    assert '"\\ud800"' in poison
+    answer = server.post(poison.encode())
+    assert (answer.status_code, answer.json()) == (200, {"status": "accepted"})
+    after = [call_webhook(n) for n in range(2, 12)]
+    for envelope in after:
+        assert server.post(envelope).status_code == 200
+    segment.wait_for_ids({i for envelope in after for i in expected_ids(envelope)})
+    status = run_engine("outbox", "status", "--dead", "--json", env={"ENGINE_DB": str(server.db)}).json()
+    [letter] = status["dead"]
+    assert "not valid Unicode" in letter["reason"] and status["unprocessed"] == 0
+
+
+def test_processing_maps_with_the_settings_file_and_the_mappings_the_server_started_with(tmp_path, segment):
+    """`engine --env-file FILE serve`: the processing process reads no settings of its own (a default .env or
+    var/ of the working directory would be another outbox), and a mapping edited on disk while the server runs
+    changes nothing until the next restart, even when the processing process is restarted meanwhile."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+
+    import requests
+
+    from tests.conftest import ENGINE
+    from tests.harness import TOKEN, WRITE_KEY, base_env, children_of, free_port
+
+    mappings = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, mappings)
+    settings_file = tmp_path / "prod.env"
+    settings_file.write_text(
+        f"AIRCALL_WEBHOOK_TOKEN={TOKEN}\nENGINE_DB={tmp_path / 'data' / 'outbox.sqlite3'}\n"
+        f"ENGINE_MAPPINGS={mappings}\nSEGMENT_API_URL={segment.url}\nSEGMENT_WRITE_KEY={WRITE_KEY}\n"
+    )
+    port = free_port()
+    args = [str(ENGINE), "--env-file", str(settings_file), "serve", "--port", str(port)]
+    log = open(tmp_path / "engine.log", "wb")  # noqa: SIM115 - the child keeps it
+    server = subprocess.Popen(args, env=base_env(), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: requests.get(f"{url}/healthz", timeout=1).ok, what="engine serve")
+
+        def post(envelope: dict) -> None:
+            answer = requests.post(f"{url}/webhooks/aircall", json=envelope, timeout=10)
+            assert answer.json() == {"status": "accepted"}
+
+        first = call_webhook(31)
+        post(first)
+        segment.wait_for_ids(set(expected_ids(first)))
+        (mappings / "call.ended.yaml").write_text("aircall_event: call.ended\nsegment: [broken\n")
+        [child] = children_of(server.pid)
+        os.kill(child, signal.SIGKILL)
+        wait_for(lambda: requests.get(f"{url}/healthz", timeout=1).json()["processing"]["restarts"] == 1,
+                 what="a new processing process")  # fmt: skip
+        second = call_webhook(32)
+        post(second)
+        segment.wait_for_ids(set(expected_ids(second)))
+        assert not (tmp_path / "var").exists()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+        log.close()

@@ -426,3 +426,21 @@ def test_a_misspelt_filter_stops_start_up_with_its_line_never_a_traceback(tmp_pa
     assert uvicorn.returncode != 0
     assert "call.ended.yaml:4:10: unknown filter 'upperr'" in uvicorn.stderr
     assert "Traceback" not in uvicorn.stderr, uvicorn.stderr
+
+
+def test_the_metrics_folder_is_emptied_of_metrics_only_and_a_missing_one_is_one_line(engine_server, tmp_path):
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    settings = {"PROMETHEUS_MULTIPROC_DIR": str(folder), "ENGINE_DB": str(folder / "outbox.db")}
+    first = engine_server(workers=2, with_segment=False, **settings)
+    first.post(sample("call.ended"))
+    wait_for(lambda: first.health()["outbox"]["pending"] == 1, what="one message waiting")
+    assert list(folder.glob("counter_*.db"))  # prometheus-client's own files, which a restart must remove
+    first.stop()
+    again = engine_server(workers=2, with_segment=False, **settings)
+    assert again.health()["outbox"]["pending"] == 1  # the outbox named *.db was kept
+    run = run_engine("serve", env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing")})
+    assert (run.code, run.err) == (
+        2,
+        f"engine: PROMETHEUS_MULTIPROC_DIR: '{tmp_path / 'missing'}' is not a folder; create it (empty) or unset it\n",
+    )

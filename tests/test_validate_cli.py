@@ -278,3 +278,35 @@ def test_unreadable_folder_is_a_usage_error(engine, mappings_copy):
         mappings_copy.chmod(0o755)
     assert (run.code, run.out) == (2, "")
     assert run.err == f"engine: {mappings_copy}: cannot read the mappings folder: Permission denied\n"
+
+
+def test_summary_and_json_give_each_mappings_time_per_event(engine):
+    run = engine("validate", "mappings")
+    assert re.search(r"; \d+ µs per event on average, slowest \S+\.yaml at \d+ µs$", run.out.strip())
+    timings = engine("validate", "mappings", "--json", cwd=ROOT).json()["timings"]
+    assert len(timings) == 26
+    assert all(t["runtime"] == "python" and 0 < t["us_per_event"] < 1000 for t in timings)
+
+
+def test_template_the_compiler_does_not_translate_runs_on_jinja_and_validate_says_where(engine, mappings_copy):
+    template = "{{ (data.direction or 'none').upper() }}"
+    run = validate_call_ended(engine, mappings_copy, f'  properties:\n    shout: "{template}"\n')
+    assert run.code == 0, run.out
+    assert findings(run) == [
+        "call.ended.yaml:6:12: note: runs on Jinja's runtime, not compiled to Python (calls other than "
+        "stable_id(...)); it renders the same, more slowly"
+    ]
+    report = engine("validate", str(mappings_copy), "--json").json()
+    assert report["ok"] is True and [(Path(n["file"]).name, n["line"]) for n in report["notes"]] == [
+        ("call.ended.yaml", 6)
+    ]
+    [timing] = [t for t in report["timings"] if t["event"] == "call.ended"]
+    assert timing["runtime"] == "python+jinja"
+
+
+def test_slow_mapping_is_pointed_out(engine, mappings_copy):
+    template = "{{ (range(99999) | list | sum) + (range(99999) | map('string') | list | length) }}"
+    run = validate_call_ended(engine, mappings_copy, f'  properties:\n    busy: "{template}"\n')
+    assert run.code == 0, run.out
+    assert any(re.match(r"call\.ended\.yaml:1:1: note: [\d,]+ µs per event: a slow mapping", f) for f in findings(run))
+    assert "slowest call.ended.yaml" in run.out

@@ -11,6 +11,7 @@ from typing import Any
 
 from jsonschema.exceptions import best_match
 
+from engine import fastjson
 from engine.schemas import webhook_validator
 
 
@@ -66,17 +67,24 @@ def parse_json(body: bytes | str) -> Any:
     the encoder). A fixed limit holds the same everywhere.
     """
     try:
-        document = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite)
+        document = fastjson.loads(body)  # what it decodes, the standard library decodes the same way
+    except fastjson.Unlike:
+        document = _strict_loads(body)
+    openers = body.count(b"[") + body.count(b"{") if isinstance(body, bytes) else body.count("[") + body.count("{")
+    if openers > MAX_DEPTH and _deeper_than(document, MAX_DEPTH):  # counting costs 1 µs, the walk 30
+        raise EnvelopeError(f"body is not valid JSON: nested deeper than {MAX_DEPTH} levels")
+    return document
+
+
+def _strict_loads(body: bytes | str) -> Any:
+    try:
+        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite)
     except RecursionError:
         raise EnvelopeError(f"body is not valid JSON: nested deeper than {MAX_DEPTH} levels") from None
     except UnicodeDecodeError:
         raise EnvelopeError("body is not valid JSON: not UTF-8 text") from None
     except ValueError as exc:
         raise EnvelopeError(f"body is not valid JSON: {exc}") from None
-    openers = body.count(b"[") + body.count(b"{") if isinstance(body, bytes) else body.count("[") + body.count("{")
-    if openers > MAX_DEPTH and _deeper_than(document, MAX_DEPTH):  # counting costs 1 µs, the walk 30
-        raise EnvelopeError(f"body is not valid JSON: nested deeper than {MAX_DEPTH} levels")
-    return document
 
 
 def _deeper_than(document: Any, limit: int) -> bool:
@@ -135,9 +143,6 @@ def webhook_from_json(document: Any) -> Webhook:
     )
 
 
-_URL_STRING = re.compile(r'"https?://[^"]*"')
-
-
 def content_fingerprint(data: dict[str, Any]) -> str:
     """A digest of the webhook's data, with URLs left out.
 
@@ -146,10 +151,31 @@ def content_fingerprint(data: dict[str, Any]) -> str:
     Segment would each drop the second as a duplicate. A redelivery of the same webhook must keep its ids, and
     Aircall's recording and voicemail links are signed and short-lived, so a payload built again may carry new
     ones: URLs are not hashed.
-    Keys are sorted: the order Aircall serialises them in is not a promise.
+    Keys are sorted: the order Aircall serialises them in is not a promise. The bytes hashed are those of
+    `json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)`, made by orjson
+    where it writes the same (engine.fastjson): ids must not depend on which library wrote them.
     """
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.blake2b(_URL_STRING.sub('""', text).encode(), digest_size=12).hexdigest()
+    try:
+        text = without_urls(fastjson.dumps_sorted(data))
+    except fastjson.Unlike:
+        text = _URL_STRING.sub('""', canonical_json_stdlib(data)).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(text, digest_size=12).hexdigest()
+
+
+_URL_STRING = re.compile(r'"https?://[^"]*"')
+
+
+def canonical_json_stdlib(data: Any) -> str:
+    """The canonical JSON the digest was defined with, by the standard library."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def without_urls(text: bytes) -> bytes:
+    """Every JSON string starting http:// or https:// replaced by "" (_URL_STRING's substitution, on UTF-8 bytes)."""
+    return _URL_BYTES.sub(b'""', text)
+
+
+_URL_BYTES = re.compile(rb'"https?://[^"]*"')
 
 
 def parse_webhook(body: bytes | str) -> Webhook:

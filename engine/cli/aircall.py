@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import time
 from pathlib import Path
 
 from engine.aircall.api import AircallClient, AircallError
@@ -80,6 +81,9 @@ def _aircall_connect(args: argparse.Namespace) -> int:
     events = sorted(parse_events(args.events) if args.events is not None else settings.events)
     if not events:
         raise UsageError("no events to subscribe: AIRCALL_EVENTS (or --events) selects none")
+    if args.write_env and not Path(args.write_env).resolve().parent.is_dir():
+        # Before Aircall creates anything: a token printed but not written is a token to copy by hand.
+        raise UsageError(f"--write-env: {Path(args.write_env).parent} is not a folder; create it first")
     existing = next((w for w in client.webhooks() if w.get("url") == args.url), None)
     webhook = existing or client.create_webhook(args.url, events, args.name)
     token = webhook.get("token")
@@ -151,6 +155,8 @@ def _backfill(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if until is not None and until <= since:
         raise UsageError("--until must be after --since")
+    if until is None and since >= time.time():
+        raise UsageError(f"--since: {args.since} is in the future; nothing has happened there yet")
     names = [n.strip() for n in args.resources.split(",") if n.strip()]
     unknown = [n for n in names if n not in RESOURCES]
     if unknown or not names:

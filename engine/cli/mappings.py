@@ -49,15 +49,29 @@ def _validate(args: argparse.Namespace) -> int:
                     "samples": report.samples,
                     "messages": report.messages,
                     "findings": [f.as_dict() for f in report.findings],
+                    "notes": [f.as_dict() for f in report.notes],
+                    "timings": [
+                        {
+                            "file": str(t.path),
+                            "event": t.event,
+                            "us_per_event": round(t.microseconds, 1),
+                            "runtime": t.runtime,
+                        }
+                        for t in report.timings
+                    ],
                 },
                 indent=2,
             )
         )
     elif report.ok:
+        for note in report.notes:
+            print(note)
         print(report.summary())
     else:
         for finding in report.findings:
             print(finding)
+        for note in report.notes:
+            print(note)
         print(f"{len(report.findings)} problem(s) in {directory}", file=sys.stderr)
     return EXIT_OK if report.ok else EXIT_FINDINGS
 

@@ -51,6 +51,11 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["ENGINE_ENV_FILE"] = args.env_file
     else:
         os.environ.pop("ENGINE_ENV_FILE", None)
+    chosen = os.environ.get(metrics.MULTIPROCESS_DIR_VARIABLE)
+    if chosen and not os.path.isdir(chosen):
+        raise UsageError(
+            f"{metrics.MULTIPROCESS_DIR_VARIABLE}: {chosen!r} is not a folder; create it (empty) or unset it"
+        )
     with metrics.shared_across_workers(args.workers):
         uvicorn.run(
             "engine.server.app:create_app",

@@ -18,6 +18,7 @@ from jsonschema import ValidationError
 
 from engine.aircall.envelope import Webhook
 from engine.mapping import yamlsource
+from engine.mapping.compiler import Fallback, compile_messages, compile_value
 from engine.mapping.findings import Finding, MappingError, MappingsFolderError, caret_excerpt
 from engine.mapping.templating import (
     MappingEnvironment,
@@ -72,14 +73,22 @@ class CompiledMapping:
     fields: tuple[TemplateField, ...]
     _build: Callable[[Mapping[str, Any]], list[dict[str, Any]]]
     _env: MappingEnvironment = field(repr=False)
+    # The templates that run on Jinja's runtime (engine.pycompile does not translate them), and why.
+    on_jinja: tuple[tuple[TemplateField, Fallback], ...] = ()
+    _compile_value: Callable[[MappingEnvironment, nodes.Expr], Callable[[Mapping[str, Any]], Any]] = field(
+        default=compile_value, repr=False
+    )
+    _build_webhook: Callable[[Webhook], list[dict[str, Any]]] | None = field(default=None, repr=False)
 
     def render(self, webhook: Webhook) -> list[dict[str, Any]]:
         """The Segment messages for one webhook. Raises RenderError, never anything else."""
         try:
-            raw = self._build(webhook.template_variables())
+            raw = self._build_webhook(webhook) if self._build_webhook else self._build(webhook.template_variables())
         except Exception as exc:  # a template may raise anything its expression can (TypeError, SecurityError...)
             raise RenderError(f"{self.path.name}: {type(exc).__name__}: {exc}") from None
         try:
+            if len(raw) == 1:  # most mappings send one message: no comprehension for it
+                return [finish(raw[0], 0, webhook)]
             return [finish(spec, index, webhook) for index, spec in enumerate(raw)]
         except RenderError as exc:
             raise RenderError(f"{self.path.name}: {exc}") from None
@@ -106,7 +115,7 @@ class CompiledMapping:
             )
             for part in parts:
                 try:
-                    compile_expression(self._env, part)(variables)
+                    self._compile_value(self._env, part)(variables)
                 except Exception as exc:
                     yield template, exc, part.lineno or 1
                     break
@@ -130,16 +139,22 @@ class UnknownEvent(LookupError):
     """No mapping for this event: Aircall added an event, or the operator removed the file."""
 
 
-def load_mappings(directory: Path) -> Mappings:
-    """Load and compile every mapping in `directory`; raise MappingError listing every finding."""
-    mappings, findings = inspect_mappings(directory)
+def load_mappings(directory: Path, runtime: str = "python") -> Mappings:
+    """Load and compile every mapping in `directory`; raise MappingError listing every finding.
+
+    `runtime`: "python" (the default) compiles each mapping to one Python function (engine.pycompile); "jinja"
+    runs it on Jinja's runtime, which the compiled functions are tested against.
+    """
+    mappings, findings = inspect_mappings(directory, runtime)
     if findings:
         raise MappingError(findings)
     return mappings
 
 
-def inspect_mappings(directory: Path) -> tuple[Mappings, list[Finding]]:
+def inspect_mappings(directory: Path, runtime: str = "python") -> tuple[Mappings, list[Finding]]:
     """Compile what can be compiled, and every finding on the way."""
+    if runtime not in ("python", "jinja"):
+        raise ValueError(f"runtime must be 'python' or 'jinja', not {runtime!r}")
     directory = Path(directory)
     findings: list[Finding] = []
     sources: dict[str, SourceFile] = {}
@@ -178,7 +193,7 @@ def inspect_mappings(directory: Path) -> tuple[Mappings, list[Finding]]:
                 _at(source, ("aircall_event",), f"event {event!r} is already mapped by {compiled[event].path.name}")
             )
             continue
-        mapping = _compile(env, source, document, origins, findings)
+        mapping = _compile(env, source, document, origins, findings, runtime)
         if mapping is not None:
             compiled[event] = mapping
     unique = list(dict.fromkeys(findings))  # a base's problem shows once, not once per file extending it
@@ -344,6 +359,7 @@ def _compile(
     document: dict[str, Any],
     origins: dict[yamlsource.Path_, Origin],
     findings: list[Finding],
+    runtime: str = "python",
 ) -> CompiledMapping | None:
     specs: list[tuple[yamlsource.Path_, dict[str, Any]]] = [(("segment",), document["segment"])]
     specs += [(("also", i), spec) for i, spec in enumerate(document.get("also") or [])]
@@ -376,12 +392,24 @@ def _compile(
         message_nodes.append(dict_node(items))
     if failed:
         return None
+    if runtime == "jinja":
+        return CompiledMapping(
+            event=document["aircall_event"],
+            path=source.path,
+            fields=tuple(fields),
+            _build=compile_expression(env, nodes.List(message_nodes)),
+            _env=env,
+            _compile_value=compile_expression,
+        )
+    program = compile_messages(env, nodes.List(message_nodes), [f.node for f in fields])
     return CompiledMapping(
         event=document["aircall_event"],
         path=source.path,
         fields=tuple(fields),
-        _build=compile_expression(env, nodes.List(message_nodes)),
+        _build=program.function,
         _env=env,
+        on_jinja=tuple((fields[f.index], f) for f in program.fallbacks if f.index >= 0),
+        _build_webhook=program.of_webhook,
     )
 
 

@@ -2,12 +2,15 @@
 
 Beyond loading (schema, YAML, Jinja syntax, names, extends), every mapping is rendered against each sample
 webhook for its event and against webhooks stripped of their optional fields, and every message it makes is
-checked against Segment's message schema and size limit.
+checked against Segment's message schema and size limit. Each mapping's time per event is measured on those
+webhooks (rendering, finishing and encoding its messages: what the server pays for it, the digest of the data
+aside), and the templates that run on Jinja's runtime rather than compiled to Python are noted.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +24,18 @@ from engine.mapping.load import CompiledMapping, field_finding, inspect_mappings
 from engine.schemas import segment_message_validator
 from engine.segment.message import RenderError
 
+SLOW_MICROSECONDS = 1000  # a mapping slower than this per event gets a note of its own: 20x the shipped ones
+
+
+@dataclass
+class Timing:
+    """What one mapping costs per event, measured on its sample webhooks (or sparse ones, without samples)."""
+
+    path: Path
+    event: str
+    microseconds: float
+    runtime: str  # "python", or "python+jinja" when some templates run on Jinja's runtime
+
 
 @dataclass
 class Report:
@@ -29,16 +44,25 @@ class Report:
     mappings: int = 0
     samples: int = 0
     messages: int = 0
+    timings: list[Timing] = field(default_factory=list)
+    notes: list[Finding] = field(default_factory=list)  # not problems: templates on Jinja, slow mappings
 
     @property
     def ok(self) -> bool:
         return not self.findings
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{self.directory}: {self.mappings} mappings valid; {self.messages} messages rendered "
             f"from {self.samples} sample webhooks and sparse payloads, all valid for Segment"
         )
+        if self.timings:
+            slowest = max(self.timings, key=lambda t: t.microseconds)
+            average = sum(t.microseconds for t in self.timings) / len(self.timings)
+            text += (
+                f"; {average:.0f} µs per event on average, slowest {slowest.path.name} at {slowest.microseconds:.0f} µs"
+            )
+        return text
 
 
 def validate(directory: Path, events: Iterable[str], fixtures: Path | None = None) -> Report:
@@ -54,16 +78,63 @@ def validate(directory: Path, events: Iterable[str], fixtures: Path | None = Non
                 f"no mapping for enabled event {event!r} (AIRCALL_EVENTS): add the file or disable the event",
             )
         )
+    timed: dict[str, list[Webhook]] = {}
     for path, webhook in _samples(fixtures, report):
         mapping = mappings.get(webhook.event)
         if mapping is not None:
             report.samples += 1
             _check_render(mapping, webhook, f"sample {path.name}", report)
+            timed.setdefault(webhook.event, []).append(webhook)
     for mapping in mappings.by_event.values():
         for label, webhook in _sparse_webhooks(mapping.event):
             _check_render(mapping, webhook, label, report)
+        _note_jinja(mapping, report)
+        webhooks = timed.get(mapping.event) or [w for _, w in _sparse_webhooks(mapping.event)]
+        _time(mapping, webhooks, report)
     report.findings = list(dict.fromkeys(report.findings))
     return report
+
+
+def _note_jinja(mapping: CompiledMapping, report: Report) -> None:
+    for template, fallback in mapping.on_jinja:
+        report.notes.append(
+            field_finding(
+                template.origin,
+                f"note: runs on Jinja's runtime, not compiled to Python ({fallback.reason}); it renders the same, "
+                "more slowly",
+                fallback.lineno,
+            )
+        )
+
+
+def _time(mapping: CompiledMapping, webhooks: list[Webhook], report: Report, budget: float = 0.003) -> None:
+    """The mapping's time per event: the best of three rounds over its webhooks, within about `budget` seconds."""
+    try:
+        for webhook in webhooks:
+            mapping.render_json(webhook)  # warm, and the digest of the data computed once, outside the timing
+    except RenderError:
+        return  # reported above
+    best = float("inf")
+    for _ in range(3):
+        count, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < budget / 3 or count == 0:
+            for webhook in webhooks:
+                mapping.render_json(webhook)
+            count += len(webhooks)
+        best = min(best, elapsed / count)
+    microseconds = best * 1e6
+    runtime = "python+jinja" if mapping.on_jinja else "python"
+    report.timings.append(Timing(mapping.path, mapping.event, microseconds, runtime))
+    if microseconds > SLOW_MICROSECONDS:
+        report.notes.append(
+            Finding(
+                mapping.path,
+                1,
+                1,
+                f"note: {microseconds:,.0f} µs per event: a slow mapping (the shipped ones take under 50); "
+                "the server maps fewer webhooks a second",
+            )
+        )
 
 
 def _samples(fixtures: Path | None, report: Report) -> Iterable[tuple[Path, Webhook]]:

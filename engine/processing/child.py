@@ -16,13 +16,16 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import pickle
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
-from engine.config import ConfigError, load_settings
+from engine.config import Settings
 from engine.mapping.findings import MappingError
 from engine.server import logs
 
@@ -35,9 +38,13 @@ RESTART_SECONDS = 1.0  # after a child died on its own
 class ProcessingProcess:
     """The server's handle on its processing child."""
 
-    def __init__(self, env_file: str | None, on_report: Callable[[int, int, int], None]) -> None:
-        """`on_report(mapped, dead, new_messages)` runs on the event loop after each batch the child commits."""
-        self._env_file = env_file
+    def __init__(
+        self, settings: Settings, mappings: dict[str, bytes], on_report: Callable[[int, int, int], None]
+    ) -> None:
+        """`settings` and `mappings` (the mapping files' names and bytes) are what the server checked at start-up:
+        the child maps with exactly those, whatever the environment, .env or mappings folder say by the time it
+        starts or restarts. `on_report(mapped, dead, new_messages)` runs on the event loop after each batch."""
+        self._handoff = pickle.dumps((settings, mappings))
         self._on_report = on_report
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -49,10 +56,12 @@ class ProcessingProcess:
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
         args = [sys.executable, "-m", "engine.processing.child", "--fd", str(theirs.fileno())]
-        if self._env_file:
-            args += ["--env-file", self._env_file]
-        self._proc = subprocess.Popen(args, pass_fds=[theirs.fileno()])
+        self._proc = subprocess.Popen(args, pass_fds=[theirs.fileno()], stdin=subprocess.PIPE)
         theirs.close()
+        assert self._proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # it died at once: the end-of-file below restarts it
+            self._proc.stdin.write(self._handoff)
+        self._proc.stdin.close()
         self._sock = ours
         asyncio.get_running_loop().add_reader(ours.fileno(), self._read)
 
@@ -152,26 +161,28 @@ class SocketChannel:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine.mapping.load import load_mappings
     from engine.outbox import open_outbox
     from engine.processing.worker import ProcessingPolicy, work
-    from engine.server.runtime import load_server_mappings
 
     parser = argparse.ArgumentParser(prog="engine-processing")
     parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--env-file")
     args = parser.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
     # The server decides when to stop (end-of-file): a Ctrl-C or SIGTERM sent to the whole process group
     # must not cut a batch short here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The settings and mapping files the server checked, from the server itself (see ProcessingProcess).
+    settings, files = pickle.loads(sys.stdin.buffer.read())
+    logs.configure(settings.log_format, settings.log_level)
     try:
-        settings = load_settings(args.env_file or ".env")
-        logs.configure(settings.log_format, settings.log_level)
-        mappings = load_server_mappings(settings)
+        with tempfile.TemporaryDirectory(prefix="engine-mappings-") as folder:
+            for name, content in files.items():
+                (Path(folder) / name).write_bytes(content)
+            mappings = load_mappings(Path(folder))
         outbox = open_outbox(settings.db)
-    except (ConfigError, MappingError, OSError, ValueError) as exc:  # the server checked all this before us
-        logs.configure()
+    except (MappingError, OSError, ValueError) as exc:  # the server loaded the same before us: an outbox gone?
         log.error("processing cannot start: %s", exc)
         return 2
     try:

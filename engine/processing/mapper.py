@@ -6,10 +6,14 @@ replay of dead letters all call it, so a webhook maps the same whichever way it 
 
 from __future__ import annotations
 
+import logging
+
 from engine.aircall.envelope import EnvelopeError, Webhook, parse_json, webhook_from_json
 from engine.mapping.load import Mappings
 from engine.outbox import NewMessage, PendingWebhook, Processed, StoredWebhook
 from engine.segment.message import RenderError
+
+log = logging.getLogger("engine.processing")
 
 
 def process(webhook: Webhook, stored: StoredWebhook, mappings: Mappings, row_id: int | None = None) -> Processed:
@@ -23,6 +27,11 @@ def process(webhook: Webhook, stored: StoredWebhook, mappings: Mappings, row_id:
         encoded = mapping.render_json(webhook)
     except RenderError as exc:
         return Processed(stored, dead_reason=str(exc), id=row_id)
+    except Exception as exc:
+        # Whatever else one webhook's data makes fail (text no encoder can write, say) makes it a dead letter
+        # too: raised, it would fail its whole batch again and again, and hold up every webhook behind it.
+        log.exception("mapping %s failed unexpectedly on a webhook; kept as a dead letter", webhook.event)
+        return Processed(stored, dead_reason=f"{mapping.path.name}: {type(exc).__name__}: {exc}", id=row_id)
     messages = [NewMessage(message_id, webhook.event, body) for message_id, body in encoded]
     return Processed(stored, messages, id=row_id)
 

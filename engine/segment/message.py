@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 from jinja2.runtime import Undefined
 
-from engine import LIBRARY_NAME, __version__
+from engine import LIBRARY_NAME, __version__, fastjson
 from engine.aircall.envelope import Webhook, content_fingerprint
 from engine.mapping.templating import iso8601, stable_id, uuid5
 
@@ -30,7 +30,7 @@ def message_id(webhook: Webhook, index: int | str) -> str:
     An object without an id falls back to its content.
     """
     object_id = webhook.data.get("id")
-    if object_id is None or isinstance(object_id, dict | list):
+    if object_id is None or isinstance(object_id, (dict, list)):  # a tuple: quicker than dict | list
         object_id = "content:" + (webhook.fingerprint or content_fingerprint(webhook.data))
     key = f"{webhook.event}\x1f{object_id}\x1f{webhook.timestamp}\x1f{webhook.fingerprint}\x1f{index}"
     return uuid5(_MESSAGE_ID_NAMESPACE, key)
@@ -97,16 +97,33 @@ def encode(message: dict[str, Any]) -> bytes:
     """The message as Segment receives it: compact UTF-8 JSON, at most 32 KB. Raises RenderError.
 
     Encoding is where a template's result is checked: whatever JSON cannot carry (NaN, an object that is not
-    data, a value the sandbox refused) fails here, once, on the encoding every message needs anyway.
+    data, a value the sandbox refused) fails here, once, on the encoding every message needs anyway. The bytes
+    are the standard library's (`encode_stdlib`), written by orjson where it writes the same (engine.fastjson).
     """
     try:
-        body = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_jsonable)
-    except ValueError as exc:  # NaN or Infinity, refused by allow_nan=False
-        raise RenderError(f"{message.get('type', 'message')}: {exc}") from None
-    encoded = body.encode()
+        encoded = fastjson.dumps(message)
+    except fastjson.Unlike:
+        encoded = encode_stdlib(message)
     if len(encoded) > MAX_MESSAGE_BYTES:
         raise RenderError(f"message is {len(encoded)} bytes; Segment's limit is {MAX_MESSAGE_BYTES}")
     return encoded
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=lambda v: _jsonable(v))
+
+
+def encode_stdlib(message: dict[str, Any]) -> bytes:
+    """What a message's bytes are defined as: the standard library's compact JSON. Raises RenderError."""
+    try:
+        body = _ENCODER.encode(message)
+    except ValueError as exc:  # NaN or Infinity, refused by allow_nan=False
+        raise RenderError(f"{message.get('type', 'message')}: {exc}") from None
+    try:
+        return body.encode()
+    except UnicodeEncodeError:  # a lone surrogate: valid as a JSON escape, not as text Segment can store
+        raise RenderError(
+            f"{message.get('type', 'message')}: text that is not valid Unicode (an unpaired surrogate)"
+        ) from None
 
 
 def _jsonable(value: Any) -> Any:

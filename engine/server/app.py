@@ -103,7 +103,7 @@ def create_app(env_file: str | None = None) -> Starlette:
         try:
             settings = load_settings(named or ".env", required=named is not None)
             logs.configure(settings.log_format, settings.log_level)
-            runtime = build_runtime(settings, env_file)
+            runtime = build_runtime(settings)
         except (ConfigError, MappingError) as exc:
             logs.configure()
             log.error("cannot start: %s", exc)

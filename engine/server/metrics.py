@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from engine.segment.client import Answer
 
 MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own name for it
 
+_PROMETHEUS_FILE = re.compile(r"(counter|gauge_\w+|histogram|summary)_\d+\.db")
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -129,8 +131,13 @@ def shared_across_workers(workers: int) -> Iterator[None]:
     as prometheus-client requires, so that a restart does not add the last run's counts again."""
     chosen = os.environ.get(MULTIPROCESS_DIR_VARIABLE)
     if chosen:
+        if not Path(chosen).is_dir():
+            raise ValueError(f"{MULTIPROCESS_DIR_VARIABLE}: {chosen!r} is not a folder; create it (empty) or unset it")
+        # Only prometheus-client's own files (counter_1234.db...): the folder may hold anything else, even an
+        # outbox named *.db.
         for stale in Path(chosen).glob("*.db"):
-            stale.unlink()
+            if _PROMETHEUS_FILE.fullmatch(stale.name):
+                stale.unlink()
         yield
     elif workers > 1:
         made = tempfile.mkdtemp(prefix="engine-metrics-")

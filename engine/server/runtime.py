@@ -12,7 +12,7 @@ from engine.aircall.events import ALL_EVENTS
 from engine.aircall.selection import Selection
 from engine.config import ConfigError, Settings
 from engine.mapping.findings import MappingsFolderError
-from engine.mapping.load import Mappings, load_mappings
+from engine.mapping.load import Mappings, load_mappings, mapping_files
 from engine.outbox import Outbox, OutboxStats, describe_db, open_outbox
 from engine.outbox.committer import Committer
 from engine.processing.child import ProcessingProcess
@@ -86,9 +86,12 @@ def load_server_mappings(settings: Settings) -> Mappings:
     return mappings
 
 
-def build_runtime(settings: Settings, env_file: str | None = None) -> Runtime:
+def build_runtime(settings: Settings) -> Runtime:
     """Load and check everything; raise ConfigError or MappingError with a message naming what is wrong."""
     mappings = load_server_mappings(settings)
+    # The files as they were loaded: the processing process maps with these very files, whatever is edited on
+    # disk while the server runs (an edit takes effect at the next restart, as for the server).
+    files = {path.name: path.read_bytes() for path in mapping_files(settings.mappings_dir)}
     outbox = _open(settings.db)
     metrics = Metrics()
     committer = Committer(outbox, on_commit=metrics.committed)
@@ -115,7 +118,7 @@ def build_runtime(settings: Settings, env_file: str | None = None) -> Runtime:
         if new_messages:
             delivery.wake()
 
-    processor = ProcessingProcess(env_file, on_report=processed)
+    processor = ProcessingProcess(settings, files, on_report=processed)
     return Runtime(
         settings=settings,
         mappings=mappings,
