@@ -194,6 +194,52 @@ def _rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 3)
 
 
+# -- console reads: what the web console (engine.console) shows. Read-only, indexed, bounded by a limit. -------
+
+
+@dataclass(frozen=True)
+class WebhookSummary:
+    """A stored webhook without its body: one row of the console's recent webhooks."""
+
+    id: int
+    key: str
+    event: str
+    received_at: float
+    processed_at: float | None  # None while it waits to be mapped
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message as the outbox keeps it: `body` is exactly what is (or was) sent to Segment."""
+
+    id: int
+    message_id: str
+    event: str
+    body: bytes
+    created_at: float
+    attempts: int
+    last_error: str | None
+    delivered_at: float | None
+
+
+@dataclass(frozen=True)
+class Activity:
+    """Per-minute counts, oldest minute first: minute i covers [start + 60 i, start + 60 (i + 1))."""
+
+    start: float
+    received: list[int]  # webhooks stored by the gateway (or the backfill, or a replay)
+    processed: list[int]  # webhooks mapped: to messages or to a dead letter
+    delivered: list[int]  # messages Segment acknowledged
+
+
+# Rows are inserted in time order, so a time set at insert grows with the id, give or take the moments two
+# processes commit in. Reads that look for "since T" bisect the primary key for T minus this, then filter on
+# the time exactly: an index on each time column would cost every webhook's commit.
+CONSOLE_SLACK_SECONDS = 300.0
+
+# -- end of console reads ---------------------------------------------------------------------------------------
+
+
 class Outbox(Protocol):
     """What delivery, the webhook endpoint and the CLI need of a store."""
 
@@ -223,6 +269,44 @@ class Outbox(Protocol):
     ) -> None: ...
     def backfill_finished(self, resource: str, since: int, until: int) -> None: ...
     def close(self) -> None: ...
+
+    # -- console reads (engine.console): each bounded by a limit or a time window, each served by an index --
+    def recent_webhooks(self, limit: int, before: int | None = None) -> list[WebhookSummary]:
+        """The newest stored webhooks (ids below `before`), newest first."""
+        ...
+
+    def webhook_body(self, webhook_id: int) -> tuple[WebhookSummary, bytes] | None:
+        """One stored webhook and its body (the envelope without its token)."""
+        ...
+
+    def webhook_ids(self, keys: Sequence[str]) -> dict[str, int]:
+        """The row id of each stored webhook key that is still there."""
+        ...
+
+    def message_counts(
+        self, keys: Sequence[str], since: float, scan_limit: int
+    ) -> tuple[dict[str, tuple[int, int]], bool]:
+        """(messages, delivered) of each webhook key, among messages created since `since` (a webhook's messages
+        are created when it is mapped, after it was received); False when more than `scan_limit` messages were
+        created since, and only the newest `scan_limit` were counted."""
+        ...
+
+    def messages_of(self, key: str, moments: Sequence[float], slack: float) -> list[StoredMessage]:
+        """The messages of one webhook created within `slack` seconds of these moments (its mapping, its
+        replays), oldest first."""
+        ...
+
+    def activity(self, start: float, minutes: int) -> Activity:
+        """Webhooks received and processed, messages delivered, per minute from `start`."""
+        ...
+
+    def recent_dead_letters(self, limit: int, before: int | None = None) -> list[DeadLetter]:
+        """Dead letters not replayed (ids below `before`), newest first."""
+        ...
+
+    def dead_letters_since(self, since: float, limit: int) -> list[DeadLetter]:
+        """Dead letters created since `since`, replayed ones too, oldest first."""
+        ...
 
 
 def sqlite_path(setting: str) -> Path:
@@ -720,6 +804,155 @@ class SqliteOutbox:
     def message_bodies(self) -> list[bytes]:
         """Every message body, delivered or not (tests and inspection)."""
         return [row[0] for row in self.conn.execute("SELECT body FROM messages ORDER BY id")]
+
+    # -- console reads ---------------------------------------------------------------------------------------
+    # For the web console (engine.console), on a connection of its own (read_only=True): one snapshot each, no
+    # lock the committer waits on. Every query goes through the primary key, a unique key or the partial index
+    # on delivered messages (tests/test_console_reads.py checks the query plans).
+
+    def _snapshot(self, work):  # type: ignore[no-untyped-def]
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            return work(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    def recent_webhooks(self, limit: int, before: int | None = None) -> list[WebhookSummary]:
+        rows = self.conn.execute(
+            f"SELECT {_SUMMARY_COLUMNS} FROM webhooks WHERE id < ? ORDER BY id DESC LIMIT ?",
+            (before if before is not None else _NO_ID, limit),
+        )
+        return [WebhookSummary(*row) for row in rows]
+
+    def webhook_body(self, webhook_id: int) -> tuple[WebhookSummary, bytes] | None:
+        row = self.conn.execute(f"SELECT {_SUMMARY_COLUMNS}, body FROM webhooks WHERE id = ?", (webhook_id,)).fetchone()
+        return None if row is None else (WebhookSummary(*row[:5]), bytes(row[5]))
+
+    def webhook_ids(self, keys: Sequence[str]) -> dict[str, int]:
+        if not keys:
+            return {}
+        marks = ",".join("?" * len(keys))
+        return dict(self.conn.execute(f"SELECT key, id FROM webhooks WHERE key IN ({marks})", list(keys)))
+
+    def message_counts(
+        self, keys: Sequence[str], since: float, scan_limit: int
+    ) -> tuple[dict[str, tuple[int, int]], bool]:
+        if not keys:
+            return {}, True
+
+        def work(conn: sqlite3.Connection) -> tuple[dict[str, tuple[int, int]], bool]:
+            first = _first_id(conn, "messages", "created_at", since - CONSOLE_SLACK_SECONDS)
+            last = conn.execute("SELECT MAX(id) FROM messages").fetchone()[0] or 0
+            complete = last - first < scan_limit
+            marks = ",".join("?" * len(keys))
+            rows = conn.execute(
+                f"SELECT webhook_key, COUNT(*), COUNT(delivered_at) FROM messages WHERE id >= ? "
+                f"AND webhook_key IN ({marks}) "
+                "GROUP BY webhook_key",
+                (first if complete else last - scan_limit + 1, *keys),
+            )
+            return {key: (count, delivered) for key, count, delivered in rows}, complete
+
+        return self._snapshot(work)
+
+    def messages_of(self, key: str, moments: Sequence[float], slack: float) -> list[StoredMessage]:
+        def work(conn: sqlite3.Connection) -> list[StoredMessage]:
+            found: dict[int, StoredMessage] = {}
+            for moment in moments:
+                low = _first_id(conn, "messages", "created_at", moment - slack)
+                high = _first_id(conn, "messages", "created_at", moment + slack, strictly_after=True)
+                rows = conn.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id >= ? AND id < ? AND webhook_key = ?",
+                    (low, high, key),
+                )
+                found.update((row[0], StoredMessage(*row)) for row in rows)
+            return [found[i] for i in sorted(found)]
+
+        return self._snapshot(work)
+
+    def activity(self, start: float, minutes: int) -> Activity:
+        def per_minute(rows: Iterable[tuple[int, int]]) -> list[int]:
+            counts = [0] * minutes
+            for minute, count in rows:
+                if 0 <= minute < minutes:
+                    counts[minute] = count
+            return counts
+
+        def work(conn: sqlite3.Connection) -> Activity:
+            early = start - CONSOLE_SLACK_SECONDS
+            received = conn.execute(
+                "SELECT CAST((received_at - ?) / 60 AS INTEGER) AS minute, COUNT(*) FROM webhooks "
+                "WHERE id >= ? AND received_at >= ? GROUP BY minute",
+                (start, _first_id(conn, "webhooks", "received_at", early), start),
+            )
+            processed = conn.execute(
+                "SELECT CAST((processed_at - ?) / 60 AS INTEGER) AS minute, COUNT(*) FROM webhooks "
+                "WHERE id >= ? AND processed_at >= ? GROUP BY minute",
+                (start, _first_id(conn, "webhooks", "processed_at", early), start),
+            )
+            delivered = conn.execute(
+                "SELECT CAST((delivered_at - ?) / 60 AS INTEGER) AS minute, COUNT(*) FROM messages "
+                "WHERE delivered_at >= ? GROUP BY minute",
+                (start, start),
+            )
+            return Activity(start, per_minute(received), per_minute(processed), per_minute(delivered))
+
+        return self._snapshot(work)
+
+    def recent_dead_letters(self, limit: int, before: int | None = None) -> list[DeadLetter]:
+        rows = self.conn.execute(
+            f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id < ? AND replayed_at IS NULL "
+            "ORDER BY id DESC LIMIT ?",
+            (before if before is not None else _NO_ID, limit),
+        )
+        return [DeadLetter(*row) for row in rows]
+
+    def dead_letters_since(self, since: float, limit: int) -> list[DeadLetter]:
+        def work(conn: sqlite3.Connection) -> list[DeadLetter]:
+            first = _first_id(conn, "dead_letters", "created_at", since - CONSOLE_SLACK_SECONDS)
+            rows = conn.execute(
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id >= ? AND created_at >= ? ORDER BY id LIMIT ?",
+                (first, since, limit),
+            )
+            return [DeadLetter(*row) for row in rows]
+
+        return self._snapshot(work)
+
+    # -- end of console reads ------------------------------------------------------------------------------
+
+
+# -- console reads: helpers ------------------------------------------------------------------------------------
+
+_SUMMARY_COLUMNS = "id, key, event, received_at, processed_at"  # WebhookSummary
+_MESSAGE_COLUMNS = "id, message_id, event, body, created_at, attempts, last_error, delivered_at"  # StoredMessage
+_NO_ID = 2**63 - 1  # above every id: "before" nothing
+
+
+def _first_id(conn: sqlite3.Connection, table: str, column: str, at: float, strictly_after: bool = False) -> int:
+    """The smallest id from which `column` (a time set at insert, so growing with the id) is at least `at` (more
+    than `at` with `strictly_after`), by bisection of the primary key: a few dozen lookups, whatever the table's
+    size. A null counts as later than any time (a webhook not mapped yet: mapping goes in id order). MAX(id) + 1
+    when no row is that late."""
+    # Two statements: SQLite reads MIN and MAX of the primary key in one step each, but both at once by a scan.
+    low = conn.execute(f"SELECT MIN(id) FROM {table}").fetchone()[0]
+    high = conn.execute(f"SELECT MAX(id) FROM {table}").fetchone()[0]
+    if high is None:
+        return 0
+    high += 1
+    while low < high:
+        middle = (low + high) // 2
+        row_id, value = conn.execute(
+            f"SELECT id, {column} FROM {table} WHERE id >= ? ORDER BY id LIMIT 1", (middle,)
+        ).fetchone()
+        if value is None or value > at or (value == at and not strictly_after):
+            high = middle
+        else:
+            low = row_id + 1
+    return low
+
+
+# -- end of console reads: helpers ------------------------------------------------------------------------------
 
 
 def _use_wal(conn: sqlite3.Connection, patience: float = 3.0) -> None:
