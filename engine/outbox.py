@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -230,12 +231,18 @@ class Activity:
     received: list[int]  # webhooks stored by the gateway (or the backfill, or a replay)
     processed: list[int]  # webhooks mapped: to messages or to a dead letter
     delivered: list[int]  # messages Segment acknowledged
+    estimated: bool = False  # received and processed counted from id ranges (see ACTIVITY_EXACT_ROWS)
 
 
 # Rows are inserted in time order, so a time set at insert grows with the id, give or take the moments two
 # processes commit in. Reads that look for "since T" bisect the primary key for T minus this, then filter on
 # the time exactly: an index on each time column would cost every webhook's commit.
 CONSOLE_SLACK_SECONDS = 300.0
+# Up to this many webhooks in the window, they are counted row by row. Past it (a busy hour: reading each row
+# would take seconds), each minute's count is the difference of the ids that begin it and the next: exact while
+# ids have no gaps (SQLite's, within the hour), an upper bound otherwise (PostgreSQL's sequence skips a value
+# for each duplicate); the console then says "about".
+ACTIVITY_EXACT_ROWS = 20_000
 
 # -- end of console reads ---------------------------------------------------------------------------------------
 
@@ -872,31 +879,18 @@ class SqliteOutbox:
         return self._snapshot(work)
 
     def activity(self, start: float, minutes: int) -> Activity:
-        def per_minute(rows: Iterable[tuple[int, int]]) -> list[int]:
-            counts = [0] * minutes
-            for minute, count in rows:
-                if 0 <= minute < minutes:
-                    counts[minute] = count
-            return counts
+        edges = [start + 60 * m for m in range(minutes + 1)]
 
         def work(conn: sqlite3.Connection) -> Activity:
-            early = start - CONSOLE_SLACK_SECONDS
-            received = conn.execute(
-                "SELECT CAST((received_at - ?) / 60 AS INTEGER) AS minute, COUNT(*) FROM webhooks "
-                "WHERE id >= ? AND received_at >= ? GROUP BY minute",
-                (start, _first_id(conn, "webhooks", "received_at", early), start),
-            )
-            processed = conn.execute(
-                "SELECT CAST((processed_at - ?) / 60 AS INTEGER) AS minute, COUNT(*) FROM webhooks "
-                "WHERE id >= ? AND processed_at >= ? GROUP BY minute",
-                (start, _first_id(conn, "webhooks", "processed_at", early), start),
-            )
-            delivered = conn.execute(
-                "SELECT CAST((delivered_at - ?) / 60 AS INTEGER) AS minute, COUNT(*) FROM messages "
-                "WHERE delivered_at >= ? GROUP BY minute",
-                (start, start),
-            )
-            return Activity(start, per_minute(received), per_minute(processed), per_minute(delivered))
+            received, exact_received = _per_minute(conn, "received_at", edges)
+            processed, exact_processed = _per_minute(conn, "processed_at", edges)
+            delivered = [  # range counts on the partial index of delivered messages
+                conn.execute(
+                    "SELECT COUNT(*) FROM messages WHERE delivered_at >= ? AND delivered_at < ?", (low, high)
+                ).fetchone()[0]
+                for low, high in itertools.pairwise(edges)
+            ]
+            return Activity(start, received, processed, delivered, not (exact_received and exact_processed))
 
         return self._snapshot(work)
 
@@ -950,6 +944,26 @@ def _first_id(conn: sqlite3.Connection, table: str, column: str, at: float, stri
         else:
             low = row_id + 1
     return low
+
+
+def _per_minute(conn: sqlite3.Connection, column: str, edges: list[float]) -> tuple[list[int], bool]:
+    """Webhooks per minute by `column` between consecutive `edges`; whether counted exactly (not estimated)."""
+    minutes = len(edges) - 1
+    first = _first_id(conn, "webhooks", column, edges[0] - CONSOLE_SLACK_SECONDS)
+    last = conn.execute("SELECT MAX(id) FROM webhooks").fetchone()[0] or 0
+    if last - first < ACTIVITY_EXACT_ROWS:
+        counts = [0] * minutes
+        rows = conn.execute(
+            f"SELECT CAST(({column} - ?) / 60 AS INTEGER) AS minute, COUNT(*) FROM webhooks "
+            f"WHERE id >= ? AND {column} >= ? GROUP BY minute",
+            (edges[0], first, edges[0]),
+        )
+        for minute, count in rows:
+            if 0 <= minute < minutes:
+                counts[minute] = count
+        return counts, True
+    bounds = [_first_id(conn, "webhooks", column, edge) for edge in edges]
+    return [max(high - low, 0) for low, high in itertools.pairwise(bounds)], False
 
 
 # -- end of console reads: helpers ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ Same interface and behaviour as the SQLite outbox. What differs is what several 
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from engine.outbox import (
+    ACTIVITY_EXACT_ROWS,
     CONSOLE_SLACK_SECONDS,
     DEAD_LETTER_COLUMNS,
     Activity,
@@ -511,31 +513,18 @@ class PostgresOutbox:
         return self._write(work)
 
     def activity(self, start: float, minutes: int) -> Activity:
-        def per_minute(rows: Iterable[tuple[int, int]]) -> list[int]:
-            counts = [0] * minutes
-            for minute, count in rows:
-                if 0 <= minute < minutes:
-                    counts[minute] = count
-            return counts
+        edges = [start + 60 * m for m in range(minutes + 1)]
 
         def work(conn: psycopg.Connection) -> Activity:
-            early = start - CONSOLE_SLACK_SECONDS
-            received = conn.execute(
-                "SELECT floor((received_at - %s) / 60)::int AS minute, COUNT(*) FROM webhooks "
-                "WHERE id >= %s AND received_at >= %s GROUP BY minute",
-                (start, _first_id(conn, "webhooks", "received_at", early), start),
-            ).fetchall()
-            processed = conn.execute(
-                "SELECT floor((processed_at - %s) / 60)::int AS minute, COUNT(*) FROM webhooks "
-                "WHERE id >= %s AND processed_at >= %s GROUP BY minute",
-                (start, _first_id(conn, "webhooks", "processed_at", early), start),
-            ).fetchall()
-            delivered = conn.execute(
-                "SELECT floor((delivered_at - %s) / 60)::int AS minute, COUNT(*) FROM messages "
-                "WHERE delivered_at >= %s GROUP BY minute",
-                (start, start),
-            ).fetchall()
-            return Activity(start, per_minute(received), per_minute(processed), per_minute(delivered))
+            received, exact_received = _per_minute(conn, "received_at", edges)
+            processed, exact_processed = _per_minute(conn, "processed_at", edges)
+            delivered = [
+                conn.execute(
+                    "SELECT COUNT(*) FROM messages WHERE delivered_at >= %s AND delivered_at < %s", (low, high)
+                ).fetchone()[0]
+                for low, high in itertools.pairwise(edges)
+            ]
+            return Activity(start, received, processed, delivered, not (exact_received and exact_processed))
 
         return self._write(work)
 
@@ -629,6 +618,26 @@ def _first_id(conn: psycopg.Connection, table: str, column: str, at: float, stri
         else:
             low = row_id + 1
     return low
+
+
+def _per_minute(conn: psycopg.Connection, column: str, edges: list[float]) -> tuple[list[int], bool]:
+    """As engine.outbox._per_minute."""
+    minutes = len(edges) - 1
+    first = _first_id(conn, "webhooks", column, edges[0] - CONSOLE_SLACK_SECONDS)
+    last = conn.execute("SELECT MAX(id) FROM webhooks").fetchone()[0] or 0
+    if last - first < ACTIVITY_EXACT_ROWS:
+        counts = [0] * minutes
+        rows = conn.execute(
+            f"SELECT floor(({column} - %s) / 60)::int AS minute, COUNT(*) FROM webhooks "
+            f"WHERE id >= %s AND {column} >= %s GROUP BY minute",
+            (edges[0], first, edges[0]),
+        ).fetchall()
+        for minute, count in rows:
+            if 0 <= minute < minutes:
+                counts[minute] = count
+        return counts, True
+    bounds = [_first_id(conn, "webhooks", column, edge) for edge in edges]
+    return [max(high - low, 0) for low, high in itertools.pairwise(bounds)], False
 
 
 # -- end of console reads: helpers ------------------------------------------------------------------------------

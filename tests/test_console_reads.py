@@ -131,6 +131,24 @@ def test_bisection_finds_the_first_row_of_a_time_window_among_gaps(tmp_path):
     outbox.close()
 
 
+def test_a_busy_hour_is_counted_from_id_ranges_with_the_same_figures(tmp_path, monkeypatch):
+    import engine.outbox
+
+    outbox = SqliteOutbox(tmp_path / "outbox.sqlite3")
+    start = 1_000_000.0
+    outbox.conn.executemany(
+        "INSERT INTO webhooks (id, key, event, received_at, body, processed_at) VALUES (?, ?, 'call.ended', ?, x'', ?)",
+        [(i, f"k{i}", start + i * 1.7, start + i * 1.7 + 30) for i in range(1, 2001)],
+    )
+    exact = outbox.activity(start, 60)
+    monkeypatch.setattr(engine.outbox, "ACTIVITY_EXACT_ROWS", 100)
+    estimated = outbox.activity(start, 60)
+    assert not exact.estimated and estimated.estimated
+    assert (estimated.received, estimated.processed) == (exact.received, exact.processed)
+    assert sum(exact.received) == sum(exact.processed) == 2000 and exact.processed[0] == 17  # mapped 30 s later
+    outbox.close()
+
+
 def traced_plans(outbox: SqliteOutbox, read) -> list[str]:  # type: ignore[no-untyped-def]
     statements: list[str] = []
     outbox.conn.set_trace_callback(statements.append)

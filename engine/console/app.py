@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +38,7 @@ from engine.validate import find_fixtures
 
 log = logging.getLogger("engine.console")
 
+BADGE_SECONDS = 30.0  # how old the navigation's dead-letter count may be
 WRONG_TOKEN_DELAY = 1.0  # seconds before a wrong token is answered: guessing costs time
 MAX_FORM_BYTES = 512 * 1024
 MAX_API_BYTES = 2 * 1024 * 1024
@@ -117,6 +119,7 @@ class Console:
         self._gate: Gate | None = None
         self._reads: queries.Reads | None = None
         self._warming: asyncio.Task[None] | None = None
+        self._badge: tuple[float, int | None] = (-BADGE_SECONDS, None)  # (when read, dead letters)
         self._router = Router(
             routes=[
                 Route("/", self.status, methods=["GET"]),
@@ -229,7 +232,9 @@ class Console:
         return self.pages.render(request, "status_panel.html", {"status": status})
 
     async def _status(self, request: Request) -> queries.Status:
-        return await queries.status(request.state.runtime, self.reads)
+        status = await queries.status(request.state.runtime, self.reads)
+        self._badge = (time.monotonic(), status.stats.dead_letters)
+        return status
 
     # -- webhooks --------------------------------------------------------------------------------------------
 
@@ -293,6 +298,7 @@ class Console:
         return self._after(request, session, text)
 
     def _after(self, request: Request, session: Session, flash: str) -> Response:
+        self._badge = (-BADGE_SECONDS, None)  # the count changed: read it again
         response = RedirectResponse(f"{_base(request)}/dead-letters", status_code=303)
         self.gate.keep(response, request, replace(session, flash=flash[:1000]))
         return response
@@ -369,6 +375,18 @@ class Console:
             headers={"content-disposition": f'attachment; filename="{name}"'.encode("ascii", "replace").decode()},
         )
 
+    async def _dead_count(self, request: Request) -> int | None:
+        """The navigation's dead-letter count: the outbox's counts cost what /healthz costs (tens of milliseconds
+        with a million messages), so every page but the status reuses them for BADGE_SECONDS."""
+        checked, count = self._badge
+        if time.monotonic() - checked > BADGE_SECONDS:
+            try:
+                count = (await request.state.runtime.stats()).dead_letters
+            except Exception:
+                count = None
+            self._badge = (time.monotonic(), count)
+        return count
+
     @staticmethod
     def _fixtures(settings: Any) -> dict[str, Path]:
         folder = find_fixtures(settings.mappings_dir)
@@ -380,12 +398,12 @@ class Console:
         self, request: Request, session: Session, name: str, context: dict[str, Any], status_code: int = 200
     ) -> Response:
         """A page with the layout's facts (the dead letters' count), and the flash left by an action, once."""
-        try:
-            stats = await request.state.runtime.stats()
-            dead = stats.dead_letters
-        except Exception:
-            dead = None
-        context = {"csrf": session.csrf, "flash": session.flash, "dead_count": dead, **context}
+        context = {
+            "csrf": session.csrf,
+            "flash": session.flash,
+            "dead_count": await self._dead_count(request),
+            **context,
+        }
         response = self.pages.render(request, name, context, status_code=status_code)
         if session.flash:
             self.gate.keep(response, request, replace(session, flash=None))

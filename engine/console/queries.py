@@ -71,6 +71,7 @@ class Status:
     charts: list[Chart]
     totals: dict[str, int]
     problems: list[str]
+    estimated: bool  # received and processed counted from id ranges: a busy hour (engine.outbox.Activity)
     delivery: Any  # DeliveryState
     segment_configured: bool
     segment_api_url: str
@@ -104,6 +105,7 @@ async def status(runtime: Runtime, reads: Reads) -> Status:
         charts=charts,
         totals={name: sum(counts) for name, counts in series.items()},
         problems=_problems(runtime, stats, now),
+        estimated=activity.estimated,
         delivery=delivery,
         segment_configured=runtime.delivery.client is not None,
         segment_api_url=settings.segment_api_url,
