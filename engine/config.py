@@ -60,6 +60,7 @@ class Settings:
     backoff_cap_seconds: float = 600.0
     log_format: str = "plain"
     log_level: str = "INFO"
+    console_token: str | None = field(default=None, repr=False)  # the web console: off while None
 
 
 def parse_events(value: str | None) -> frozenset[str]:
@@ -101,6 +102,19 @@ def parse_numbers(value: str | None) -> NumberSelection | None:
 
 def _plain(number: float) -> str:
     return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+CONSOLE_TOKEN_MIN_LENGTH = 16
+
+
+def _console_token(value: str | None) -> str | None:
+    """ENGINE_CONSOLE_TOKEN: unset keeps the console off; set, it must be long enough not to be guessed."""
+    if value is not None and len(value) < CONSOLE_TOKEN_MIN_LENGTH:
+        raise ConfigError(
+            f"ENGINE_CONSOLE_TOKEN: must be at least {CONSOLE_TOKEN_MIN_LENGTH} characters "
+            "(`openssl rand -hex 16` makes one)"
+        )
+    return value
 
 
 def _secret_list(value: str | None) -> tuple[str, ...]:
@@ -232,4 +246,5 @@ def load_settings(
         backoff_cap_seconds=backoff_cap,
         log_format=choice("ENGINE_LOG_FORMAT", Settings.log_format, ("plain", "json")),
         log_level=choice("ENGINE_LOG_LEVEL", Settings.log_level.lower(), ("debug", "info", "warning", "error")),
+        console_token=_console_token(optional("ENGINE_CONSOLE_TOKEN")),
     )

@@ -6,7 +6,10 @@ the stores in engine.outbox.sqlite and engine.outbox.postgres (which needs the p
 from __future__ import annotations
 
 from engine.outbox.base import (
+    ACTIVITY_EXACT_ROWS,
+    CONSOLE_SLACK_SECONDS,
     DEAD_LETTER_COLUMNS,
+    Activity,
     Claimed,
     DeadLetter,
     NewMessage,
@@ -16,7 +19,9 @@ from engine.outbox.base import (
     OutboxUnavailable,
     PendingWebhook,
     Processed,
+    StoredMessage,
     StoredWebhook,
+    WebhookSummary,
     check_postgres_url,
     describe_db,
     is_postgres,
@@ -49,8 +54,11 @@ def open_outbox(setting: str, *, create: bool = True, read_only: bool = False) -
 
 
 __all__ = [
+    "ACTIVITY_EXACT_ROWS",
+    "CONSOLE_SLACK_SECONDS",
     "DEAD_LETTER_COLUMNS",
     "SCHEMA_VERSION",
+    "Activity",
     "Claimed",
     "DeadLetter",
     "NewMessage",
@@ -61,7 +69,9 @@ __all__ = [
     "PendingWebhook",
     "Processed",
     "SqliteOutbox",
+    "StoredMessage",
     "StoredWebhook",
+    "WebhookSummary",
     "check_postgres_url",
     "describe_db",
     "is_postgres",

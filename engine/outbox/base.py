@@ -120,6 +120,58 @@ def _rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 3)
 
 
+# -- console reads: what the web console (engine.console) shows. Read-only, indexed, bounded by a limit. -------
+
+
+@dataclass(frozen=True)
+class WebhookSummary:
+    """A stored webhook without its body: one row of the console's recent webhooks."""
+
+    id: int
+    key: str
+    event: str
+    received_at: float
+    processed_at: float | None  # None while it waits to be mapped
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message as the outbox keeps it: `body` is exactly what is (or was) sent to Segment."""
+
+    id: int
+    message_id: str
+    event: str
+    body: bytes
+    created_at: float
+    attempts: int
+    last_error: str | None
+    delivered_at: float | None
+
+
+@dataclass(frozen=True)
+class Activity:
+    """Per-minute counts, oldest minute first: minute i covers [start + 60 i, start + 60 (i + 1))."""
+
+    start: float
+    received: list[int]  # webhooks stored by the gateway (or the backfill, or a replay)
+    processed: list[int]  # webhooks mapped: to messages or to a dead letter
+    delivered: list[int]  # messages Segment acknowledged
+    estimated: bool = False  # received and processed counted from id ranges (see ACTIVITY_EXACT_ROWS)
+
+
+# Rows are inserted in time order, so a time set at insert grows with the id, give or take the moments two
+# processes commit in. Reads that look for "since T" bisect the primary key for T minus this, then filter on
+# the time exactly: an index on each time column would cost every webhook's commit.
+CONSOLE_SLACK_SECONDS = 300.0
+# Up to this many webhooks in the window, they are counted row by row. Past it (a busy hour: reading each row
+# would take seconds), each minute's count is the difference of the ids that begin it and the next: exact while
+# ids have no gaps (SQLite's, within the hour), an upper bound otherwise (PostgreSQL's sequence skips a value
+# for each duplicate); the console then says "about".
+ACTIVITY_EXACT_ROWS = 20_000
+
+# -- end of console reads ---------------------------------------------------------------------------------------
+
+
 class Outbox(Protocol):
     """What delivery, the webhook endpoint and the CLI need of a store."""
 
@@ -150,6 +202,44 @@ class Outbox(Protocol):
     def backfill_finished(self, resource: str, since: int, until: int) -> None: ...
     def backfill_unfinished_until(self, resource: str, since: int) -> int | None: ...
     def close(self) -> None: ...
+
+    # -- console reads (engine.console): each bounded by a limit or a time window, each served by an index --
+    def recent_webhooks(self, limit: int, before: int | None = None) -> list[WebhookSummary]:
+        """The newest stored webhooks (ids below `before`), newest first."""
+        ...
+
+    def webhook_body(self, webhook_id: int) -> tuple[WebhookSummary, bytes] | None:
+        """One stored webhook and its body (the envelope without its token)."""
+        ...
+
+    def webhook_ids(self, keys: Sequence[str]) -> dict[str, int]:
+        """The row id of each stored webhook key that is still there."""
+        ...
+
+    def message_counts(
+        self, keys: Sequence[str], since: float, scan_limit: int
+    ) -> tuple[dict[str, tuple[int, int]], bool]:
+        """(messages, delivered) of each webhook key, among messages created since `since` (a webhook's messages
+        are created when it is mapped, after it was received); False when more than `scan_limit` messages were
+        created since, and only the newest `scan_limit` were counted."""
+        ...
+
+    def messages_of(self, key: str, moments: Sequence[float], slack: float) -> list[StoredMessage]:
+        """The messages of one webhook created within `slack` seconds of these moments (its mapping, its
+        replays), oldest first."""
+        ...
+
+    def activity(self, start: float, minutes: int) -> Activity:
+        """Webhooks received and processed, messages delivered, per minute from `start`."""
+        ...
+
+    def recent_dead_letters(self, limit: int, before: int | None = None) -> list[DeadLetter]:
+        """Dead letters not replayed (ids below `before`), newest first."""
+        ...
+
+    def dead_letters_since(self, since: float, limit: int) -> list[DeadLetter]:
+        """Dead letters created since `since`, replayed ones too, oldest first."""
+        ...
 
 
 def sqlite_path(setting: str) -> Path:

@@ -9,6 +9,7 @@ Same interface and behaviour as the SQLite outbox. What differs is what several 
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -17,7 +18,10 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from engine.outbox import (
+    ACTIVITY_EXACT_ROWS,
+    CONSOLE_SLACK_SECONDS,
     DEAD_LETTER_COLUMNS,
+    Activity,
     Claimed,
     DeadLetter,
     NewMessage,
@@ -26,7 +30,9 @@ from engine.outbox import (
     OutboxUnavailable,
     PendingWebhook,
     Processed,
+    StoredMessage,
     StoredWebhook,
+    WebhookSummary,
     describe_db,
 )
 
@@ -444,6 +450,108 @@ class PostgresOutbox:
         rows = self._write(lambda conn: conn.execute("SELECT body FROM messages ORDER BY id").fetchall())
         return [bytes(r[0]) for r in rows]
 
+    # -- console reads ---------------------------------------------------------------------------------------
+    # For the web console (engine.console), on a read-only outbox of its own; see engine.outbox (the same queries:
+    # primary key, unique keys, the partial index on delivered messages).
+
+    def recent_webhooks(self, limit: int, before: int | None = None) -> list[WebhookSummary]:
+        rows = self._write(
+            lambda conn: conn.execute(
+                f"SELECT {_SUMMARY_COLUMNS} FROM webhooks WHERE id < %s ORDER BY id DESC LIMIT %s",
+                (before if before is not None else _NO_ID, limit),
+            ).fetchall()
+        )
+        return [WebhookSummary(*row) for row in rows]
+
+    def webhook_body(self, webhook_id: int) -> tuple[WebhookSummary, bytes] | None:
+        row = self._write(
+            lambda conn: conn.execute(
+                f"SELECT {_SUMMARY_COLUMNS}, body FROM webhooks WHERE id = %s", (webhook_id,)
+            ).fetchone()
+        )
+        return None if row is None else (WebhookSummary(*row[:5]), bytes(row[5]))
+
+    def webhook_ids(self, keys: Sequence[str]) -> dict[str, int]:
+        if not keys:
+            return {}
+        rows = self._write(
+            lambda conn: conn.execute("SELECT key, id FROM webhooks WHERE key = ANY(%s)", (list(keys),)).fetchall()
+        )
+        return dict(rows)
+
+    def message_counts(
+        self, keys: Sequence[str], since: float, scan_limit: int
+    ) -> tuple[dict[str, tuple[int, int]], bool]:
+        if not keys:
+            return {}, True
+
+        def work(conn: psycopg.Connection) -> tuple[dict[str, tuple[int, int]], bool]:
+            first = _first_id(conn, "messages", "created_at", since - CONSOLE_SLACK_SECONDS)
+            last = conn.execute("SELECT MAX(id) FROM messages").fetchone()[0] or 0
+            complete = last - first < scan_limit
+            rows = conn.execute(
+                "SELECT webhook_key, COUNT(*), COUNT(delivered_at) FROM messages WHERE id >= %s "
+                "AND webhook_key = ANY(%s) GROUP BY webhook_key",
+                (first if complete else last - scan_limit + 1, list(keys)),
+            ).fetchall()
+            return {key: (count, delivered) for key, count, delivered in rows}, complete
+
+        return self._write(work)
+
+    def messages_of(self, key: str, moments: Sequence[float], slack: float) -> list[StoredMessage]:
+        def work(conn: psycopg.Connection) -> list[StoredMessage]:
+            found: dict[int, StoredMessage] = {}
+            for moment in moments:
+                low = _first_id(conn, "messages", "created_at", moment - slack)
+                high = _first_id(conn, "messages", "created_at", moment + slack, strictly_after=True)
+                rows = conn.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id >= %s AND id < %s AND webhook_key = %s",
+                    (low, high, key),
+                ).fetchall()
+                found.update((row[0], StoredMessage(*row[:3], bytes(row[3]), *row[4:])) for row in rows)
+            return [found[i] for i in sorted(found)]
+
+        return self._write(work)
+
+    def activity(self, start: float, minutes: int) -> Activity:
+        edges = [start + 60 * m for m in range(minutes + 1)]
+
+        def work(conn: psycopg.Connection) -> Activity:
+            received, exact_received = _per_minute(conn, "received_at", edges)
+            processed, exact_processed = _per_minute(conn, "processed_at", edges)
+            delivered = [
+                conn.execute(
+                    "SELECT COUNT(*) FROM messages WHERE delivered_at >= %s AND delivered_at < %s", (low, high)
+                ).fetchone()[0]
+                for low, high in itertools.pairwise(edges)
+            ]
+            return Activity(start, received, processed, delivered, not (exact_received and exact_processed))
+
+        return self._write(work)
+
+    def recent_dead_letters(self, limit: int, before: int | None = None) -> list[DeadLetter]:
+        rows = self._write(
+            lambda conn: conn.execute(
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id < %s AND replayed_at IS NULL "
+                "ORDER BY id DESC LIMIT %s",
+                (before if before is not None else _NO_ID, limit),
+            ).fetchall()
+        )
+        return [_dead_letter(row) for row in rows]
+
+    def dead_letters_since(self, since: float, limit: int) -> list[DeadLetter]:
+        def work(conn: psycopg.Connection) -> list[DeadLetter]:
+            first = _first_id(conn, "dead_letters", "created_at", since - CONSOLE_SLACK_SECONDS)
+            return conn.execute(
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id >= %s AND created_at >= %s "
+                "ORDER BY id LIMIT %s",
+                (first, since, limit),
+            ).fetchall()
+
+        return [_dead_letter(row) for row in self._write(work)]
+
+    # -- end of console reads ------------------------------------------------------------------------------
+
     # -- backfill progress ---------------------------------------------------------------------------------
 
     def backfill_start(self, resource: str, since: int, until: int) -> tuple[int, str | None]:
@@ -495,6 +603,55 @@ class PostgresOutbox:
                 (resource, since, until),
             )
         )
+
+
+# -- console reads: helpers ------------------------------------------------------------------------------------
+
+_SUMMARY_COLUMNS = "id, key, event, received_at, processed_at"
+_MESSAGE_COLUMNS = "id, message_id, event, body, created_at, attempts, last_error, delivered_at"
+_NO_ID = 2**63 - 1
+
+
+def _first_id(conn: psycopg.Connection, table: str, column: str, at: float, strictly_after: bool = False) -> int:
+    """As engine.outbox._first_id: the smallest id from which `column` is at least `at`, by bisection."""
+    low = conn.execute(f"SELECT MIN(id) FROM {table}").fetchone()[0]
+    high = conn.execute(f"SELECT MAX(id) FROM {table}").fetchone()[0]
+    if high is None:
+        return 0
+    high += 1
+    while low < high:
+        middle = (low + high) // 2
+        row_id, value = conn.execute(
+            f"SELECT id, {column} FROM {table} WHERE id >= %s ORDER BY id LIMIT 1", (middle,)
+        ).fetchone()
+        if value is None or value > at or (value == at and not strictly_after):
+            high = middle
+        else:
+            low = row_id + 1
+    return low
+
+
+def _per_minute(conn: psycopg.Connection, column: str, edges: list[float]) -> tuple[list[int], bool]:
+    """As engine.outbox._per_minute."""
+    minutes = len(edges) - 1
+    first = _first_id(conn, "webhooks", column, edges[0] - CONSOLE_SLACK_SECONDS)
+    last = conn.execute("SELECT MAX(id) FROM webhooks").fetchone()[0] or 0
+    if last - first < ACTIVITY_EXACT_ROWS:
+        counts = [0] * minutes
+        rows = conn.execute(
+            f"SELECT floor(({column} - %s) / 60)::int AS minute, COUNT(*) FROM webhooks "
+            f"WHERE id >= %s AND {column} >= %s GROUP BY minute",
+            (edges[0], first, edges[0]),
+        ).fetchall()
+        for minute, count in rows:
+            if 0 <= minute < minutes:
+                counts[minute] = count
+        return counts, True
+    bounds = [_first_id(conn, "webhooks", column, edge) for edge in edges]
+    return [max(high - low, 0) for low, high in itertools.pairwise(bounds)], False
+
+
+# -- end of console reads: helpers ------------------------------------------------------------------------------
 
 
 def _first_line(exc: BaseException) -> str:

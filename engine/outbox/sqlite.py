@@ -13,13 +13,17 @@ claim, however many delivered rows wait for pruning.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from engine.outbox.base import (
+    ACTIVITY_EXACT_ROWS,
+    CONSOLE_SLACK_SECONDS,
     DEAD_LETTER_COLUMNS,
+    Activity,
     Claimed,
     DeadLetter,
     NewMessage,
@@ -28,7 +32,9 @@ from engine.outbox.base import (
     OutboxUnavailable,
     PendingWebhook,
     Processed,
+    StoredMessage,
     StoredWebhook,
+    WebhookSummary,
 )
 
 SCHEMA_VERSION = 4
@@ -547,6 +553,162 @@ class SqliteOutbox:
     def message_bodies(self) -> list[bytes]:
         """Every message body, delivered or not (tests and inspection)."""
         return [row[0] for row in self.conn.execute("SELECT body FROM messages ORDER BY id")]
+
+    # -- console reads ---------------------------------------------------------------------------------------
+    # For the web console (engine.console), on a connection of its own (read_only=True): one snapshot each, no
+    # lock the committer waits on. Every query goes through the primary key, a unique key or the partial index
+    # on delivered messages (tests/test_console_reads.py checks the query plans).
+
+    def _snapshot(self, work):  # type: ignore[no-untyped-def]
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            return work(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    def recent_webhooks(self, limit: int, before: int | None = None) -> list[WebhookSummary]:
+        rows = self.conn.execute(
+            f"SELECT {_SUMMARY_COLUMNS} FROM webhooks WHERE id < ? ORDER BY id DESC LIMIT ?",
+            (before if before is not None else _NO_ID, limit),
+        )
+        return [WebhookSummary(*row) for row in rows]
+
+    def webhook_body(self, webhook_id: int) -> tuple[WebhookSummary, bytes] | None:
+        row = self.conn.execute(f"SELECT {_SUMMARY_COLUMNS}, body FROM webhooks WHERE id = ?", (webhook_id,)).fetchone()
+        return None if row is None else (WebhookSummary(*row[:5]), bytes(row[5]))
+
+    def webhook_ids(self, keys: Sequence[str]) -> dict[str, int]:
+        if not keys:
+            return {}
+        marks = ",".join("?" * len(keys))
+        return dict(self.conn.execute(f"SELECT key, id FROM webhooks WHERE key IN ({marks})", list(keys)))
+
+    def message_counts(
+        self, keys: Sequence[str], since: float, scan_limit: int
+    ) -> tuple[dict[str, tuple[int, int]], bool]:
+        if not keys:
+            return {}, True
+
+        def work(conn: sqlite3.Connection) -> tuple[dict[str, tuple[int, int]], bool]:
+            first = _first_id(conn, "messages", "created_at", since - CONSOLE_SLACK_SECONDS)
+            last = conn.execute("SELECT MAX(id) FROM messages").fetchone()[0] or 0
+            complete = last - first < scan_limit
+            marks = ",".join("?" * len(keys))
+            rows = conn.execute(
+                f"SELECT webhook_key, COUNT(*), COUNT(delivered_at) FROM messages WHERE id >= ? "
+                f"AND webhook_key IN ({marks}) "
+                "GROUP BY webhook_key",
+                (first if complete else last - scan_limit + 1, *keys),
+            )
+            return {key: (count, delivered) for key, count, delivered in rows}, complete
+
+        return self._snapshot(work)
+
+    def messages_of(self, key: str, moments: Sequence[float], slack: float) -> list[StoredMessage]:
+        def work(conn: sqlite3.Connection) -> list[StoredMessage]:
+            found: dict[int, StoredMessage] = {}
+            for moment in moments:
+                low = _first_id(conn, "messages", "created_at", moment - slack)
+                high = _first_id(conn, "messages", "created_at", moment + slack, strictly_after=True)
+                rows = conn.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id >= ? AND id < ? AND webhook_key = ?",
+                    (low, high, key),
+                )
+                found.update((row[0], StoredMessage(*row)) for row in rows)
+            return [found[i] for i in sorted(found)]
+
+        return self._snapshot(work)
+
+    def activity(self, start: float, minutes: int) -> Activity:
+        edges = [start + 60 * m for m in range(minutes + 1)]
+
+        def work(conn: sqlite3.Connection) -> Activity:
+            received, exact_received = _per_minute(conn, "received_at", edges)
+            processed, exact_processed = _per_minute(conn, "processed_at", edges)
+            delivered = [  # range counts on the partial index of delivered messages
+                conn.execute(
+                    "SELECT COUNT(*) FROM messages WHERE delivered_at >= ? AND delivered_at < ?", (low, high)
+                ).fetchone()[0]
+                for low, high in itertools.pairwise(edges)
+            ]
+            return Activity(start, received, processed, delivered, not (exact_received and exact_processed))
+
+        return self._snapshot(work)
+
+    def recent_dead_letters(self, limit: int, before: int | None = None) -> list[DeadLetter]:
+        rows = self.conn.execute(
+            f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id < ? AND replayed_at IS NULL "
+            "ORDER BY id DESC LIMIT ?",
+            (before if before is not None else _NO_ID, limit),
+        )
+        return [DeadLetter(*row) for row in rows]
+
+    def dead_letters_since(self, since: float, limit: int) -> list[DeadLetter]:
+        def work(conn: sqlite3.Connection) -> list[DeadLetter]:
+            first = _first_id(conn, "dead_letters", "created_at", since - CONSOLE_SLACK_SECONDS)
+            rows = conn.execute(
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id >= ? AND created_at >= ? ORDER BY id LIMIT ?",
+                (first, since, limit),
+            )
+            return [DeadLetter(*row) for row in rows]
+
+        return self._snapshot(work)
+
+    # -- end of console reads ------------------------------------------------------------------------------
+
+
+# -- console reads: helpers ------------------------------------------------------------------------------------
+
+_SUMMARY_COLUMNS = "id, key, event, received_at, processed_at"  # WebhookSummary
+_MESSAGE_COLUMNS = "id, message_id, event, body, created_at, attempts, last_error, delivered_at"  # StoredMessage
+_NO_ID = 2**63 - 1  # above every id: "before" nothing
+
+
+def _first_id(conn: sqlite3.Connection, table: str, column: str, at: float, strictly_after: bool = False) -> int:
+    """The smallest id from which `column` (a time set at insert, so growing with the id) is at least `at` (more
+    than `at` with `strictly_after`), by bisection of the primary key: a few dozen lookups, whatever the table's
+    size. A null counts as later than any time (a webhook not mapped yet: mapping goes in id order). MAX(id) + 1
+    when no row is that late."""
+    # Two statements: SQLite reads MIN and MAX of the primary key in one step each, but both at once by a scan.
+    low = conn.execute(f"SELECT MIN(id) FROM {table}").fetchone()[0]
+    high = conn.execute(f"SELECT MAX(id) FROM {table}").fetchone()[0]
+    if high is None:
+        return 0
+    high += 1
+    while low < high:
+        middle = (low + high) // 2
+        row_id, value = conn.execute(
+            f"SELECT id, {column} FROM {table} WHERE id >= ? ORDER BY id LIMIT 1", (middle,)
+        ).fetchone()
+        if value is None or value > at or (value == at and not strictly_after):
+            high = middle
+        else:
+            low = row_id + 1
+    return low
+
+
+def _per_minute(conn: sqlite3.Connection, column: str, edges: list[float]) -> tuple[list[int], bool]:
+    """Webhooks per minute by `column` between consecutive `edges`; whether counted exactly (not estimated)."""
+    minutes = len(edges) - 1
+    first = _first_id(conn, "webhooks", column, edges[0] - CONSOLE_SLACK_SECONDS)
+    last = conn.execute("SELECT MAX(id) FROM webhooks").fetchone()[0] or 0
+    if last - first < ACTIVITY_EXACT_ROWS:
+        counts = [0] * minutes
+        rows = conn.execute(
+            f"SELECT CAST(({column} - ?) / 60 AS INTEGER) AS minute, COUNT(*) FROM webhooks "
+            f"WHERE id >= ? AND {column} >= ? GROUP BY minute",
+            (edges[0], first, edges[0]),
+        )
+        for minute, count in rows:
+            if 0 <= minute < minutes:
+                counts[minute] = count
+        return counts, True
+    bounds = [_first_id(conn, "webhooks", column, edge) for edge in edges]
+    return [max(high - low, 0) for low, high in itertools.pairwise(bounds)], False
+
+
+# -- end of console reads: helpers ------------------------------------------------------------------------------
 
 
 def _use_wal(conn: sqlite3.Connection, patience: float = 3.0) -> None:

@@ -11,12 +11,13 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import __version__
 from engine.aircall.webhook import receive
 from engine.config import ConfigError, load_settings
+from engine.console.app import Console  # console: the web console, off unless ENGINE_CONSOLE_TOKEN is set
 from engine.mapping.findings import MappingError
 from engine.outbox import describe_db
 from engine.server import logs
@@ -97,6 +98,7 @@ def create_app(env_file: str | None = None) -> Starlette:
     """The app; settings are read when it starts, from the environment then `env_file` (else ENGINE_ENV_FILE,
     which must then exist, else .env if there is one)."""
     named = env_file or os.environ.get("ENGINE_ENV_FILE")
+    console = Console()  # console
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Runtime]]:
@@ -119,6 +121,7 @@ def create_app(env_file: str | None = None) -> Starlette:
         try:
             yield {"runtime": runtime}
         finally:
+            await console.close()  # console
             await runtime.stop()
             log.info("stopped")
             logs.write_directly()
@@ -129,6 +132,8 @@ def create_app(env_file: str | None = None) -> Starlette:
             Route("/webhooks/aircall", receive, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/console", console.entrance),  # console: /console/ when it is on, else 404
+            Mount("/console", app=console),  # console
         ],
         lifespan=lifespan,
     )

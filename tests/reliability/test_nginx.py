@@ -39,7 +39,9 @@ def nginx(tmp_path, engine_server):
         "bridge.example.com": "localhost",
         "/etc/letsencrypt/live/localhost/fullchain.pem": str(cert),
         "/etc/letsencrypt/live/localhost/privkey.pem": str(key),
+        "/etc/nginx/aircall-segment.htpasswd": str(tmp_path / "htpasswd"),
     }
+    (tmp_path / "htpasswd").write_text("operator:{PLAIN}console-password\n")
     for old, new in replacements.items():
         assert old in site, f"the shipped site no longer has {old!r}: update this test"
         site = site.replace(old, new)
@@ -97,3 +99,14 @@ def test_plain_http_redirects_and_only_post_reaches_the_webhook(nginx):
     assert redirect.status_code == 301 and redirect.headers["Location"].startswith("https://localhost")
     assert requests.get(f"{nginx['base']}/webhooks/aircall", verify=nginx["cert"], timeout=5).status_code == 403
     assert requests.get(f"{nginx['base']}/metrics", verify=nginx["cert"], timeout=5).status_code == 404
+
+
+def test_the_console_is_behind_nginx_basic_auth_and_allow_list(nginx):
+    console = f"{nginx['base']}/console/"
+    refused = requests.get(console, verify=nginx["cert"], timeout=5)
+    assert refused.status_code == 401 and "Basic" in refused.headers["WWW-Authenticate"]  # nginx's, before the app
+    wrong = requests.get(console, verify=nginx["cert"], timeout=5, auth=("operator", "guess"))
+    assert wrong.status_code == 401
+    # Through both locks, the request reaches the app: here without ENGINE_CONSOLE_TOKEN, so the app's 404.
+    passed = requests.get(console, verify=nginx["cert"], timeout=5, auth=("operator", "console-password"))
+    assert (passed.status_code, passed.text) == (404, "Not Found")

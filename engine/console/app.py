@@ -1,0 +1,455 @@
+"""The web console, mounted at /console by engine.server.app: status, recent webhooks, dead letters, the playground.
+
+Off (404, as if there were no such path) unless ENGINE_CONSOLE_TOKEN is set. A request without a signed-in
+session gets nothing: pages send it to the sign-in form, /console/api/ answers 401, and nothing it sent is
+echoed or logged. Every POST checks the session's CSRF token. Every answer forbids framing and any script,
+style or image from elsewhere (Content-Security-Policy), and is not cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route, Router
+from starlette.staticfiles import StaticFiles
+from starlette.types import Message, Receive, Scope, Send
+
+from engine.console import queries
+from engine.console.auth import CSRF_FIELD, CSRF_HEADER, Gate, Session, csrf_matches
+from engine.console.pages import STATIC, Pages
+from engine.console.playground import Playground, PlaygroundRefused
+from engine.mapping.findings import MappingError, MappingsFolderError
+from engine.mapping.load import load_mappings, mapping_files
+from engine.mapping.validate import find_fixtures
+from engine.outbox import OutboxRefused, OutboxUnavailable
+from engine.processing.replay import replay_dead_letters
+
+log = logging.getLogger("engine.console")
+
+BADGE_SECONDS = 30.0  # how old the navigation's dead-letter count may be
+WRONG_TOKEN_DELAY = 1.0  # seconds before a wrong token is answered: guessing costs time
+MAX_FORM_BYTES = 512 * 1024
+MAX_API_BYTES = 2 * 1024 * 1024
+SECURITY_HEADERS = [
+    (b"content-security-policy",
+     b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+     b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]  # fmt: skip
+
+Handler = Callable[["Console", Request, Session], Awaitable[Response]]
+# What a read of the outbox raises when it cannot be read now (PostgreSQL away, the file locked or gone).
+UNREADABLE = (OutboxUnavailable, OutboxRefused, sqlite3.Error, OSError)
+
+
+def page(handler: Handler) -> Callable[[Console, Request], Awaitable[Response]]:
+    """A page: with a signed-in session, else a redirect to the sign-in form (which says nothing of the page)."""
+
+    @functools.wraps(handler)
+    async def guarded(self: Console, request: Request) -> Response:
+        session = self.gate.session(request)
+        if session is None or not session.signed_in:
+            return RedirectResponse(f"{_base(request)}/sign-in", status_code=303)
+        try:
+            return await handler(self, request, session)
+        except UNREADABLE as exc:
+            log.error("console: outbox unreadable: %s", exc)
+            text = f"The outbox cannot be read now: {exc}"
+            return await self._render(request, session, "missing.html", {"what": None, "text": text}, 503)
+
+    return guarded
+
+
+def api(handler: Handler) -> Callable[[Console, Request], Awaitable[Response]]:
+    """An API endpoint: 401 without a signed-in session; a POST also needs the CSRF header."""
+
+    @functools.wraps(handler)
+    async def guarded(self: Console, request: Request) -> Response:
+        session = self.gate.session(request)
+        if session is None or not session.signed_in:
+            return JSONResponse({"error": "sign in first"}, status_code=401)
+        if request.method == "POST" and not csrf_matches(session, request.headers.get(CSRF_HEADER)):
+            return JSONResponse({"error": "missing or wrong CSRF token"}, status_code=403)
+        try:
+            return await handler(self, request, session)
+        except UNREADABLE as exc:
+            log.error("console: outbox unreadable: %s", exc)
+            return JSONResponse({"error": f"the outbox cannot be read now: {exc}"}, status_code=503)
+
+    return guarded
+
+
+def action(handler: Callable[[Console, Request, Session, dict[str, str]], Awaitable[Response]]) -> Any:
+    """A form POST that changes something: a signed-in session and the form's CSRF token, else nothing is done."""
+
+    @functools.wraps(handler)
+    async def guarded(self: Console, request: Request) -> Response:
+        session = self.gate.session(request)
+        if session is None or not session.signed_in:
+            return RedirectResponse(f"{_base(request)}/sign-in", status_code=303)
+        form = await _form(request)
+        if form is None or not csrf_matches(session, form.get(CSRF_FIELD)):
+            return PlainTextResponse("Forbidden: missing or wrong CSRF token", status_code=403)
+        return await handler(self, request, session, form)
+
+    return guarded
+
+
+class Console:
+    """The ASGI app behind Mount("/console"). Built with the server's app; it finds the runtime (settings,
+    outbox, committer) in each request's lifespan state."""
+
+    def __init__(self) -> None:
+        self.pages = Pages()
+        self.playground = Playground()
+        self._gate: Gate | None = None
+        self._reads: queries.Reads | None = None
+        self._warming: asyncio.Task[None] | None = None
+        self._badge: tuple[float, int | None] = (-BADGE_SECONDS, None)  # (when read, dead letters)
+        self._router = Router(
+            routes=[
+                Route("/", self.status, methods=["GET"]),
+                Route("/api/status", self.status_panel, methods=["GET"]),
+                Route("/sign-in", self.sign_in_form, methods=["GET"]),
+                Route("/sign-in", self.sign_in, methods=["POST"]),
+                Route("/sign-out", self.sign_out, methods=["POST"]),
+                Route("/webhooks", self.webhooks, methods=["GET"]),
+                Route("/webhooks/{webhook_id:int}", self.webhook, methods=["GET"]),
+                Route("/dead-letters", self.dead_letters, methods=["GET"]),
+                Route("/dead-letters/replay", self.replay, methods=["POST"]),
+                Route("/dead-letters/discard", self.discard, methods=["POST"]),
+                Route("/playground", self.playground_page, methods=["GET"]),
+                Route("/playground/download", self.download, methods=["POST"]),
+                Route("/api/playground", self.check, methods=["POST"]),
+                Route("/api/samples", self.sample, methods=["GET"]),
+                Mount("/static", StaticFiles(directory=STATIC), name="static"),
+            ]
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = scope.get("state", {}).get("runtime")
+        token = runtime.settings.console_token if runtime is not None else None
+        if scope["type"] != "http" or not token:
+            await PlainTextResponse("Not Found", status_code=404)(scope, receive, send)
+            return
+        if self._gate is None:
+            self._gate = Gate(token)
+            self._reads = queries.Reads(runtime.settings.db)
+
+        async def secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += SECURITY_HEADERS
+                if not scope["path"].startswith(f"{scope.get('root_path', '')}/static/"):
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self._router(scope, receive, secured)
+
+    async def entrance(self, request: Request) -> Response:
+        """/console itself: to /console/ when the console is on; a 404 like any other path when it is off."""
+        if request.state.runtime.settings.console_token:
+            return RedirectResponse(f"{request.scope.get('root_path', '')}/console/", status_code=307)
+        return PlainTextResponse("Not Found", status_code=404)
+
+    async def close(self) -> None:
+        await self.playground.close()
+        if self._reads is not None:
+            await asyncio.to_thread(self._reads.close)
+
+    @property
+    def gate(self) -> Gate:
+        assert self._gate is not None
+        return self._gate
+
+    @property
+    def reads(self) -> queries.Reads:
+        assert self._reads is not None
+        return self._reads
+
+    # -- signing in ------------------------------------------------------------------------------------------
+
+    async def sign_in_form(self, request: Request) -> Response:
+        session = self.gate.session(request)
+        if session is not None and session.signed_in:
+            return RedirectResponse(f"{_base(request)}/", status_code=303)
+        return self._sign_in_page(request, session)
+
+    def _sign_in_page(self, request: Request, session: Session | None, wrong: bool = False) -> Response:
+        """The form, with a CSRF token of a session not signed in (so that signing in is a checked POST too)."""
+        session = session or self.gate.new_session(signed_in=False)
+        response = self.pages.render(
+            request, "sign_in.html", {"csrf": session.csrf, "wrong": wrong}, status_code=401 if wrong else 200
+        )
+        self.gate.keep(response, request, session)
+        return response
+
+    async def sign_in(self, request: Request) -> Response:
+        session = self.gate.session(request)
+        form = await _form(request)
+        if form is None or not csrf_matches(session, form.get(CSRF_FIELD)):
+            return PlainTextResponse("Forbidden: missing or wrong CSRF token", status_code=403)
+        if not self.gate.token_matches(form.get("token", "")):
+            log.warning("console sign-in refused: wrong token client=%s", _client(request))
+            await asyncio.sleep(WRONG_TOKEN_DELAY)
+            return self._sign_in_page(request, None, wrong=True)
+        log.info("console signed in client=%s", _client(request))
+        response = RedirectResponse(f"{_base(request)}/", status_code=303)
+        self.gate.keep(response, request, self.gate.new_session(signed_in=True))  # a new CSRF token too
+        return response
+
+    @action
+    async def sign_out(self, request: Request, session: Session, form: dict[str, str]) -> Response:
+        response = RedirectResponse(f"{_base(request)}/sign-in", status_code=303)
+        self.gate.forget(response, request)
+        return response
+
+    # -- status ----------------------------------------------------------------------------------------------
+
+    @page
+    async def status(self, request: Request, session: Session) -> Response:
+        return await self._render(request, session, "status.html", {"status": await self._status(request)})
+
+    @api
+    async def status_panel(self, request: Request, session: Session) -> Response:
+        """The status page's panel alone, for its refresh every few seconds."""
+        status = await self._status(request)
+        return self.pages.render(request, "status_panel.html", {"status": status})
+
+    async def _status(self, request: Request) -> queries.Status:
+        status = await queries.status(request.state.runtime, self.reads)
+        self._badge = (time.monotonic(), status.stats.dead_letters)
+        return status
+
+    # -- webhooks --------------------------------------------------------------------------------------------
+
+    @page
+    async def webhooks(self, request: Request, session: Session) -> Response:
+        before = _int(request.query_params.get("before"))
+        listed = await queries.recent_webhooks(self.reads, before)
+        return await self._render(request, session, "webhooks.html", {"webhooks": listed, "before": before})
+
+    @page
+    async def webhook(self, request: Request, session: Session) -> Response:
+        detail = await queries.webhook_detail(self.reads, request.path_params["webhook_id"])
+        if detail is None:
+            return await self._render(request, session, "missing.html", {"what": "webhook"}, status_code=404)
+        return await self._render(request, session, "webhook.html", {"detail": detail})
+
+    # -- dead letters ----------------------------------------------------------------------------------------
+
+    @page
+    async def dead_letters(self, request: Request, session: Session) -> Response:
+        before = _int(request.query_params.get("before"))
+        letters = await queries.dead_letters(self.reads, before)
+        return await self._render(request, session, "dead_letters.html", {"letters": letters, "before": before})
+
+    @action
+    async def replay(self, request: Request, session: Session, form: dict[str, str]) -> Response:
+        """What `engine outbox replay --dead [--id ID]` does: the mappings as they are on disk now (fixed, maybe,
+        since the server started), the same function, on the server's writer."""
+        runtime = request.state.runtime
+        ids = _chosen(form)
+        if ids == []:
+            return self._after(request, session, "No dead letter was chosen.")
+        try:
+            mappings = await asyncio.to_thread(load_mappings, runtime.settings.mappings_dir)
+        except (MappingError, MappingsFolderError) as exc:
+            first = exc.findings[0] if isinstance(exc, MappingError) else exc
+            return self._after(request, session, f"Nothing replayed: the mappings have problems ({first})")
+        report = await runtime.committer.call(replay_dead_letters, runtime.outbox, mappings, ids)
+        if report.messages:
+            runtime.delivery.wake()
+        log.info("console replayed dead letters=%s messages=%d", report.replayed, report.messages)
+        text = f"Replayed {len(report.replayed)} dead letter(s): {report.messages} message(s) queued again."
+        for letter_id, reason in report.failed[:3]:
+            text += f" Dead letter #{letter_id} still fails: {reason}."
+        if ids and not report.replayed and not report.failed:
+            text = f"No dead letter #{ids[0]} to replay (replayed or discarded already?)."
+        return self._after(request, session, text)
+
+    @action
+    async def discard(self, request: Request, session: Session, form: dict[str, str]) -> Response:
+        """What `engine outbox discard --id ID | --all` does."""
+        runtime = request.state.runtime
+        ids = _chosen(form)
+        if ids == []:
+            return self._after(request, session, "No dead letter was chosen.")
+        discarded = await runtime.committer.call(runtime.outbox.discard_dead_letters, ids)
+        log.info("console discarded dead letters=%s", [letter.id for letter in discarded])
+        text = f"Discarded {len(discarded)} dead letter(s)."
+        if ids and not discarded:
+            text = f"No dead letter #{ids[0]} to discard (replayed or discarded already?)."
+        return self._after(request, session, text)
+
+    def _after(self, request: Request, session: Session, flash: str) -> Response:
+        self._badge = (-BADGE_SECONDS, None)  # the count changed: read it again
+        response = RedirectResponse(f"{_base(request)}/dead-letters", status_code=303)
+        self.gate.keep(response, request, replace(session, flash=flash[:1000]))
+        return response
+
+    # -- playground ------------------------------------------------------------------------------------------
+
+    @page
+    async def playground_page(self, request: Request, session: Session) -> Response:
+        settings = request.state.runtime.settings
+        files = [path.name for path in mapping_files(settings.mappings_dir)]
+        file = request.query_params.get("file", "")
+        if file not in files:
+            file = "call.ended.yaml" if "call.ended.yaml" in files else (files[0] if files else "")
+        text = (settings.mappings_dir / file).read_text(encoding="utf-8", errors="replace") if file else ""
+        samples = self._fixtures(settings)
+        recent = await self.reads("recent_webhooks", 20, None)
+        event = file.removesuffix(".yaml").removesuffix(".yml")
+        chosen = next((name for name in samples if Path(name).stem == event), None) or next(
+            (name for name in samples if Path(name).stem.split("--")[0] == event), None
+        )
+        payload = _sample_text(samples[chosen]) if chosen else ""
+        self._warming = asyncio.create_task(self.playground.warm())  # the first check need not start the child
+        context = {
+            "files": files,
+            "file": file,
+            "text": text,
+            "samples": list(samples),
+            "recent": recent,
+            "chosen": f"fixture:{chosen}" if chosen else "",
+            "payload": payload,
+        }
+        return await self._render(request, session, "playground.html", context)
+
+    @api
+    async def check(self, request: Request, session: Session) -> Response:
+        body = await _body(request, MAX_API_BYTES)
+        try:
+            asked = json.loads(body) if body is not None else None
+        except ValueError:
+            asked = None
+        if not isinstance(asked, dict) or not all(isinstance(asked.get(k), str) for k in ("file", "text", "payload")):
+            return JSONResponse({"error": "expected JSON with file, text and payload"}, status_code=400)
+        try:
+            answer = await self.playground.check(
+                request.state.runtime.settings, asked["file"], asked["text"], asked["payload"]
+            )
+        except PlaygroundRefused as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(answer)
+
+    @api
+    async def sample(self, request: Request, session: Session) -> Response:
+        """A sample webhook's text for the playground: `fixture:NAME` (tests/fixtures) or `webhook:ID` (stored)."""
+        kind, _, name = request.query_params.get("name", "").partition(":")
+        if kind == "fixture":
+            path = self._fixtures(request.state.runtime.settings).get(name)
+            if path is not None:
+                return JSONResponse({"payload": _sample_text(path)})
+        elif kind == "webhook" and (webhook_id := _int(name)) is not None:
+            found = await self.reads("webhook_body", webhook_id)
+            if found is not None:
+                return JSONResponse({"payload": queries.webhook_json(found[1])})
+        return JSONResponse({"error": "no such sample"}, status_code=404)
+
+    @action
+    async def download(self, request: Request, session: Session, form: dict[str, str]) -> Response:
+        """The edited file, back to the browser as a download: the playground never writes to the mappings."""
+        name = form.get("file", "")
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            name = "mapping.yaml"
+        return Response(
+            form.get("text", ""),
+            media_type="application/x-yaml; charset=utf-8",
+            headers={"content-disposition": f'attachment; filename="{name}"'.encode("ascii", "replace").decode()},
+        )
+
+    async def _dead_count(self, request: Request) -> int | None:
+        """The navigation's dead-letter count: the outbox's counts cost what /healthz costs (tens of milliseconds
+        with a million messages), so every page but the status reuses them for BADGE_SECONDS."""
+        checked, count = self._badge
+        if time.monotonic() - checked > BADGE_SECONDS:
+            try:
+                count = (await request.state.runtime.stats()).dead_letters
+            except Exception:
+                count = None
+            self._badge = (time.monotonic(), count)
+        return count
+
+    @staticmethod
+    def _fixtures(settings: Any) -> dict[str, Path]:
+        folder = find_fixtures(settings.mappings_dir)
+        return {path.name: path for path in sorted(folder.glob("*.json"))} if folder else {}
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    async def _render(
+        self, request: Request, session: Session, name: str, context: dict[str, Any], status_code: int = 200
+    ) -> Response:
+        """A page with the layout's facts (the dead letters' count), and the flash left by an action, once."""
+        context = {
+            "csrf": session.csrf,
+            "flash": session.flash,
+            "dead_count": await self._dead_count(request),
+            **context,
+        }
+        response = self.pages.render(request, name, context, status_code=status_code)
+        if session.flash:
+            self.gate.keep(response, request, replace(session, flash=None))
+        return response
+
+
+def _base(request: Request) -> str:
+    return request.scope.get("root_path") or "/console"
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "-"
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isdigit() and len(value) < 19 else None
+
+
+def _chosen(form: dict[str, str]) -> list[int] | None:
+    """The dead letter a button names, None for all of them ('all' set), [] for none (never 'all' by mistake)."""
+    if form.get("all") == "yes":
+        return None
+    letter_id = _int(form.get("id"))
+    return [letter_id] if letter_id is not None else []
+
+
+def _sample_text(path: Path) -> str:
+    """A sample webhook with its token blanked: the samples carry a real-looking token."""
+    return queries.webhook_json(path.read_bytes())
+
+
+async def _body(request: Request, limit: int) -> bytes | None:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _form(request: Request) -> dict[str, str] | None:
+    """The urlencoded form, or None when it is something else or too large."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+        return None
+    body = await _body(request, MAX_FORM_BYTES)
+    if body is None:
+        return None
+    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))

@@ -1,0 +1,253 @@
+"""What the console's pages show, read from the outbox on a connection of the console's own.
+
+Every read is one of the outbox's console reads (see `# -- console reads` in engine.outbox): bounded by a limit
+or a time window and served by an index, so a page costs the same with a thousand messages or a million.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from engine.console.charts import Chart, bar_chart
+from engine.outbox import (
+    DeadLetter,
+    Outbox,
+    StoredMessage,
+    WebhookSummary,
+    open_outbox,
+    stored_key,
+)
+
+if TYPE_CHECKING:
+    from engine.server.runtime import Runtime
+
+RECENT_WEBHOOKS = 300  # rows on the webhooks page
+DEAD_LETTER_PAGE = 100  # rows on the dead letters page
+MINUTES = 60  # the status chart's span
+COUNT_SCAN_LIMIT = 200_000  # messages read at most to count the recent webhooks' messages
+DEAD_LETTERS_SCANNED = 2_000  # dead letters read at most to mark the recent webhooks that became one
+MESSAGE_SLACK_SECONDS = 5.0  # a webhook's messages are committed with its processed mark: the same moment
+
+
+class Reads:
+    """The console's read-only outbox, opened on first use. One thread uses it (SQLite connections are not shared
+    between threads), off the event loop; the gateway's commits go through the committer's own connection and
+    never wait on it (SQLite in WAL mode: readers do not block the writer)."""
+
+    def __init__(self, setting: str) -> None:
+        self._setting = setting
+        self._outbox: Outbox | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="console-reads")
+
+    async def __call__(self, method: str, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._read, method, args)
+
+    def _read(self, method: str, args: tuple[Any, ...]) -> Any:
+        if self._outbox is None:
+            self._outbox = open_outbox(self._setting, read_only=True)
+        return getattr(self._outbox, method)(*args)
+
+    def close(self) -> None:
+        def close_outbox() -> None:
+            if self._outbox is not None:
+                self._outbox.close()
+                self._outbox = None
+
+        self._thread.submit(close_outbox).result()
+        self._thread.shutdown()
+
+
+# -- status ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Status:
+    stats: Any  # OutboxStats
+    charts: list[Chart]
+    totals: dict[str, int]
+    problems: list[str]
+    estimated: bool  # received and processed counted from id ranges: a busy hour (engine.outbox.Activity)
+    delivery: Any  # DeliveryState
+    segment_configured: bool
+    segment_api_url: str
+    processing_running: bool
+    processing_restarts: int
+    mappings: int
+    events: list[str]
+    numbers: list[str]  # empty: every number
+    now: float
+
+
+async def status(runtime: Runtime, reads: Reads) -> Status:
+    now = time.time()
+    stats = await runtime.stats()  # the /healthz counts, on the runtime's reader (cached a second)
+    start = (now // 60) * 60 - (MINUTES - 1) * 60  # whole minutes; the last one is the current minute
+    activity = await reads("activity", start, MINUTES)
+    series = {"received": activity.received, "processed": activity.processed, "delivered": activity.delivered}
+    titles = {
+        "received": "Webhooks received",
+        "processed": "Webhooks processed (mapped or dead-lettered)",
+        "delivered": "Messages delivered to Segment",
+    }
+    charts = [bar_chart(name, titles[name], counts, start) for name, counts in series.items()]
+    delivery = runtime.delivery.state
+    settings = runtime.settings
+    numbers: list[str] = []
+    if settings.numbers is not None:
+        numbers = [f"#{number_id}" for number_id in sorted(settings.numbers.ids)] + sorted(settings.numbers.digits)
+    return Status(
+        stats=stats,
+        charts=charts,
+        totals={name: sum(counts) for name, counts in series.items()},
+        problems=_problems(runtime, stats, now),
+        estimated=activity.estimated,
+        delivery=delivery,
+        segment_configured=runtime.delivery.client is not None,
+        segment_api_url=settings.segment_api_url,
+        processing_running=runtime.processor.alive,
+        processing_restarts=runtime.processor.restarts,
+        mappings=len(runtime.mappings),
+        events=sorted(settings.events),
+        numbers=numbers,
+        now=now,
+    )
+
+
+def _problems(runtime: Runtime, stats: Any, now: float) -> list[str]:
+    """What a person should act on, most pressing first; none means everything flows."""
+    problems = []
+    if runtime.delivery.client is None:
+        problems.append("SEGMENT_WRITE_KEY is not set: messages are kept in the outbox, not sent")
+    paused = runtime.delivery.state.paused_until
+    if paused and paused > now:
+        problems.append(f"Delivery is paused for {paused - now:.0f} s after an error from Segment")
+    if not runtime.processor.alive:
+        problems.append("The processing process is not running: stored webhooks wait to be mapped")
+    if stats.oldest_unprocessed_age is not None and stats.oldest_unprocessed_age > 60:
+        problems.append(f"Processing is behind: {stats.unprocessed:,} webhooks wait to be mapped")
+    if stats.oldest_pending_age is not None and stats.oldest_pending_age > 300:
+        problems.append(f"Delivery is behind: {stats.pending:,} messages wait for Segment")
+    if stats.dead_letters:
+        plural = "dead letter waits" if stats.dead_letters == 1 else "dead letters wait"
+        problems.append(f"{stats.dead_letters:,} {plural} for a replay or a discard")
+    return problems
+
+
+# -- recent webhooks ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WebhookRow:
+    summary: WebhookSummary
+    outcome: str  # waiting, mapped, dead letter
+    messages: int | None  # None: not counted (see Webhooks.complete)
+    delivered: int | None
+
+
+@dataclass
+class Webhooks:
+    rows: list[WebhookRow]
+    complete: bool  # False: too many messages since the oldest row to count them all
+    older: int | None  # `before` for the next page
+
+
+async def recent_webhooks(reads: Reads, before: int | None = None) -> Webhooks:
+    summaries: list[WebhookSummary] = await reads("recent_webhooks", RECENT_WEBHOOKS, before)
+    if not summaries:
+        return Webhooks([], True, None)
+    oldest = min(s.received_at for s in summaries)
+    counts, complete = await reads("message_counts", [s.key for s in summaries], oldest, COUNT_SCAN_LIMIT)
+    letters: list[DeadLetter] = await reads("dead_letters_since", oldest, DEAD_LETTERS_SCANNED)
+    dead = {stored_key(letter.webhook) for letter in letters if letter.replayed_at is None}
+    rows = []
+    for summary in summaries:
+        count = counts.get(summary.key)
+        messages, delivered = count if count else ((0, 0) if complete else (None, None))
+        if summary.processed_at is None:
+            outcome, messages, delivered = "waiting", None, None
+        elif summary.key in dead:
+            outcome = "dead letter"
+        else:
+            outcome = "mapped"
+        rows.append(WebhookRow(summary, outcome, messages, delivered))
+    older = summaries[-1].id if len(summaries) == RECENT_WEBHOOKS else None
+    return Webhooks(rows, complete, older)
+
+
+@dataclass
+class ShownMessage:
+    message: StoredMessage
+    pretty: str  # the body, indented for reading
+    exact: str  # the body exactly as sent
+
+
+@dataclass
+class WebhookDetail:
+    summary: WebhookSummary
+    body: str  # indented, token blanked
+    messages: list[ShownMessage]
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+
+async def webhook_detail(reads: Reads, webhook_id: int) -> WebhookDetail | None:
+    found = await reads("webhook_body", webhook_id)
+    if found is None:
+        return None
+    summary, body = found
+    letters: list[DeadLetter] = await reads("dead_letters_since", summary.received_at, DEAD_LETTERS_SCANNED)
+    letters = [letter for letter in letters if stored_key(letter.webhook) == summary.key]
+    moments = [summary.processed_at] if summary.processed_at is not None else []
+    moments += [letter.replayed_at for letter in letters if letter.replayed_at is not None]
+    messages = await reads("messages_of", summary.key, moments, MESSAGE_SLACK_SECONDS) if moments else []
+    shown = [ShownMessage(m, pretty_json(m.body), m.body.decode("utf-8", "replace")) for m in messages]
+    return WebhookDetail(summary, webhook_json(body), shown, letters)
+
+
+# -- dead letters ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeadLetterRow:
+    letter: DeadLetter
+    webhook: str  # indented, token blanked
+    webhook_id: int | None  # the stored webhook's page, when it is still there
+
+
+@dataclass
+class DeadLetters:
+    rows: list[DeadLetterRow]
+    older: int | None
+
+
+async def dead_letters(reads: Reads, before: int | None = None) -> DeadLetters:
+    letters: list[DeadLetter] = await reads("recent_dead_letters", DEAD_LETTER_PAGE, before)
+    keys = {letter.id: stored_key(letter.webhook) for letter in letters}
+    ids: dict[str, int] = await reads("webhook_ids", sorted(set(keys.values())))
+    rows = [DeadLetterRow(letter, webhook_json(letter.webhook), ids.get(keys[letter.id])) for letter in letters]
+    return DeadLetters(rows, letters[-1].id if len(letters) == DEAD_LETTER_PAGE else None)
+
+
+# -- formatting --------------------------------------------------------------------------------------------------
+
+
+def webhook_json(body: bytes) -> str:
+    """A stored webhook, indented, its token blanked (the outbox stores it blanked already; this is a second lock)."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace")
+    if isinstance(document, dict) and "token" in document:
+        document["token"] = ""
+    return json.dumps(document, indent=2, ensure_ascii=False)
+
+
+def pretty_json(body: bytes) -> str:
+    try:
+        return json.dumps(json.loads(body), indent=2, ensure_ascii=False)
+    except ValueError:
+        return body.decode("utf-8", "replace")
