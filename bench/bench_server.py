@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -162,7 +163,7 @@ def bare_server(tmp: Path, port: int) -> subprocess.Popen[bytes]:
     return start(args, base_env(), port, "/webhooks/aircall", tmp / "bare.log")
 
 
-def ingest_wrk(seconds: int, rounds: int) -> None:
+def ingest_wrk(seconds: int, rounds: int, pause_processing: bool = False) -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     tmp = Path(tempfile.mkdtemp(prefix="bench-wrk-"))
@@ -174,6 +175,11 @@ def ingest_wrk(seconds: int, rounds: int) -> None:
         engine_server(tmp, ports["engine"]),
     ]
     results: dict[str, list[dict[str, float]]] = {name: [] for name in ports}
+    # --pause-processing: the processing process stopped (SIGSTOP) while the load runs, to measure the gateway
+    # alone, without the mapping's writes sharing SQLite's single writer; it maps the backlog afterwards.
+    paused = children(procs[2].pid) if pause_processing else []
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)
     try:
         first_id = 1
         for _ in range(rounds):  # interleaved: every server sees the same machine state
@@ -185,9 +191,12 @@ def ingest_wrk(seconds: int, rounds: int) -> None:
         paced = asyncio.run(run_load("127.0.0.1", ports["engine"], "/webhooks/aircall",
                                      lambda n: call_body(10**8 + n), 5000, concurrency=32, rate=1000))  # fmt: skip
     finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
         for proc in procs:
             stop(proc)
-    print(f"# ingest with wrk -t1 -c32 -d{seconds}s, {rounds} interleaved rounds, {machine()}")
+    alone = ", processing paused during the load" if pause_processing else ""
+    print(f"# ingest with wrk -t1 -c32 -d{seconds}s, {rounds} interleaved rounds{alone}, {machine()}")
     print(f"{'server':<40}{'req/s (each round)':>28}{'p50 ms':>9}{'p99 ms':>9}")
     for name, label in (("bare", "bare Starlette (parse JSON, 200)"), ("durable", "smallest durable app"),
                         ("engine", "engine serve (gateway)")):  # fmt: skip
@@ -410,9 +419,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="wrk's duration (wrk, e2e)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (wrk)")
     parser.add_argument("--workers", type=int, default=1, help="engine serve --workers (e2e)")
+    parser.add_argument("--pause-processing", action="store_true", help="wrk: measure the gateway alone")
     args = parser.parse_args()
     if args.what == "wrk":
-        ingest_wrk(args.seconds, args.rounds)
+        ingest_wrk(args.seconds, args.rounds, args.pause_processing)
     elif args.what == "e2e":
         end_to_end(args.seconds, args.workers)
     elif args.what == "memory-webhooks":

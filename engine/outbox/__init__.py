@@ -33,11 +33,13 @@ from engine.outbox.base import (
 from engine.outbox.sqlite import SCHEMA_VERSION, SqliteOutbox
 
 
-def open_outbox(setting: str, *, create: bool = True, read_only: bool = False) -> Outbox:
+def open_outbox(setting: str, *, create: bool = True, read_only: bool = False, synced: bool = True) -> Outbox:
     """The outbox ENGINE_DB names: a SQLite file (the default) or a PostgreSQL database shared by replicas.
 
     `create`: a missing file is created (the server, a backfill); `read_only`: nothing is written, not even a
     migration (engine outbox status). Either way, what is not this engine's outbox is refused: OutboxRefused.
+    `synced=False`: commits are not flushed to disk one by one (the processing stage's connection: what it writes
+    can be written again from the stored webhooks, which are; see engine.processing.child).
     """
     if is_postgres(setting):
         check_postgres_url(setting)
@@ -49,8 +51,8 @@ def open_outbox(setting: str, *, create: bool = True, read_only: bool = False) -
             raise OutboxRefused(
                 "a postgresql:// outbox needs psycopg: pip install 'aircall-segment[postgres]'"
             ) from None
-        return PostgresOutbox(setting, read_only=read_only)
-    return SqliteOutbox(sqlite_path(setting), create=create, read_only=read_only)
+        return PostgresOutbox(setting, read_only=read_only, synced=synced)
+    return SqliteOutbox(sqlite_path(setting), create=create, read_only=read_only, synced=synced)
 
 
 __all__ = [

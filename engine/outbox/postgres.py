@@ -123,7 +123,13 @@ class PostgresOutbox:
     RETRY_AFTER_FAILURE = 1.0  # seconds during which a failed database is not asked again
 
     def __init__(
-        self, url: str, *, max_connections: int = 4, connect_timeout: float = 3.0, read_only: bool = False
+        self,
+        url: str,
+        *,
+        max_connections: int = 4,
+        connect_timeout: float = 3.0,
+        read_only: bool = False,
+        synced: bool = True,
     ) -> None:
         self.path = describe_db(url)  # what logs and errors may show: never the password
         self._down_until = 0.0
@@ -132,7 +138,11 @@ class PostgresOutbox:
             url,
             min_size=1,
             max_size=max_connections,
-            kwargs={"autocommit": True, "connect_timeout": int(connect_timeout)},  # transactions: explicit
+            kwargs={  # transactions: explicit
+                "autocommit": True,
+                "connect_timeout": int(connect_timeout),
+                **({} if synced else {"options": "-c synchronous_commit=off"}),
+            },
             timeout=connect_timeout,
             open=False,
             check=ConnectionPool.check_connection,
