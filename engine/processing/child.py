@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,10 +59,9 @@ class ProcessingProcess:
         args = [sys.executable, "-m", "engine.processing.child", "--fd", str(theirs.fileno())]
         self._proc = subprocess.Popen(args, pass_fds=[theirs.fileno()], stdin=subprocess.PIPE)
         theirs.close()
-        assert self._proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError):  # it died at once: the end-of-file below restarts it
-            self._proc.stdin.write(self._handoff)
-        self._proc.stdin.close()
+        # From a thread: past the pipe's 64 KB (many mapping files), the write waits for the child to read, and
+        # the event loop must not.
+        threading.Thread(target=_hand_over, args=(self._proc, self._handoff), name="processing-handoff").start()
         self._sock = ours
         asyncio.get_running_loop().add_reader(ours.fileno(), self._read)
 
@@ -117,6 +117,13 @@ class ProcessingProcess:
     @property
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+
+def _hand_over(proc: subprocess.Popen[bytes], handoff: bytes) -> None:
+    assert proc.stdin is not None
+    with contextlib.suppress(BrokenPipeError, OSError):  # it died at once: its end-of-file restarts it
+        proc.stdin.write(handoff)
+        proc.stdin.close()
 
 
 class SocketChannel:
