@@ -132,7 +132,7 @@ def test_bisection_finds_the_first_row_of_a_time_window_among_gaps(tmp_path):
 
 
 def test_a_busy_hour_is_counted_from_id_ranges_with_the_same_figures(tmp_path, monkeypatch):
-    import engine.outbox.sqlite
+    import engine.outbox.base
 
     outbox = SqliteOutbox(tmp_path / "outbox.sqlite3")
     start = 1_000_000.0
@@ -141,7 +141,7 @@ def test_a_busy_hour_is_counted_from_id_ranges_with_the_same_figures(tmp_path, m
         [(i, f"k{i}", start + i * 1.7, start + i * 1.7 + 30) for i in range(1, 2001)],
     )
     exact = outbox.activity(start, 60)
-    monkeypatch.setattr(engine.outbox.sqlite, "ACTIVITY_EXACT_ROWS", 100)
+    monkeypatch.setattr(engine.outbox.base, "ACTIVITY_EXACT_ROWS", 100)
     estimated = outbox.activity(start, 60)
     assert not exact.estimated and estimated.estimated
     assert (estimated.received, estimated.processed) == (exact.received, exact.processed)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -13,7 +14,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from engine.aircall.envelope import Webhook
@@ -168,6 +169,55 @@ CONSOLE_SLACK_SECONDS = 300.0
 # ids have no gaps (SQLite's, within the hour), an upper bound otherwise (PostgreSQL's sequence skips a value
 # for each duplicate); the console then says "about".
 ACTIVITY_EXACT_ROWS = 20_000
+
+# Helpers both stores use, each with its own placeholder and SQL dialect.
+
+
+def first_id(conn: Any, table: str, column: str, at: float, strictly_after: bool = False, *, mark: str = "?") -> int:
+    """The smallest id from which `column` (a time set at insert, so growing with the id) is at least `at` (more
+    than `at` with `strictly_after`), by bisection of the primary key: a few dozen lookups, whatever the table's
+    size. A null counts as later than any time (a webhook not mapped yet: mapping goes in id order). MAX(id) + 1
+    when no row is that late."""
+    # Two statements: SQLite reads MIN and MAX of the primary key in one step each, but both at once by a scan.
+    low = conn.execute(f"SELECT MIN(id) FROM {table}").fetchone()[0]
+    high = conn.execute(f"SELECT MAX(id) FROM {table}").fetchone()[0]
+    if high is None:
+        return 0
+    high += 1
+    while low < high:
+        middle = (low + high) // 2
+        row_id, value = conn.execute(
+            f"SELECT id, {column} FROM {table} WHERE id >= {mark} ORDER BY id LIMIT 1", (middle,)
+        ).fetchone()
+        if value is None or value > at or (value == at and not strictly_after):
+            high = middle
+        else:
+            low = row_id + 1
+    return low
+
+
+def per_minute(
+    conn: Any, column: str, edges: list[float], *, mark: str = "?", minute: str = "CAST(({column} - ?) / 60 AS INTEGER)"
+) -> tuple[list[int], bool]:
+    """Webhooks per minute by `column` between consecutive `edges`; whether counted exactly (not estimated).
+    `mark` is the driver's placeholder, `minute` the SQL of a row's minute (its dialect differs)."""
+    minutes = len(edges) - 1
+    first = first_id(conn, "webhooks", column, edges[0] - CONSOLE_SLACK_SECONDS, mark=mark)
+    last = conn.execute("SELECT MAX(id) FROM webhooks").fetchone()[0] or 0
+    if last - first < ACTIVITY_EXACT_ROWS:
+        counts = [0] * minutes
+        rows = conn.execute(
+            f"SELECT {minute.format(column=column)} AS minute, COUNT(*) FROM webhooks "
+            f"WHERE id >= {mark} AND {column} >= {mark} GROUP BY minute",
+            (edges[0], first, edges[0]),
+        ).fetchall()
+        for minute, count in rows:
+            if 0 <= minute < minutes:
+                counts[minute] = count
+        return counts, True
+    bounds = [first_id(conn, "webhooks", column, edge, mark=mark) for edge in edges]
+    return [max(high - low, 0) for low, high in itertools.pairwise(bounds)], False
+
 
 # -- end of console reads ---------------------------------------------------------------------------------------
 

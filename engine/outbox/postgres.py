@@ -9,6 +9,7 @@ Same interface and behaviour as the SQLite outbox. What differs is what several 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -18,7 +19,6 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from engine.outbox import (
-    ACTIVITY_EXACT_ROWS,
     CONSOLE_SLACK_SECONDS,
     DEAD_LETTER_COLUMNS,
     Activity,
@@ -34,6 +34,8 @@ from engine.outbox import (
     StoredWebhook,
     WebhookSummary,
     describe_db,
+    first_id,
+    per_minute,
 )
 
 T = TypeVar("T")
@@ -622,43 +624,9 @@ _MESSAGE_COLUMNS = "id, message_id, event, body, created_at, attempts, last_erro
 _NO_ID = 2**63 - 1
 
 
-def _first_id(conn: psycopg.Connection, table: str, column: str, at: float, strictly_after: bool = False) -> int:
-    """As engine.outbox._first_id: the smallest id from which `column` is at least `at`, by bisection."""
-    low = conn.execute(f"SELECT MIN(id) FROM {table}").fetchone()[0]
-    high = conn.execute(f"SELECT MAX(id) FROM {table}").fetchone()[0]
-    if high is None:
-        return 0
-    high += 1
-    while low < high:
-        middle = (low + high) // 2
-        row_id, value = conn.execute(
-            f"SELECT id, {column} FROM {table} WHERE id >= %s ORDER BY id LIMIT 1", (middle,)
-        ).fetchone()
-        if value is None or value > at or (value == at and not strictly_after):
-            high = middle
-        else:
-            low = row_id + 1
-    return low
-
-
-def _per_minute(conn: psycopg.Connection, column: str, edges: list[float]) -> tuple[list[int], bool]:
-    """As engine.outbox._per_minute."""
-    minutes = len(edges) - 1
-    first = _first_id(conn, "webhooks", column, edges[0] - CONSOLE_SLACK_SECONDS)
-    last = conn.execute("SELECT MAX(id) FROM webhooks").fetchone()[0] or 0
-    if last - first < ACTIVITY_EXACT_ROWS:
-        counts = [0] * minutes
-        rows = conn.execute(
-            f"SELECT floor(({column} - %s) / 60)::int AS minute, COUNT(*) FROM webhooks "
-            f"WHERE id >= %s AND {column} >= %s GROUP BY minute",
-            (edges[0], first, edges[0]),
-        ).fetchall()
-        for minute, count in rows:
-            if 0 <= minute < minutes:
-                counts[minute] = count
-        return counts, True
-    bounds = [_first_id(conn, "webhooks", column, edge) for edge in edges]
-    return [max(high - low, 0) for low, high in itertools.pairwise(bounds)], False
+# The shared helpers (engine.outbox.base) in PostgreSQL's dialect.
+_first_id = functools.partial(first_id, mark="%s")
+_per_minute = functools.partial(per_minute, mark="%s", minute="floor(({column} - %s) / 60)::int")
 
 
 # -- end of console reads: helpers ------------------------------------------------------------------------------

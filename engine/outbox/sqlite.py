@@ -13,6 +13,7 @@ claim, however many delivered rows wait for pruning.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import sqlite3
 import time
@@ -20,7 +21,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from engine.outbox.base import (
-    ACTIVITY_EXACT_ROWS,
     CONSOLE_SLACK_SECONDS,
     DEAD_LETTER_COLUMNS,
     Activity,
@@ -35,6 +35,8 @@ from engine.outbox.base import (
     StoredMessage,
     StoredWebhook,
     WebhookSummary,
+    first_id,
+    per_minute,
 )
 
 SCHEMA_VERSION = 4
@@ -674,47 +676,9 @@ _MESSAGE_COLUMNS = "id, message_id, event, body, created_at, attempts, last_erro
 _NO_ID = 2**63 - 1  # above every id: "before" nothing
 
 
-def _first_id(conn: sqlite3.Connection, table: str, column: str, at: float, strictly_after: bool = False) -> int:
-    """The smallest id from which `column` (a time set at insert, so growing with the id) is at least `at` (more
-    than `at` with `strictly_after`), by bisection of the primary key: a few dozen lookups, whatever the table's
-    size. A null counts as later than any time (a webhook not mapped yet: mapping goes in id order). MAX(id) + 1
-    when no row is that late."""
-    # Two statements: SQLite reads MIN and MAX of the primary key in one step each, but both at once by a scan.
-    low = conn.execute(f"SELECT MIN(id) FROM {table}").fetchone()[0]
-    high = conn.execute(f"SELECT MAX(id) FROM {table}").fetchone()[0]
-    if high is None:
-        return 0
-    high += 1
-    while low < high:
-        middle = (low + high) // 2
-        row_id, value = conn.execute(
-            f"SELECT id, {column} FROM {table} WHERE id >= ? ORDER BY id LIMIT 1", (middle,)
-        ).fetchone()
-        if value is None or value > at or (value == at and not strictly_after):
-            high = middle
-        else:
-            low = row_id + 1
-    return low
-
-
-def _per_minute(conn: sqlite3.Connection, column: str, edges: list[float]) -> tuple[list[int], bool]:
-    """Webhooks per minute by `column` between consecutive `edges`; whether counted exactly (not estimated)."""
-    minutes = len(edges) - 1
-    first = _first_id(conn, "webhooks", column, edges[0] - CONSOLE_SLACK_SECONDS)
-    last = conn.execute("SELECT MAX(id) FROM webhooks").fetchone()[0] or 0
-    if last - first < ACTIVITY_EXACT_ROWS:
-        counts = [0] * minutes
-        rows = conn.execute(
-            f"SELECT CAST(({column} - ?) / 60 AS INTEGER) AS minute, COUNT(*) FROM webhooks "
-            f"WHERE id >= ? AND {column} >= ? GROUP BY minute",
-            (edges[0], first, edges[0]),
-        )
-        for minute, count in rows:
-            if 0 <= minute < minutes:
-                counts[minute] = count
-        return counts, True
-    bounds = [_first_id(conn, "webhooks", column, edge) for edge in edges]
-    return [max(high - low, 0) for low, high in itertools.pairwise(bounds)], False
+# The shared helpers (engine.outbox.base) in SQLite's dialect.
+_first_id = functools.partial(first_id, mark="?")
+_per_minute = functools.partial(per_minute, mark="?", minute="CAST(({column} - ?) / 60 AS INTEGER)")
 
 
 # -- end of console reads: helpers ------------------------------------------------------------------------------
