@@ -116,3 +116,17 @@ def postgres_cluster():
 def postgres_url(postgres_cluster) -> str:
     """A fresh, empty database on the test cluster."""
     return postgres_cluster.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def outbox(request, tmp_path):
+    """The same outbox contract on each backend: SQLite in a new file (in a folder it creates), PostgreSQL in a
+    fresh database."""
+    from engine.outbox import SqliteOutbox, open_outbox
+
+    if request.param == "postgres":
+        store = open_outbox(request.getfixturevalue("postgres_url"))
+    else:
+        store = SqliteOutbox(tmp_path / "var" / "outbox.sqlite3")
+    yield store
+    store.close()

@@ -23,7 +23,6 @@ import pytest
 from engine import cli
 from engine.aircall.api import AircallClient, Clock
 from engine.cli import aircall as aircall_commands
-from engine.outbox import SqliteOutbox, open_outbox
 from tests.conftest import ENGINE, MAPPINGS, ROOT, Run, run_engine
 from tests.fake_aircall import PretendClock
 from tests.harness import FakeAircall, base_env, wait_for
@@ -372,14 +371,9 @@ def test_bad_dates_resources_and_rates_are_one_line_errors(backfill, engine, env
 # -- the outbox keeps where a backfill stands ---------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request, tmp_path):
-    if request.param == "postgres":
-        outbox = open_outbox(request.getfixturevalue("postgres_url"))
-    else:
-        outbox = SqliteOutbox(tmp_path / "outbox.sqlite3")
-    yield outbox
-    outbox.close()
+@pytest.fixture
+def store(outbox):
+    return outbox
 
 
 def test_the_outbox_keeps_an_unfinished_run_until_it_finishes(store):

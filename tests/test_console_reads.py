@@ -20,16 +20,6 @@ from engine.outbox import (
 )
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def outbox(request, tmp_path):
-    if request.param == "postgres":
-        store = open_outbox(request.getfixturevalue("postgres_url"))
-    else:
-        store = SqliteOutbox(tmp_path / "outbox.sqlite3")
-    yield store
-    store.close()
-
-
 def stored(n: int) -> StoredWebhook:
     return stored_webhook(Webhook("call", "call.ended", 1_700_000_000 + n, "secret-token", {"id": n}))
 

@@ -11,18 +11,7 @@ import time
 import pytest
 
 from engine.aircall.envelope import Webhook
-from engine.outbox import SCHEMA_VERSION, NewMessage, OutboxRefused, SqliteOutbox, open_outbox, stored_webhook
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def outbox(request, tmp_path):
-    """The same contract for each backend: SQLite in a file, PostgreSQL in a fresh database."""
-    if request.param == "postgres":
-        store = open_outbox(request.getfixturevalue("postgres_url"))
-    else:
-        store = SqliteOutbox(tmp_path / "var" / "outbox.sqlite3")
-    yield store
-    store.close()
+from engine.outbox import SCHEMA_VERSION, NewMessage, OutboxRefused, SqliteOutbox, stored_webhook
 
 
 @pytest.fixture

@@ -13,20 +13,10 @@ import pytest
 
 from engine.aircall.envelope import parse_webhook
 from engine.mapping.load import load_mappings
-from engine.outbox import SqliteOutbox, open_outbox, stored_webhook
+from engine.outbox import SqliteOutbox, stored_webhook
 from engine.processing.mapper import process_stored
 from tests.conftest import MAPPINGS, run_engine
 from tests.harness import call_webhook, expected_ids, sample, wait_for
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def outbox(request, tmp_path):
-    if request.param == "postgres":
-        store = open_outbox(request.getfixturevalue("postgres_url"))
-    else:
-        store = SqliteOutbox(tmp_path / "outbox.sqlite3")
-    yield store
-    store.close()
 
 
 @pytest.fixture(scope="module")
