@@ -41,6 +41,15 @@ def test_a_stored_webhook_waits_unprocessed_and_a_redelivery_is_stored_once(outb
     assert stats.oldest_unprocessed_age is not None and stats.oldest_unprocessed_age >= 0
 
 
+def test_a_group_commit_tells_each_webhook_whether_it_was_new_when_some_were_not(outbox):
+    # The gateway's group commit may hold a redelivery of a stored webhook, and the same webhook twice (Aircall
+    # retrying while the first attempt waits for the commit): each hears whether it was the one stored.
+    outbox.append([stored(1)])
+    assert outbox.append([stored(2), stored(1), stored(3), stored(3), stored(4)]) == [True, False, True, False, True]
+    assert outbox.stats().unprocessed == 4
+    assert outbox.append([stored(5), stored(6)]) == [True, True]
+
+
 def test_a_claimed_batch_is_not_claimed_again_until_its_lease_ends(outbox):
     outbox.append([stored(n) for n in range(5)])
     first = outbox.claim_webhooks(3, 60, "worker-a")

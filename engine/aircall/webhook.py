@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import time
 from typing import TYPE_CHECKING
 
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from engine.aircall.envelope import EnvelopeError, parse_json, webhook_from_json
 from engine.outbox import OutboxUnavailable, stored_webhook
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("engine.webhook")
 
+PATH = "/webhooks/aircall"
+
 
 class Refusal(Exception):
     def __init__(self, status: int, outcome: str, reason: str, headers: dict[str, str] | None = None) -> None:
@@ -34,13 +36,27 @@ class Refusal(Exception):
         self.status, self.outcome, self.reason, self.headers = status, outcome, reason, headers
 
 
-async def receive(request: Request) -> Response:
-    runtime: Runtime = request.state.runtime
+class _Gone(Exception):
+    """The sender hung up before its body was complete: nobody is left to answer."""
+
+
+async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
+    """The webhook route as a plain ASGI endpoint, served ahead of Starlette's router (engine.server.app).
+
+    It is the one path taken for every webhook, and Starlette's request, response and middleware objects cost
+    as much as everything below together (bench/RESULTS.md): here the body is read and the answer written
+    with ASGI messages directly. Every other route stays a Starlette one.
+    """
+    runtime: Runtime = scope["state"]["runtime"]
     started = time.perf_counter()
     event = "unknown"
+    status, outcome, payload, extra = 200, "accepted", _ACCEPTED, ()
     try:
-        _check_content_type(request)
-        body = await _read_body(request, runtime.settings.max_body_bytes, runtime.settings.body_timeout_seconds)
+        if scope["method"] != "POST":
+            raise Refusal(405, "method_not_allowed", "method not allowed: use POST", {"Allow": "POST"})
+        declared = _check_headers(scope["headers"], runtime.settings.max_body_bytes)
+        body = await _read_body(receive, declared, runtime.settings.max_body_bytes,
+                                runtime.settings.body_timeout_seconds)  # fmt: skip
         try:
             document = parse_json(body)  # its errors name a position, never the content
         except EnvelopeError as exc:
@@ -53,22 +69,29 @@ async def receive(request: Request) -> Response:
             raise Refusal(400, "bad_request", str(exc)) from None
         skip = runtime.selection.skip_reason(webhook)
         if skip is not None:
-            return _answer(request, started, event, 200, "ignored", {"status": "ignored", "reason": skip})
-        try:
-            new = await runtime.committer.append(stored_webhook(webhook, body))
-        except OutboxUnavailable as exc:
-            log.error("outbox unavailable: %s", exc)
-            raise Refusal(503, "unavailable", "outbox unavailable; retry later", {"Retry-After": "5"}) from None
-        runtime.processor.wake()
-        payload: dict[str, object] = {"status": "accepted"}
-        if not new:
-            payload["duplicate"] = True
-        return _answer(request, started, event, 200, "accepted", payload)
+            outcome, payload = "ignored", {"status": "ignored", "reason": skip}
+        else:
+            try:
+                new = await runtime.committer.append(stored_webhook(webhook, body))
+            except OutboxUnavailable as exc:
+                log.error("outbox unavailable: %s", exc)
+                raise Refusal(503, "unavailable", "outbox unavailable; retry later", {"Retry-After": "5"}) from None
+            if not new:
+                payload = _DUPLICATE
     except Refusal as refusal:
-        return _answer(
-            request, started, event, refusal.status, refusal.outcome,
-            {"status": "error", "reason": refusal.reason}, refusal.headers,
-        )  # fmt: skip
+        status, outcome, extra = refusal.status, refusal.outcome, tuple((refusal.headers or {}).items())
+        payload = {"status": "error", "reason": refusal.reason}
+    except _Gone:
+        _note(scope, started, event, 400, "bad_request", "client disconnected before the body was complete")
+        return
+    detail = payload.get("reason") or ("duplicate" if payload is _DUPLICATE else "stored")
+    _note(scope, started, event, status, outcome, detail)
+    await _answer(send, status, payload, extra)
+
+
+_ACCEPTED: dict[str, object] = {"status": "accepted"}
+_DUPLICATE: dict[str, object] = {"status": "accepted", "duplicate": True}
+_ENCODED = {id(_ACCEPTED): b'{"status":"accepted"}', id(_DUPLICATE): b'{"status":"accepted","duplicate":true}'}
 
 
 def _authenticate(runtime: Runtime, document: object) -> None:
@@ -97,51 +120,61 @@ def token_matches(given: str, digests: tuple[bytes, ...]) -> bool:
     return matched
 
 
-def _check_content_type(request: Request) -> None:
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type != "application/json":
+def _check_headers(headers: list[tuple[bytes, bytes]], limit: int) -> int | None:
+    """The content type, and the declared length when there is one (refused at once past `limit`)."""
+    media_type, declared = b"", None
+    for name, value in headers:
+        if name == b"content-type":
+            media_type = value.split(b";", 1)[0].strip().lower()
+        elif name == b"content-length":
+            declared = value
+    if media_type != b"application/json":
         raise Refusal(415, "unsupported_media_type", "content type must be application/json")
+    if declared is None:
+        return None
+    if not declared.isdigit():
+        raise Refusal(400, "bad_request", "invalid Content-Length")
+    if int(declared) > limit:
+        raise Refusal(413, "too_large", f"body over {limit} bytes")
+    return int(declared)
 
 
-async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+async def _read_body(receive: Receive, declared: int | None, limit: int, timeout: float) -> bytes:
     """The body, refused as soon as it passes `limit` bytes or takes longer than `timeout` seconds to arrive."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise Refusal(400, "bad_request", "invalid Content-Length")
-        if int(declared) > limit:
-            raise Refusal(413, "too_large", f"body over {limit} bytes")
     chunks, size = [], 0
     try:
         async with asyncio.timeout(timeout):
-            async for chunk in request.stream():
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _Gone
+                chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
                     raise Refusal(413, "too_large", f"body over {limit} bytes")
                 chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
     except TimeoutError:
         raise Refusal(408, "timeout", f"body not received within {timeout:g}s") from None
-    except ClientDisconnect:
-        raise Refusal(400, "bad_request", "client disconnected before the body was complete") from None
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _answer(
-    request: Request,
-    started: float,
-    event: str,
-    status: int,
-    outcome: str,
-    payload: dict[str, object],
-    headers: dict[str, str] | None = None,
-) -> Response:
+def _note(scope: Scope, started: float, event: str, status: int, outcome: str, detail: object) -> None:
+    """The outcome's metrics and its log line."""
     seconds = time.perf_counter() - started
-    request.state.runtime.metrics.webhook(event, outcome, seconds)
-    detail = payload.get("reason") or ("duplicate" if payload.get("duplicate") else "stored")
+    scope["state"]["runtime"].metrics.webhook(event, outcome, seconds)
     # Behind a trusted proxy (--forwarded-allow-ips) uvicorn has put the original sender here.
-    client = request.client.host if request.client else "-"
+    client = scope.get("client")
     log.info(
         "webhook event=%s status=%d outcome=%s %s ms=%.1f client=%s",
-        event, status, outcome, detail, seconds * 1000, client,
+        event, status, outcome, detail, seconds * 1000, client[0] if client else "-",
     )  # fmt: skip
-    return JSONResponse(payload, status_code=status, headers=headers)
+
+
+async def _answer(send: Send, status: int, payload: dict[str, object], extra: tuple[tuple[str, str], ...]) -> None:
+    body = _ENCODED.get(id(payload)) or json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(name.lower().encode(), value.encode()) for name, value in extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

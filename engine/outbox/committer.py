@@ -112,15 +112,20 @@ class Committer:
 
     def _commit(self, group: list[_Append]) -> None:
         try:
-            added = self.outbox.append([job.webhook for job in group])
+            added: list[Any] = self.outbox.append([job.webhook for job in group])
+            error: BaseException | None = None
         except Exception as exc:
-            for job in group:
-                _settle(job.loop, job.future, error=exc)
-            return
-        if self._on_commit is not None:
+            added, error = [None] * len(group), exc
+        if error is None and self._on_commit is not None:
             self._on_commit(len(group))
-        for job, count in zip(group, added, strict=True):
-            _settle(job.loop, job.future, result=count)
+        # One hand-over per event loop for the whole group rather than one per webhook: each is a wake-up of
+        # the loop and a turn of the GIL between this thread and it.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+        for job, result in zip(group, added, strict=True):
+            by_loop.setdefault(job.loop, []).append((job.future, result))
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+                loop.call_soon_threadsafe(_settle_all, settled, error)
 
     @staticmethod
     def _call(call: _Call) -> None:
@@ -130,6 +135,16 @@ class Committer:
             _settle(call.loop, call.future, error=exc)
         else:
             _settle(call.loop, call.future, result=result)
+
+
+def _settle_all(settled: list[tuple[asyncio.Future[Any], Any]], error: BaseException | None) -> None:
+    for future, result in settled:
+        if future.done():  # the request went away (client disconnected); its rows are committed all the same
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 def _settle(

@@ -244,15 +244,21 @@ class SqliteOutbox:
         now = time.time()
 
         def work(conn: sqlite3.Connection) -> list[bool]:
+            # One executemany for the group: SQLite's C loop, not a Python statement per webhook. Rows get ids
+            # above the largest before it, so which webhooks were new is read back only when some were not.
+            last = conn.execute("SELECT coalesce(max(id), 0) FROM webhooks").fetchone()[0]
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT INTO webhooks (key, event, received_at, body) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+                [(webhook.key, webhook.event, now, webhook.body) for webhook in webhooks],
+            )
+            if conn.total_changes - before == len(webhooks):
+                return [True] * len(webhooks)
+            inserted = {row[0] for row in conn.execute("SELECT key FROM webhooks WHERE id > ?", (last,))}
             added = []
-            for webhook in webhooks:
-                before = conn.total_changes
-                conn.execute(
-                    "INSERT INTO webhooks (key, event, received_at, body) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (key) DO NOTHING",
-                    (webhook.key, webhook.event, now, webhook.body),
-                )
-                added.append(conn.total_changes > before)
+            for webhook in webhooks:  # the same webhook twice in one group: the first one is new
+                added.append(webhook.key in inserted)
+                inserted.discard(webhook.key)
             return added
 
         return self._write(work)

@@ -66,9 +66,11 @@ class ProcessingProcess:
         asyncio.get_running_loop().add_reader(ours.fileno(), self._read)
 
     def wake(self) -> None:
-        if self._sock is not None:
-            with contextlib.suppress(BlockingIOError, OSError):
-                self._sock.send(b"w")
+        """Tell the processing process that webhooks are waiting. Called from the committer's thread."""
+        sock = self._sock  # read once: the event loop may close and drop it meanwhile (a restart)
+        if sock is not None:
+            with contextlib.suppress(OSError):  # full (it is woken already) or closed (a new one is starting)
+                sock.send(b"w")
 
     def _read(self) -> None:
         assert self._sock is not None

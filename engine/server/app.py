@@ -15,7 +15,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import __version__
-from engine.aircall.webhook import receive
+from engine.aircall.webhook import PATH, gateway
 from engine.config import ConfigError, load_settings
 from engine.console.app import Console  # console: the web console, off unless ENGINE_CONSOLE_TOKEN is set
 from engine.mapping.findings import MappingError
@@ -62,6 +62,31 @@ async def metrics(request: Request) -> Response:
     return Response(runtime.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+class _WebhooksFirst:
+    """POST /webhooks/aircall goes straight to the gateway, a plain ASGI endpoint: it is the path every webhook
+    takes, and Starlette's router, middleware and request objects would double its cost. Everything else,
+    including that path with another method or a trailing slash, is Starlette's."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "POST":
+            await gateway(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+class _Endpoint:
+    """An ASGI function as a Starlette route's endpoint (Starlette takes a plain function for a request handler)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
 class _QuietStartupFailure:
     """A setting or a mapping the operator got wrong stops start-up with the one-line error the lifespan logs.
 
@@ -94,7 +119,7 @@ class _QuietStartupFailure:
             raise
 
 
-def create_app(env_file: str | None = None) -> Starlette:
+def create_app(env_file: str | None = None) -> ASGIApp:
     """The app; settings are read when it starts, from the environment then `env_file` (else ENGINE_ENV_FILE,
     which must then exist, else .env if there is one)."""
     named = env_file or os.environ.get("ENGINE_ENV_FILE")
@@ -126,14 +151,16 @@ def create_app(env_file: str | None = None) -> Starlette:
             log.info("stopped")
             logs.write_directly()
 
-    return Starlette(
-        middleware=[Middleware(_QuietStartupFailure)],
-        routes=[
-            Route("/webhooks/aircall", receive, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-            Route("/console", console.entrance),  # console: /console/ when it is on, else 404
-            Mount("/console", app=console),  # console
-        ],
-        lifespan=lifespan,
+    return _WebhooksFirst(
+        Starlette(
+            middleware=[Middleware(_QuietStartupFailure)],
+            routes=[
+                Route(PATH, _Endpoint(gateway), methods=["POST"]),
+                Route("/healthz", healthz, methods=["GET"]),
+                Route("/metrics", metrics, methods=["GET"]),
+                Route("/console", console.entrance),  # console: /console/ when it is on, else 404
+                Mount("/console", app=console),  # console
+            ],
+            lifespan=lifespan,
+        )
     )

@@ -94,7 +94,14 @@ def build_runtime(settings: Settings) -> Runtime:
     files = {path.name: path.read_bytes() for path in mapping_files(settings.mappings_dir)}
     outbox = _open(settings.db)
     metrics = Metrics()
-    committer = Committer(outbox, on_commit=metrics.committed)
+
+    def committed(webhooks: int) -> None:
+        # On the committer's thread, once per group commit: the processing process is woken once for the group
+        # (a byte on a socket), not once per webhook on the event loop.
+        metrics.committed(webhooks)
+        processor.wake()
+
+    committer = Committer(outbox, on_commit=committed)
     client = (
         SegmentClient(settings.segment_api_url, settings.segment_write_key, settings.segment_timeout_seconds)
         if settings.segment_write_key
