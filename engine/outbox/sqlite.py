@@ -130,7 +130,10 @@ class SqliteOutbox:
             target, uri = f"{self.path.resolve().as_uri()}?mode=ro", True
         else:
             target, uri = str(self.path), False
-        conn = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False, timeout=3.0)
+        conn = sqlite3.connect(
+            target, uri=uri, isolation_level=None, check_same_thread=False, timeout=3.0,
+            cached_statements=APPEND_CHUNK + 64,
+        )  # fmt: skip
         try:
             conn.execute("PRAGMA busy_timeout=3000")  # a webhook waits at most this long on a lock
             # Before anything is written: a file of another application is left as it was found.
@@ -239,29 +242,41 @@ class SqliteOutbox:
     # -- writes ----------------------------------------------------------------------------------------------
 
     def append(self, webhooks: Sequence[StoredWebhook]) -> list[bool]:
-        """The gateway's write: raw webhooks, in one transaction (group commit), to be mapped later. Returns, per
-        webhook, whether it was new: a redelivered webhook is stored once."""
+        """The gateway's write: raw webhooks, to be mapped later, committed before it returns (group commit).
+        Returns, per webhook, whether it was new: a redelivered webhook is stored once.
+
+        Each chunk of the group is one INSERT statement in a transaction of its own, so SQLite's write lock is
+        taken and released inside one call into SQLite. As BEGIN, INSERT, COMMIT the lock would also be held
+        while this thread waits for the GIL between the calls, which a busy event loop makes last milliseconds:
+        that was the longest wait of the processing process's writes, and of the gateway's behind them.
+        """
+        added: list[bool] = []
+        try:
+            for first in range(0, len(webhooks), APPEND_CHUNK):
+                added += self._insert_webhooks(webhooks[first : first + APPEND_CHUNK])
+        except sqlite3.DatabaseError as exc:  # disk full, read-only file, I/O error, lock held too long
+            self._reset()
+            raise OutboxUnavailable(str(exc)) from exc
+        return added
+
+    def _insert_webhooks(self, webhooks: Sequence[StoredWebhook]) -> list[bool]:
+        conn = self.conn
         now = time.time()
-
-        def work(conn: sqlite3.Connection) -> list[bool]:
-            # One executemany for the group: SQLite's C loop, not a Python statement per webhook. Rows get ids
-            # above the largest before it, so which webhooks were new is read back only when some were not.
-            last = conn.execute("SELECT coalesce(max(id), 0) FROM webhooks").fetchone()[0]
-            before = conn.total_changes
-            conn.executemany(
-                "INSERT INTO webhooks (key, event, received_at, body) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-                [(webhook.key, webhook.event, now, webhook.body) for webhook in webhooks],
-            )
-            if conn.total_changes - before == len(webhooks):
-                return [True] * len(webhooks)
-            inserted = {row[0] for row in conn.execute("SELECT key FROM webhooks WHERE id > ?", (last,))}
-            added = []
-            for webhook in webhooks:  # the same webhook twice in one group: the first one is new
-                added.append(webhook.key in inserted)
-                inserted.discard(webhook.key)
-            return added
-
-        return self._write(work)
+        cursor = _retry_while_locked(
+            conn, _insert_webhooks_sql(len(webhooks)), [v for w in webhooks for v in (w.key, w.event, now, w.body)]
+        )
+        inserted, last = cursor.rowcount, cursor.lastrowid
+        if inserted == len(webhooks):
+            return [True] * inserted
+        # Rowids are taken one after the other from the largest: the new rows are the `inserted` last ones.
+        new_keys = set()
+        if inserted and last is not None:
+            new_keys = {row[0] for row in conn.execute("SELECT key FROM webhooks WHERE id > ?", (last - inserted,))}
+        added = []
+        for webhook in webhooks:  # the same webhook twice in one group: the first one is new
+            added.append(webhook.key in new_keys)
+            new_keys.discard(webhook.key)
+        return added
 
     def claim_webhooks(self, limit: int, lease_seconds: float, owner: str) -> list[PendingWebhook]:
         """The oldest webhooks waiting to be mapped that no other worker holds, leased to `owner`."""
@@ -691,16 +706,30 @@ _per_minute = functools.partial(per_minute, mark="?", minute="CAST(({column} - ?
 
 
 LOCK_PATIENCE_SECONDS = 3.0  # a write waits at most this long for another process's transaction
+# Webhooks in one INSERT: 4 parameters each stays under the 999 that SQLite before 3.32 allows in a statement,
+# and the statements for each size fit the connection's cache.
+APPEND_CHUNK = 200
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:
-    """BEGIN IMMEDIATE, retried every 0.1 to 1 ms while another connection writes, up to LOCK_PATIENCE_SECONDS."""
+    _retry_while_locked(conn, "BEGIN IMMEDIATE")
+
+
+@functools.lru_cache(maxsize=APPEND_CHUNK)
+def _insert_webhooks_sql(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?)"] * rows)
+    return f"INSERT INTO webhooks (key, event, received_at, body) VALUES {values} ON CONFLICT (key) DO NOTHING"
+
+
+def _retry_while_locked(conn: sqlite3.Connection, sql: str, parameters: Sequence[object] = ()) -> sqlite3.Cursor:
+    """Run a statement that takes the write lock (BEGIN IMMEDIATE, or a write in a transaction of its own),
+    again every 0.1 to 1 ms while another connection writes, up to LOCK_PATIENCE_SECONDS. Nothing is written
+    when the lock is refused, so trying again is safe."""
     deadline = 0.0
     pause = 0.0001
     while True:
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            return
+            return conn.execute(sql, parameters)
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) and "busy" not in str(exc):
                 raise
