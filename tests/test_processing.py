@@ -13,7 +13,7 @@ import pytest
 
 from engine.aircall.envelope import parse_webhook
 from engine.mapping.load import load_mappings
-from engine.outbox import SqliteOutbox, stored_webhook
+from engine.outbox import Processed, SqliteOutbox, stored_webhook
 from engine.processing.mapper import process_stored
 from tests.conftest import MAPPINGS, run_engine
 from tests.harness import call_webhook, expected_ids, sample, wait_for
@@ -74,6 +74,19 @@ def test_messages_and_the_processed_mark_are_committed_together_and_only_once(ou
     assert (stats.unprocessed, stats.pending, stats.oldest_unprocessed_age) == (0, 3, None)
     expected = {i for n in range(3) for i in expected_ids(call_webhook(n))}
     assert {json.loads(body)["messageId"] for body in outbox.message_bodies()} == expected
+
+
+def test_each_webhook_of_a_batch_counts_only_the_messages_it_added(outbox, mappings):
+    # A replay or a backfill stores webhooks mapped already; one of them may have its messages stored before
+    # (mapped again after a crash): the counts are per webhook, and the others' messages are all stored.
+    outbox.append([stored(1)])
+    [first] = [process_stored(w, mappings) for w in outbox.claim_webhooks(1, 60, "w")]
+    assert outbox.commit_processed([first]) == [1]
+    outbox.append([stored(2), stored(3)])
+    two, three = [process_stored(w, mappings) for w in outbox.claim_webhooks(2, 60, "w")]
+    replayed = Processed(first.webhook, first.messages)  # the same webhook, as a replay hands it over
+    assert outbox.commit_processed([two, replayed, three]) == [1, 0, 1]
+    assert outbox.stats().pending == 3
 
 
 def test_a_webhook_its_mapping_cannot_render_becomes_one_dead_letter(outbox, mappings):
