@@ -152,6 +152,33 @@ def test_a_body_trickled_byte_by_byte_gets_408_and_does_not_block_others(hostile
     count("hostile input: slow clients cut off")
 
 
+def test_a_sender_hanging_up_mid_body_is_counted_as_refused_and_nothing_of_it_is_stored(hostile_server):
+    from tests.test_server import metric
+
+    def refused() -> float:
+        return metric(hostile_server.metrics(), "aircall_webhooks_total", event="unknown", outcome="bad_request")
+
+    before, unprocessed = refused(), hostile_server.health()["outbox"]["unprocessed"]
+    body = json.dumps({**sample("call.ended"), "token": TOKEN}).encode()
+    with socket.create_connection(("127.0.0.1", hostile_server.port)) as gone:
+        gone.sendall(b"POST /webhooks/aircall HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body[: len(body) // 2])  # fmt: skip
+    deadline = time.monotonic() + 10
+    while refused() == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert refused() == before + 1
+    assert hostile_server.health()["outbox"]["unprocessed"] <= unprocessed  # nothing of it stored
+    assert hostile_server.post(sample("call.hungup")).status_code == 200
+
+
+def test_a_body_sent_in_chunks_is_read_whole(hostile_server):
+    body = json.dumps({**sample("call.ended"), "token": TOKEN}).encode()
+    pieces = iter([body[:100], body[100:1000], body[1000:]])  # no Content-Length: Transfer-Encoding: chunked
+    answer = requests.post(f"{hostile_server.url}/webhooks/aircall", data=pieces,
+                           headers={"Content-Type": "application/json"}, timeout=10)  # fmt: skip
+    assert answer.status_code == 200 and answer.json()["status"] == "accepted"
+
+
 def test_the_server_is_still_up_and_answering_after_all_of_it(hostile_server):
     metrics = hostile_server.metrics()
     # The generated bodies reached every stage: refused early, and mapped (or kept) with hostile data.
