@@ -300,10 +300,11 @@ class SqliteOutbox:
         A claimed webhook found already processed (its lease ran out and another worker finished it first) adds
         nothing: its messages would have the same ids, but its dead letter would be a second one.
         """
-        # TODO(issue 12): this transaction takes SQLite's one write lock from the gateway's appends, which is why
-        # ingest under full load stays at about half the smallest durable app (bench/RESULTS.md). The next step:
-        # messages in a second file with a writer of its own, committed before the processed mark here (a crash
-        # between the two maps the webhook again, to the same messageIds).
+        # TODO(issue 12): this transaction takes SQLite's one write lock from the gateway's appends: with processing
+        # running the gateway answers 0.67 - 0.80 of the smallest durable app, 1.00 - 1.22 without (RESULTS.md).
+        # Next step: messages and dead letters in a second file ATTACHed by every connection, committed before
+        # the processed mark here (a crash between the two maps the webhook again, to the same messageIds), and
+        # delivery's writes on a thread of their own, so that the gateway's file has one writer.
         now = time.time()
 
         def work(conn: sqlite3.Connection) -> list[int]:
