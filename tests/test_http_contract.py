@@ -105,6 +105,13 @@ def test_a_body_without_content_length_is_counted_as_it_is_read(client):
     assert (answer.status_code, answer.json()["reason"]) == (413, "body over 65536 bytes")
 
 
+def test_of_two_content_types_the_first_is_the_one_read(client):
+    body = envelope()
+    both = [("Content-Type", "text/plain"), ("Content-Type", "application/json")]
+    assert client.post("/webhooks/aircall", content=body, headers=both).status_code == 415
+    assert client.post("/webhooks/aircall", content=body, headers=both[::-1]).status_code == 200
+
+
 def test_only_post(client):
     assert client.get("/webhooks/aircall").status_code == 405
 

@@ -13,7 +13,7 @@ import pytest
 
 from engine.aircall.envelope import parse_webhook
 from engine.mapping.load import load_mappings
-from engine.outbox import Processed, SqliteOutbox, stored_webhook
+from engine.outbox import OutboxUnavailable, Processed, SqliteOutbox, stored_webhook
 from engine.processing.mapper import process_stored
 from tests.conftest import MAPPINGS, run_engine
 from tests.harness import call_webhook, expected_ids, sample, wait_for
@@ -48,6 +48,25 @@ def test_a_group_commit_tells_each_webhook_whether_it_was_new_when_some_were_not
     assert outbox.append([stored(2), stored(1), stored(3), stored(3), stored(4)]) == [True, False, True, False, True]
     assert outbox.stats().unprocessed == 4
     assert outbox.append([stored(5), stored(6)]) == [True, True]
+
+
+def test_a_group_too_big_for_one_insert_is_stored_all_or_nothing(tmp_path, monkeypatch):
+    # A SQLite taking fewer parameters in a statement than a group needs (before 3.32) gets the group in several
+    # INSERTs: in one transaction, so that a group refused (503, Aircall retries it) left nothing stored.
+    import engine.outbox.sqlite as sqlite_store
+
+    outbox = SqliteOutbox(tmp_path / "o.sqlite3")
+    group = [stored(1), stored(2), stored(3), stored(2), stored(4)]
+    sql = sqlite_store._insert_webhooks_sql
+    with monkeypatch.context() as patch:  # the group's last INSERT (one webhook) fails: the disk filled up
+        patch.setattr(sqlite_store, "_insert_webhooks_sql", lambda rows: sql(rows) if rows > 1 else "INSERT oops")
+        outbox.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 8)  # two webhooks an INSERT
+        with pytest.raises(OutboxUnavailable):
+            outbox.append(group)
+    assert outbox.conn.execute("SELECT COUNT(*) FROM webhooks").fetchone()[0] == 0
+    outbox.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 8)
+    assert outbox.append(group) == [True, True, True, False, True]
+    assert outbox.append([stored(5), stored(1), stored(6)]) == [True, False, True]
 
 
 def test_a_claimed_batch_is_not_claimed_again_until_its_lease_ends(outbox):

@@ -122,11 +122,11 @@ def token_matches(given: str, digests: tuple[bytes, ...]) -> bool:
 
 def _check_headers(headers: list[tuple[bytes, bytes]], limit: int) -> int | None:
     """The content type, and the declared length when there is one (refused at once past `limit`)."""
-    media_type, declared = b"", None
-    for name, value in headers:
-        if name == b"content-type":
+    media_type, declared = None, None
+    for name, value in headers:  # the first of each, as Starlette's request headers read them
+        if name == b"content-type" and media_type is None:
             media_type = value.split(b";", 1)[0].strip().lower()
-        elif name == b"content-length":
+        elif name == b"content-length" and declared is None:
             declared = value
     if media_type != b"application/json":
         raise Refusal(415, "unsupported_media_type", "content type must be application/json")

@@ -17,7 +17,7 @@ import functools
 import itertools
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from engine.outbox.base import (
@@ -132,7 +132,7 @@ class SqliteOutbox:
             target, uri = str(self.path), False
         conn = sqlite3.connect(
             target, uri=uri, isolation_level=None, check_same_thread=False, timeout=3.0,
-            cached_statements=APPEND_CHUNK + 64,
+            cached_statements=STATEMENTS_CACHED,
         )  # fmt: skip
         try:
             conn.execute("PRAGMA busy_timeout=3000")  # a webhook waits at most this long on a lock
@@ -242,27 +242,38 @@ class SqliteOutbox:
     # -- writes ----------------------------------------------------------------------------------------------
 
     def append(self, webhooks: Sequence[StoredWebhook]) -> list[bool]:
-        """The gateway's write: raw webhooks, to be mapped later, committed before it returns (group commit).
-        Returns, per webhook, whether it was new: a redelivered webhook is stored once.
+        """The gateway's write: raw webhooks, to be mapped later, committed before it returns (group commit), all
+        or none. Returns, per webhook, whether it was new: a redelivered webhook is stored once.
 
-        Each chunk of the group is one INSERT statement in a transaction of its own, so SQLite's write lock is
-        taken and released inside one call into SQLite. As BEGIN, INSERT, COMMIT the lock would also be held
-        while this thread waits for the GIL between the calls, which a busy event loop makes last milliseconds:
-        that was the longest wait of the processing process's writes, and of the gateway's behind them.
+        The group is one INSERT in a transaction of its own, so SQLite's write lock is taken and released inside
+        one call into SQLite. As BEGIN, INSERT, COMMIT the lock would also be held while this thread waits for
+        the GIL between the calls, which a busy event loop makes last milliseconds: that was the longest wait
+        of the processing process's writes, and of the gateway's behind them. Only a SQLite that takes fewer
+        parameters in a statement than the group needs (before 3.32: 999) gets the group in several INSERTs,
+        in one transaction.
         """
-        added: list[bool] = []
         try:
-            for first in range(0, len(webhooks), APPEND_CHUNK):
-                added += self._insert_webhooks(webhooks[first : first + APPEND_CHUNK])
+            rows = self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 4
+            if len(webhooks) <= rows:
+                return self._insert_webhooks(self.conn, webhooks, _retry_while_locked)
         except sqlite3.DatabaseError as exc:  # disk full, read-only file, I/O error, lock held too long
             self._reset()
             raise OutboxUnavailable(str(exc)) from exc
-        return added
 
-    def _insert_webhooks(self, webhooks: Sequence[StoredWebhook]) -> list[bool]:
-        conn = self.conn
+        def work(conn: sqlite3.Connection) -> list[bool]:
+            added: list[bool] = []
+            for first in range(0, len(webhooks), rows):
+                added += self._insert_webhooks(conn, webhooks[first : first + rows], _execute)
+            return added
+
+        return self._write(work)
+
+    @staticmethod
+    def _insert_webhooks(
+        conn: sqlite3.Connection, webhooks: Sequence[StoredWebhook], execute: Callable[..., sqlite3.Cursor]
+    ) -> list[bool]:
         now = time.time()
-        cursor = _retry_while_locked(
+        cursor = execute(
             conn, _insert_webhooks_sql(len(webhooks)), [v for w in webhooks for v in (w.key, w.event, now, w.body)]
         )
         inserted, last = cursor.rowcount, cursor.lastrowid
@@ -707,19 +718,21 @@ _per_minute = functools.partial(per_minute, mark="?", minute="CAST(({column} - ?
 
 
 LOCK_PATIENCE_SECONDS = 3.0  # a write waits at most this long for another process's transaction
-# Webhooks in one INSERT: 4 parameters each stays under the 999 that SQLite before 3.32 allows in a statement,
-# and the statements for each size fit the connection's cache.
-APPEND_CHUNK = 200
+STATEMENTS_CACHED = 512 + 64  # an INSERT for each size of group commit (engine.outbox.committer), and the rest
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:
     _retry_while_locked(conn, "BEGIN IMMEDIATE")
 
 
-@functools.lru_cache(maxsize=APPEND_CHUNK)
+@functools.lru_cache(maxsize=STATEMENTS_CACHED)
 def _insert_webhooks_sql(rows: int) -> str:
     values = ", ".join(["(?, ?, ?, ?)"] * rows)
     return f"INSERT INTO webhooks (key, event, received_at, body) VALUES {values} ON CONFLICT (key) DO NOTHING"
+
+
+def _execute(conn: sqlite3.Connection, sql: str, parameters: Sequence[object] = ()) -> sqlite3.Cursor:
+    return conn.execute(sql, parameters)
 
 
 def _retry_while_locked(conn: sqlite3.Connection, sql: str, parameters: Sequence[object] = ()) -> sqlite3.Cursor:
