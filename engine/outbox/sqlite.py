@@ -365,29 +365,47 @@ class SqliteOutbox:
         self.commit_processed([Processed(webhook, dead_reason=reason)])
 
     def claim(self, limit: int, lease_seconds: float, owner: str) -> list[Claimed]:
-        now = time.time()
+        """The messages due first that no other worker holds, leased to `owner`.
 
-        def work(conn: sqlite3.Connection) -> list[Claimed]:
-            rows = conn.execute(
+        The lease is one UPDATE in a transaction of its own and the leased rows are read after it, as for
+        `append`: with RETURNING, the write lock stayed held while this thread took the GIL back for each of
+        some 350 rows, and the gateway's appends waited behind it."""
+        lease = time.time() + lease_seconds
+        try:
+            _retry_while_locked(
+                self.conn,
                 "UPDATE messages SET due_at = ?, lease_owner = ? WHERE id IN ("
-                "  SELECT id FROM messages WHERE delivered_at IS NULL AND due_at <= ? ORDER BY due_at LIMIT ?"
-                ") RETURNING id, message_id, body, attempts, created_at",
-                (now + lease_seconds, owner, now, limit),
+                "  SELECT id FROM messages WHERE delivered_at IS NULL AND due_at <= ? ORDER BY due_at LIMIT ?)",
+                (lease, owner, lease - lease_seconds, limit),
+            )
+            rows = self.conn.execute(  # the lease's own due_at: rows of an earlier claim of this owner have another
+                "SELECT id, message_id, body, attempts, created_at FROM messages "
+                "WHERE delivered_at IS NULL AND due_at = ? AND lease_owner = ? ORDER BY id",
+                (lease, owner),
             ).fetchall()
-            return sorted((Claimed(*row) for row in rows), key=lambda c: c.id)
-
-        return self._write(work)
+        except sqlite3.DatabaseError as exc:
+            self._reset()
+            raise OutboxUnavailable(str(exc)) from exc
+        return [Claimed(*row) for row in rows]
 
     def ack(self, ids: Iterable[int]) -> None:
+        """Messages Segment has: one UPDATE in a transaction of its own per batch (see `claim`). A batch acked in
+        part before a failure is sent again in part; Segment drops what it has by messageId."""
         now = time.time()
         ids = list(ids)
-        self._write(
-            lambda conn: conn.executemany(
-                "UPDATE messages SET delivered_at = ?, lease_owner = NULL, last_error = NULL, "
-                "attempts = attempts + 1 WHERE id = ?",
-                [(now, i) for i in ids],
-            )
-        )
+        try:
+            per_statement = self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 1
+            for first in range(0, len(ids), per_statement):
+                chunk = ids[first : first + per_statement]
+                _retry_while_locked(
+                    self.conn,
+                    "UPDATE messages SET delivered_at = ?, lease_owner = NULL, last_error = NULL, "
+                    f"attempts = attempts + 1 WHERE id IN ({','.join('?' * len(chunk))})",
+                    (now, *chunk),
+                )
+        except sqlite3.DatabaseError as exc:
+            self._reset()
+            raise OutboxUnavailable(str(exc)) from exc
 
     def retry(self, ids: Iterable[int], delay: float, error: str | None, owner: str, attempted: bool = True) -> None:
         """Make claimed messages due again after `delay`; `attempted=False` for those never sent (postponed)."""
