@@ -17,7 +17,7 @@ import functools
 import itertools
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from engine.outbox.base import (
@@ -211,7 +211,7 @@ class SqliteOutbox:
 
     def _write(self, work):  # type: ignore[no-untyped-def]
         """Run `work(conn)` in one IMMEDIATE transaction; storage failures become OutboxUnavailable."""
-        try:
+        with self._unavailable_on_failure():
             conn = self.conn
             _begin_immediate(conn)
             try:
@@ -222,10 +222,13 @@ class SqliteOutbox:
                     conn.execute("ROLLBACK")
                 raise
             return result
-        except sqlite3.OperationalError as exc:
-            # Disk full, read-only file, I/O error, lock held too long: let the next write start afresh.
-            self._reset()
-            raise OutboxUnavailable(str(exc)) from exc
+
+    @contextlib.contextmanager
+    def _unavailable_on_failure(self) -> Iterator[None]:
+        """Disk full, read-only file, I/O error, lock held too long: OutboxUnavailable, and the next write starts
+        on a new connection."""
+        try:
+            yield
         except sqlite3.DatabaseError as exc:
             self._reset()
             raise OutboxUnavailable(str(exc)) from exc
@@ -252,13 +255,10 @@ class SqliteOutbox:
         parameters in a statement than the group needs (before 3.32: 999) gets the group in several INSERTs,
         in one transaction.
         """
-        try:
+        with self._unavailable_on_failure():
             rows = self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 4
             if len(webhooks) <= rows:
                 return self._insert_webhooks(self.conn, webhooks, _retry_while_locked)
-        except sqlite3.DatabaseError as exc:  # disk full, read-only file, I/O error, lock held too long
-            self._reset()
-            raise OutboxUnavailable(str(exc)) from exc
 
         def work(conn: sqlite3.Connection) -> list[bool]:
             added: list[bool] = []
@@ -371,7 +371,7 @@ class SqliteOutbox:
         `append`: with RETURNING, the write lock stayed held while this thread took the GIL back for each of
         some 350 rows, and the gateway's appends waited behind it."""
         lease = time.time() + lease_seconds
-        try:
+        with self._unavailable_on_failure():
             _retry_while_locked(
                 self.conn,
                 "UPDATE messages SET due_at = ?, lease_owner = ? WHERE id IN ("
@@ -383,9 +383,6 @@ class SqliteOutbox:
                 "WHERE delivered_at IS NULL AND due_at = ? AND lease_owner = ? ORDER BY id",
                 (lease, owner),
             ).fetchall()
-        except sqlite3.DatabaseError as exc:
-            self._reset()
-            raise OutboxUnavailable(str(exc)) from exc
         return [Claimed(*row) for row in rows]
 
     def ack(self, ids: Iterable[int]) -> None:
@@ -393,7 +390,7 @@ class SqliteOutbox:
         part before a failure is sent again in part; Segment drops what it has by messageId."""
         now = time.time()
         ids = list(ids)
-        try:
+        with self._unavailable_on_failure():
             per_statement = self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 1
             for first in range(0, len(ids), per_statement):
                 chunk = ids[first : first + per_statement]
@@ -403,9 +400,6 @@ class SqliteOutbox:
                     f"attempts = attempts + 1 WHERE id IN ({','.join('?' * len(chunk))})",
                     (now, *chunk),
                 )
-        except sqlite3.DatabaseError as exc:
-            self._reset()
-            raise OutboxUnavailable(str(exc)) from exc
 
     def retry(self, ids: Iterable[int], delay: float, error: str | None, owner: str, attempted: bool = True) -> None:
         """Make claimed messages due again after `delay`; `attempted=False` for those never sent (postponed)."""
