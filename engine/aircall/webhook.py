@@ -50,13 +50,13 @@ async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
     runtime: Runtime = scope["state"]["runtime"]
     started = time.perf_counter()
     event = "unknown"
-    status, outcome, payload, extra = 200, "accepted", _ACCEPTED, ()
+    status, outcome, extra = 200, "accepted", ()
+    payload: dict[str, object] = {"status": "accepted"}
     try:
         if scope["method"] != "POST":
             raise Refusal(405, "method_not_allowed", "method not allowed: use POST", {"Allow": "POST"})
-        declared = _check_headers(scope["headers"], runtime.settings.max_body_bytes)
-        body = await _read_body(receive, declared, runtime.settings.max_body_bytes,
-                                runtime.settings.body_timeout_seconds)  # fmt: skip
+        _check_headers(scope["headers"], runtime.settings.max_body_bytes)
+        body = await _read_body(receive, runtime.settings.max_body_bytes, runtime.settings.body_timeout_seconds)
         try:
             document = parse_json(body)  # its errors name a position, never the content
         except EnvelopeError as exc:
@@ -77,21 +77,16 @@ async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
                 log.error("outbox unavailable: %s", exc)
                 raise Refusal(503, "unavailable", "outbox unavailable; retry later", {"Retry-After": "5"}) from None
             if not new:
-                payload = _DUPLICATE
+                payload["duplicate"] = True
     except Refusal as refusal:
         status, outcome, extra = refusal.status, refusal.outcome, tuple((refusal.headers or {}).items())
         payload = {"status": "error", "reason": refusal.reason}
     except _Gone:
         _note(scope, started, event, 400, "bad_request", "client disconnected before the body was complete")
         return
-    detail = payload.get("reason") or ("duplicate" if payload is _DUPLICATE else "stored")
+    detail = payload.get("reason") or ("duplicate" if payload.get("duplicate") else "stored")
     _note(scope, started, event, status, outcome, detail)
     await _answer(send, status, payload, extra)
-
-
-_ACCEPTED: dict[str, object] = {"status": "accepted"}
-_DUPLICATE: dict[str, object] = {"status": "accepted", "duplicate": True}
-_ENCODED = {id(_ACCEPTED): b'{"status":"accepted"}', id(_DUPLICATE): b'{"status":"accepted","duplicate":true}'}
 
 
 def _authenticate(runtime: Runtime, document: object) -> None:
@@ -120,7 +115,7 @@ def token_matches(given: str, digests: tuple[bytes, ...]) -> bool:
     return matched
 
 
-def _check_headers(headers: list[tuple[bytes, bytes]], limit: int) -> int | None:
+def _check_headers(headers: list[tuple[bytes, bytes]], limit: int) -> None:
     """The content type, and the declared length when there is one (refused at once past `limit`)."""
     media_type, declared = None, None
     for name, value in headers:  # the first of each, as Starlette's request headers read them
@@ -131,15 +126,14 @@ def _check_headers(headers: list[tuple[bytes, bytes]], limit: int) -> int | None
     if media_type != b"application/json":
         raise Refusal(415, "unsupported_media_type", "content type must be application/json")
     if declared is None:
-        return None
+        return
     if not declared.isdigit():
         raise Refusal(400, "bad_request", "invalid Content-Length")
     if int(declared) > limit:
         raise Refusal(413, "too_large", f"body over {limit} bytes")
-    return int(declared)
 
 
-async def _read_body(receive: Receive, declared: int | None, limit: int, timeout: float) -> bytes:
+async def _read_body(receive: Receive, limit: int, timeout: float) -> bytes:
     """The body, refused as soon as it passes `limit` bytes or takes longer than `timeout` seconds to arrive."""
     chunks, size = [], 0
     try:
@@ -173,7 +167,7 @@ def _note(scope: Scope, started: float, event: str, status: int, outcome: str, d
 
 
 async def _answer(send: Send, status: int, payload: dict[str, object], extra: tuple[tuple[str, str], ...]) -> None:
-    body = _ENCODED.get(id(payload)) or json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(name.lower().encode(), value.encode()) for name, value in extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
