@@ -124,17 +124,24 @@ class Committer:
         for job, result in zip(group, added, strict=True):
             by_loop.setdefault(job.loop, []).append((job.future, result))
         for loop, settled in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-                loop.call_soon_threadsafe(_settle_all, settled, error)
+            _hand_over(loop, settled, error)
 
     @staticmethod
     def _call(call: _Call) -> None:
         try:
             result = call.function(*call.args, **call.kwargs)
         except Exception as exc:
-            _settle(call.loop, call.future, error=exc)
+            _hand_over(call.loop, [(call.future, None)], exc)
         else:
-            _settle(call.loop, call.future, result=result)
+            _hand_over(call.loop, [(call.future, result)], None)
+
+
+def _hand_over(
+    loop: asyncio.AbstractEventLoop, settled: list[tuple[asyncio.Future[Any], Any]], error: BaseException | None
+) -> None:
+    """Settle the futures on their event loop's thread, in one turn of it."""
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+        loop.call_soon_threadsafe(_settle_all, settled, error)
 
 
 def _settle_all(settled: list[tuple[asyncio.Future[Any], Any]], error: BaseException | None) -> None:
@@ -145,18 +152,3 @@ def _settle_all(settled: list[tuple[asyncio.Future[Any], Any]], error: BaseExcep
             future.set_exception(error)
         else:
             future.set_result(result)
-
-
-def _settle(
-    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None
-) -> None:
-    def apply() -> None:
-        if future.done():  # the request went away (client disconnected); its rows are committed all the same
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-        loop.call_soon_threadsafe(apply)
