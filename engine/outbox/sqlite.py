@@ -132,7 +132,7 @@ class SqliteOutbox:
             target, uri = str(self.path), False
         conn = sqlite3.connect(
             target, uri=uri, isolation_level=None, check_same_thread=False, timeout=3.0,
-            cached_statements=STATEMENTS_CACHED,
+            cached_statements=ROWS_PER_INSERT + 64,
         )  # fmt: skip
         try:
             conn.execute("PRAGMA busy_timeout=3000")  # a webhook waits at most this long on a lock
@@ -251,12 +251,12 @@ class SqliteOutbox:
         The group is one INSERT in a transaction of its own, so SQLite's write lock is taken and released inside
         one call into SQLite. As BEGIN, INSERT, COMMIT the lock would also be held while this thread waits for
         the GIL between the calls, which a busy event loop makes last milliseconds: that was the longest wait
-        of the processing process's writes, and of the gateway's behind them. Only a SQLite that takes fewer
-        parameters in a statement than the group needs (before 3.32: 999) gets the group in several INSERTs,
-        in one transaction.
+        of the processing process's writes, and of the gateway's behind them. A group of more than
+        ROWS_PER_INSERT webhooks (or more than a SQLite before 3.32 takes parameters for) goes in several
+        INSERTs, in one transaction.
         """
         with self._unavailable_on_failure():
-            rows = self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 4
+            rows = min(ROWS_PER_INSERT, self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 4)
             if len(webhooks) <= rows:
                 return self._insert_webhooks(self.conn, webhooks, _retry_while_locked)
 
@@ -730,14 +730,17 @@ _per_minute = functools.partial(per_minute, mark="?", minute="CAST(({column} - ?
 
 
 LOCK_PATIENCE_SECONDS = 3.0  # a write waits at most this long for another process's transaction
-STATEMENTS_CACHED = 512 + 64  # an INSERT for each size of group commit (engine.outbox.committer), and the rest
+# Webhooks in one INSERT at most. Each size is a statement of its own in the connection's cache, ~0.5 KB a row:
+# up to 64 that is 1 MB, up to the committer's 512 it was 67 MB. Groups that large come only with hundreds of
+# concurrent senders, and go in INSERTs of this size in one transaction.
+ROWS_PER_INSERT = 64
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:
     _retry_while_locked(conn, "BEGIN IMMEDIATE")
 
 
-@functools.lru_cache(maxsize=STATEMENTS_CACHED)
+@functools.lru_cache(maxsize=ROWS_PER_INSERT)
 def _insert_webhooks_sql(rows: int) -> str:
     values = ", ".join(["(?, ?, ?, ?)"] * rows)
     return f"INSERT INTO webhooks (key, event, received_at, body) VALUES {values} ON CONFLICT (key) DO NOTHING"
