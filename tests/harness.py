@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from engine.aircall.envelope import webhook_from_json
 from engine.mapping.load import load_mappings
@@ -233,3 +234,15 @@ def call_webhook(n: int) -> dict:
     envelope = sample("call.ended")
     envelope["data"]["id"] = 900_000_000 + n
     return envelope
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text, or 0 when the series is absent."""
+    values = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and sample.labels == labels
+    ]
+    assert len(values) <= 1, f"{name}{labels} appears {len(values)} times"
+    return values[0] if values else 0.0

@@ -12,6 +12,7 @@ from tests.harness import (
     TOKEN,
     call_webhook,
     expected_ids,
+    metric,
     sample,
     sample_names,
     wait_for,
@@ -298,20 +299,6 @@ def test_metrics_directory_of_the_operator_is_emptied_at_start(engine_server, se
     assert all(second.post(call_webhook(n)).status_code == 200 for n in range(6, 8))
     for _ in range(4):
         assert metric(second.metrics(), "aircall_webhooks_total", event="call.ended", outcome="accepted") == 2
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text, or 0 when the series is absent."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    values = [
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and sample.labels == labels
-    ]
-    assert len(values) <= 1, f"{name}{labels} appears {len(values)} times"
-    return values[0] if values else 0.0
 
 
 # -- a mapping that fails on a payload --------------------------------------------------------------------

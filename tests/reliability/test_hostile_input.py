@@ -12,7 +12,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.harness import TOKEN, count, sample
+from tests.harness import TOKEN, count, metric, sample
 
 ALLOWED = {200, 400, 401, 408, 413, 415}
 TEMPLATE_TEXT = ["{{ 7*7 }}", "{% for x in data %}{% endfor %}", "{{ ''.__class__.__mro__ }}", "${HOME}", "%s%n"]
@@ -153,8 +153,6 @@ def test_a_body_trickled_byte_by_byte_gets_408_and_does_not_block_others(hostile
 
 
 def test_a_sender_hanging_up_mid_body_is_counted_as_refused_and_nothing_of_it_is_stored(hostile_server):
-    from tests.test_server import metric
-
     def refused() -> float:
         return metric(hostile_server.metrics(), "aircall_webhooks_total", event="unknown", outcome="bad_request")
 
