@@ -11,7 +11,15 @@ import time
 import pytest
 
 from engine.aircall.envelope import Webhook
-from engine.outbox import SCHEMA_VERSION, NewMessage, OutboxRefused, SqliteOutbox, stored_webhook
+from engine.outbox import (
+    SCHEMA_VERSION,
+    NewMessage,
+    OutboxRefused,
+    Processed,
+    SqliteOutbox,
+    StoredWebhook,
+    stored_webhook,
+)
 
 
 @pytest.fixture
@@ -255,6 +263,43 @@ def test_an_outbox_of_the_previous_schema_is_migrated_keeping_its_messages(tmp_p
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert outbox.stats().pending == 1
     assert outbox.backfill_start("calls", 0, 10) == (0, None)  # the new table is there
+
+
+def test_processing_state_moves_out_of_the_webhooks_rows_keeping_what_is_mapped_claimed_and_waiting(tmp_path):
+    """Schema 4 kept a webhook's processing state in its own row; 5 keeps it in narrow rows of its own. A file
+    of schema 4 keeps, for each webhook, whether it is mapped (and when), and who holds its claim."""
+    from engine.outbox.sqlite import _MIGRATIONS, _statements
+
+    path = tmp_path / "v4.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for version in range(1, 5):
+        for statement in _statements(_MIGRATIONS[version]):
+            conn.execute(statement)
+    later = time.time() + 3600
+    conn.executemany(  # as schema 4 wrote them: mapped; claimed by a worker now gone; waiting
+        "INSERT INTO webhooks (key, event, received_at, body, processed_at, lease_until, lease_owner) "
+        "VALUES (?, 'call.ended', 100, x'7b7d', ?, ?, ?)",
+        [("mapped", 150.0, 0, None), ("claimed", None, later, "gone"), ("waiting", None, 0, None)],
+    )
+    conn.execute("PRAGMA user_version=4")
+    conn.close()
+
+    outbox = SqliteOutbox(path)
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    summaries = {s.key: s.processed_at for s in outbox.recent_webhooks(10)}
+    assert summaries == {"mapped": 150.0, "claimed": None, "waiting": None}
+    assert outbox.stats().unprocessed == 2
+    assert [w.key for w in outbox.claim_webhooks(10, 60, "worker")] == ["waiting"]  # "claimed" is still leased
+    outbox.release("gone")
+    assert [w.key for w in outbox.claim_webhooks(10, 60, "worker")] == ["claimed"]
+    # A webhook stored after the migration gets its state row from the gateway's one INSERT.
+    assert outbox.append([StoredWebhook("new", "call.ended", b"{}")]) == [True]
+    claimed = outbox.claim_webhooks(10, 60, "worker")
+    assert [(w.key, w.body) for w in claimed] == [("new", b"{}")]
+    new = claimed[0]
+    assert outbox.commit_processed([Processed(StoredWebhook(new.key, new.event, new.body), [], id=new.id)]) == [0]
+    assert outbox.stats().unprocessed == 2  # "waiting" and "claimed", claimed by "worker" and not committed
+    outbox.close()
 
 
 def test_database_urls_are_shown_without_their_password():

@@ -197,17 +197,24 @@ def first_id(conn: Any, table: str, column: str, at: float, strictly_after: bool
 
 
 def per_minute(
-    conn: Any, column: str, edges: list[float], *, mark: str = "?", minute: str = "CAST(({column} - ?) / 60 AS INTEGER)"
+    conn: Any,
+    column: str,
+    edges: list[float],
+    *,
+    table: str = "webhooks",
+    mark: str = "?",
+    minute: str = "CAST(({column} - ?) / 60 AS INTEGER)",
 ) -> tuple[list[int], bool]:
-    """Webhooks per minute by `column` between consecutive `edges`; whether counted exactly (not estimated).
-    `mark` is the driver's placeholder, `minute` the SQL of a row's minute (its dialect differs)."""
+    """Webhooks per minute by `column` of `table` (keyed by the webhook's id) between consecutive `edges`; whether
+    counted exactly (not estimated). `mark` is the driver's placeholder, `minute` the SQL of a row's minute (its
+    dialect differs)."""
     minutes = len(edges) - 1
-    first = first_id(conn, "webhooks", column, edges[0] - CONSOLE_SLACK_SECONDS, mark=mark)
-    last = conn.execute("SELECT MAX(id) FROM webhooks").fetchone()[0] or 0
+    first = first_id(conn, table, column, edges[0] - CONSOLE_SLACK_SECONDS, mark=mark)
+    last = conn.execute(f"SELECT MAX(id) FROM {table}").fetchone()[0] or 0
     if last - first < ACTIVITY_EXACT_ROWS:
         counts = [0] * minutes
         rows = conn.execute(
-            f"SELECT {minute.format(column=column)} AS minute, COUNT(*) FROM webhooks "
+            f"SELECT {minute.format(column=column)} AS minute, COUNT(*) FROM {table} "
             f"WHERE id >= {mark} AND {column} >= {mark} GROUP BY minute",
             (edges[0], first, edges[0]),
         ).fetchall()
@@ -215,7 +222,7 @@ def per_minute(
             if 0 <= minute < minutes:
                 counts[minute] = count
         return counts, True
-    bounds = [first_id(conn, "webhooks", column, edge, mark=mark) for edge in edges]
+    bounds = [first_id(conn, table, column, edge, mark=mark) for edge in edges]
     return [max(high - low, 0) for low, high in itertools.pairwise(bounds)], False
 
 

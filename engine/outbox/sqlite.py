@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -39,7 +40,7 @@ from engine.outbox.base import (
     per_minute,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE webhooks (
@@ -104,6 +105,31 @@ _MIGRATIONS: dict[int, str] = {
     4: """
     -- where an unfinished run stands, to the page: engine.aircall.backfill's own text
     ALTER TABLE backfills ADD COLUMN state TEXT;
+    """,
+    # A webhook's processing state moves out of its row. Claiming and finishing a webhook rewrote the whole row,
+    # body included: a page of the log per webhook, twice, which processing wrote and a checkpoint copied again
+    # (27 - 30 against 6 us of CPU a webhook, bench/RESULTS.md). The state rows are a few bytes each. The
+    # trigger fills them from the gateway's INSERT, so that an append stays one statement (engine.outbox.sqlite's
+    # append says why that matters). webhooks.processed_at, lease_until and lease_owner are not read after this
+    # version, and processed_at is only what a row was inserted with: dropping them would rewrite every stored
+    # webhook.
+    5: """
+    CREATE TABLE webhook_state (
+        id           INTEGER PRIMARY KEY,     -- webhooks.id
+        processed_at REAL,                    -- null until its messages (or its dead letter) are committed
+        lease_until  REAL NOT NULL DEFAULT 0, -- a processing worker's claim, as for messages
+        lease_owner  TEXT
+    );
+    INSERT INTO webhook_state (id, processed_at, lease_until, lease_owner)
+        SELECT id, processed_at, lease_until, lease_owner FROM webhooks;
+    DROP INDEX webhooks_unprocessed;
+    CREATE INDEX webhook_state_unprocessed ON webhook_state (id) WHERE processed_at IS NULL;
+    CREATE TRIGGER webhook_state_insert AFTER INSERT ON webhooks BEGIN
+        INSERT INTO webhook_state (id, processed_at) VALUES (NEW.id, NEW.processed_at);
+    END;
+    CREATE TRIGGER webhook_state_delete AFTER DELETE ON webhooks BEGIN
+        DELETE FROM webhook_state WHERE id = OLD.id;
+    END;
     """,
 }
 
@@ -294,13 +320,20 @@ class SqliteOutbox:
         now = time.time()
 
         def work(conn: sqlite3.Connection) -> list[PendingWebhook]:
-            rows = conn.execute(
-                "UPDATE webhooks SET lease_until = ?, lease_owner = ? WHERE id IN ("
-                "  SELECT id FROM webhooks WHERE processed_at IS NULL AND lease_until <= ? ORDER BY id LIMIT ?"
-                ") RETURNING id, key, event, body, received_at",
+            ids = conn.execute(
+                "UPDATE webhook_state SET lease_until = ?, lease_owner = ? WHERE id IN ("
+                "  SELECT id FROM webhook_state WHERE processed_at IS NULL AND lease_until <= ? ORDER BY id LIMIT ?"
+                ") RETURNING id",
                 (now + lease_seconds, owner, now, limit),
             ).fetchall()
-            return sorted((PendingWebhook(*row) for row in rows), key=lambda w: w.id)
+            if not ids:
+                return []
+            rows = conn.execute(
+                "SELECT id, key, event, body, received_at FROM webhooks "
+                "WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+                (json.dumps([row[0] for row in ids]),),
+            )
+            return [PendingWebhook(*row) for row in rows]
 
         return self._write(work)
 
@@ -324,7 +357,7 @@ class SqliteOutbox:
                 webhook = item.webhook
                 if item.id is not None:
                     marked = conn.execute(
-                        "UPDATE webhooks SET processed_at = ?, lease_owner = NULL "
+                        "UPDATE webhook_state SET processed_at = ?, lease_owner = NULL "
                         "WHERE id = ? AND processed_at IS NULL",
                         (now, item.id),
                     ).rowcount
@@ -332,7 +365,7 @@ class SqliteOutbox:
                         added.append(0)
                         continue
                 else:
-                    conn.execute(
+                    conn.execute(  # its state row, processed, by the trigger
                         "INSERT INTO webhooks (key, event, received_at, body, processed_at) VALUES (?, ?, ?, ?, ?) "
                         "ON CONFLICT (key) DO NOTHING",
                         (webhook.key, webhook.event, now, webhook.body, now),
@@ -442,7 +475,7 @@ class SqliteOutbox:
                 (now, owner, now),
             )
             conn.execute(
-                "UPDATE webhooks SET lease_until = 0, lease_owner = NULL "
+                "UPDATE webhook_state SET lease_until = 0, lease_owner = NULL "
                 "WHERE lease_owner = ? AND processed_at IS NULL",
                 (owner,),
             )
@@ -460,8 +493,9 @@ class SqliteOutbox:
             ).rowcount
             conn.execute("DELETE FROM dead_letters WHERE replayed_at IS NOT NULL AND replayed_at < ?", (cutoff,))
             conn.execute(
-                "DELETE FROM webhooks WHERE received_at < ? AND processed_at IS NOT NULL AND NOT EXISTS "
-                "(SELECT 1 FROM messages m WHERE m.webhook_key = webhooks.key)",
+                "DELETE FROM webhooks WHERE received_at < ? "
+                "AND (SELECT processed_at FROM webhook_state s WHERE s.id = webhooks.id) IS NOT NULL "
+                "AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.webhook_key = webhooks.key)",
                 (cutoff,),
             )
             return deleted
@@ -483,9 +517,10 @@ class SqliteOutbox:
             "SELECT last_error FROM messages WHERE delivered_at IS NULL AND last_error IS NOT NULL "
             "ORDER BY due_at DESC LIMIT 1"
         ).fetchone()
-        unprocessed = conn.execute("SELECT COUNT(*) FROM webhooks WHERE processed_at IS NULL").fetchone()[0]
+        unprocessed = conn.execute("SELECT COUNT(*) FROM webhook_state WHERE processed_at IS NULL").fetchone()[0]
         first = conn.execute(
-            "SELECT received_at FROM webhooks WHERE processed_at IS NULL ORDER BY id LIMIT 1"
+            "SELECT received_at FROM webhooks "
+            "WHERE id = (SELECT id FROM webhook_state WHERE processed_at IS NULL ORDER BY id LIMIT 1)"
         ).fetchone()
         return OutboxStats(
             unprocessed=unprocessed,
@@ -625,13 +660,15 @@ class SqliteOutbox:
 
     def recent_webhooks(self, limit: int, before: int | None = None) -> list[WebhookSummary]:
         rows = self.conn.execute(
-            f"SELECT {_SUMMARY_COLUMNS} FROM webhooks WHERE id < ? ORDER BY id DESC LIMIT ?",
+            f"SELECT {_SUMMARY_COLUMNS} FROM {_SUMMARY_TABLES} WHERE w.id < ? ORDER BY w.id DESC LIMIT ?",
             (before if before is not None else _NO_ID, limit),
         )
         return [WebhookSummary(*row) for row in rows]
 
     def webhook_body(self, webhook_id: int) -> tuple[WebhookSummary, bytes] | None:
-        row = self.conn.execute(f"SELECT {_SUMMARY_COLUMNS}, body FROM webhooks WHERE id = ?", (webhook_id,)).fetchone()
+        row = self.conn.execute(
+            f"SELECT {_SUMMARY_COLUMNS}, w.body FROM {_SUMMARY_TABLES} WHERE w.id = ?", (webhook_id,)
+        ).fetchone()
         return None if row is None else (WebhookSummary(*row[:5]), bytes(row[5]))
 
     def webhook_ids(self, keys: Sequence[str]) -> dict[str, int]:
@@ -681,7 +718,7 @@ class SqliteOutbox:
 
         def work(conn: sqlite3.Connection) -> Activity:
             received, exact_received = _per_minute(conn, "received_at", edges)
-            processed, exact_processed = _per_minute(conn, "processed_at", edges)
+            processed, exact_processed = _per_minute(conn, "processed_at", edges, table="webhook_state")
             delivered = [  # range counts on the partial index of delivered messages
                 conn.execute(
                     "SELECT COUNT(*) FROM messages WHERE delivered_at >= ? AND delivered_at < ?", (low, high)
@@ -716,7 +753,8 @@ class SqliteOutbox:
 
 # -- console reads: helpers ------------------------------------------------------------------------------------
 
-_SUMMARY_COLUMNS = "id, key, event, received_at, processed_at"  # WebhookSummary
+_SUMMARY_COLUMNS = "w.id, w.key, w.event, w.received_at, s.processed_at"  # WebhookSummary
+_SUMMARY_TABLES = "webhooks w JOIN webhook_state s ON s.id = w.id"
 _MESSAGE_COLUMNS = "id, message_id, event, body, created_at, attempts, last_error, delivered_at"  # StoredMessage
 _NO_ID = 2**63 - 1  # above every id: "before" nothing
 

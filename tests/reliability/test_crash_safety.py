@@ -9,13 +9,13 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import random
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
 import requests
 
+from engine.outbox import SqliteOutbox
 from tests.harness import call_webhook, count, expected_ids, wait_for
 
 WEBHOOKS = 3000
@@ -84,13 +84,12 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_webhook(engine_server, s
 
 def stages_at_rest(db: Path) -> tuple[int, int]:
     """What a kill left between the stages: stored webhooks not yet mapped, messages not yet delivered."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    outbox = SqliteOutbox(db, read_only=True)
     try:
-        unmapped = conn.execute("SELECT COUNT(*) FROM webhooks WHERE processed_at IS NULL").fetchone()[0]
-        undelivered = conn.execute("SELECT COUNT(*) FROM messages WHERE delivered_at IS NULL").fetchone()[0]
-        return unmapped, undelivered
+        stats = outbox.stats()
+        return stats.unprocessed, stats.pending
     finally:
-        conn.close()
+        outbox.close()
 
 
 def test_kill_9_between_the_stages_loses_nothing(engine_server, segment):
