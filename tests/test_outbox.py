@@ -5,6 +5,7 @@ Written against the Outbox interface so that another backend can run the same te
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import time
 
@@ -135,6 +136,41 @@ def test_ack_marks_delivered_and_prune_removes_after_retention(outbox):
     assert outbox.prune(older_than_seconds=0) == 2
     assert outbox.stats().delivered == 0 and outbox.stats().pending == 1
     assert len(outbox.message_bodies()) == 1
+
+
+def _old_delivered_history(outbox: SqliteOutbox, webhooks: int, messages: int) -> None:
+    """`webhooks` mapped long ago, `messages` of theirs delivered long ago, but every tenth still pending."""
+    old = time.time() - 30 * 86400
+    conn = outbox.conn
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO webhooks (key, event, received_at, body, processed_at) VALUES (?, 'call.ended', ?, x'7b7d', ?)",
+        [(f"w{i}", old, old) for i in range(webhooks)],
+    )
+    conn.executemany(
+        "INSERT INTO messages (message_id, webhook_key, event, body, size, created_at, due_at, delivered_at) "
+        "VALUES (?, ?, 'e', x'7b7d', 2, ?, ?, ?)",
+        [(f"m{i}", f"w{i % webhooks}", old, old, old if i % 10 else None) for i in range(messages)],
+    )
+    conn.execute("COMMIT")
+
+
+def test_prune_keeps_the_webhooks_of_pending_messages_and_reads_the_messages_once_not_once_per_webhook(tmp_path):
+    """Prune runs on the gateway's commit thread: a prune whose work grew with webhooks x messages held every
+    webhook's answer for minutes on a large outbox. Its work is counted in SQLite's VM steps, not timed."""
+    steps = []
+    for scale in (1, 2):
+        outbox = SqliteOutbox(tmp_path / f"x{scale}.sqlite3")
+        _old_delivered_history(outbox, 300 * scale, 3000 * scale)
+        ticks = itertools.count()
+        outbox.conn.set_progress_handler(lambda ticks=ticks: next(ticks) and None, 100)  # None: go on
+        assert outbox.prune(older_than_seconds=86400) == 2700 * scale
+        outbox.conn.set_progress_handler(None, 0)
+        steps.append(next(ticks))
+        kept = {row[0] for row in outbox.conn.execute("SELECT key FROM webhooks")}
+        assert kept == {f"w{i}" for i in range(0, 300 * scale, 10)}  # each still has a pending message
+        outbox.close()
+    assert steps[1] < 3 * steps[0], steps  # twice the rows, about twice the work (four times if quadratic)
 
 
 def test_retry_counts_the_attempt_and_waits(outbox):

@@ -492,10 +492,13 @@ class SqliteOutbox:
                 "DELETE FROM messages WHERE delivered_at IS NOT NULL AND delivered_at < ?", (cutoff,)
             ).rowcount
             conn.execute("DELETE FROM dead_letters WHERE replayed_at IS NOT NULL AND replayed_at < ?", (cutoff,))
+            # NOT IN a list made once: SQLite reads the messages into a temporary index once. As a correlated
+            # NOT EXISTS (messages.webhook_key has no index) it read them again for each webhook: 17 s for 20,000
+            # webhooks and 200,000 messages, against 0.25 s, on the commit thread the gateway waits for.
             conn.execute(
                 "DELETE FROM webhooks WHERE received_at < ? "
                 "AND (SELECT processed_at FROM webhook_state s WHERE s.id = webhooks.id) IS NOT NULL "
-                "AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.webhook_key = webhooks.key)",
+                "AND key NOT IN (SELECT webhook_key FROM messages)",
                 (cutoff,),
             )
             return deleted
