@@ -80,6 +80,12 @@ def signed_in(client: TestClient) -> str:
     return csrf_of(client.get("/console/").text)
 
 
+def test_a_console_path_with_a_slash_added_is_not_found_and_names_no_host_the_request_gave(console):
+    answer = console.get("/console/webhooks/", headers={"Host": "evil.example"}, follow_redirects=False)
+    assert answer.status_code == 404
+    assert "evil" not in answer.text and "evil" not in str(answer.headers)
+
+
 def test_console_is_a_404_unless_its_token_is_set(tmp_path):
     with app_in(tmp_path) as client:
         for path in ["/console", "/console/", "/console/sign-in", "/console/api/status", "/console/static/console.css"]:

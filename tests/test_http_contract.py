@@ -116,6 +116,21 @@ def test_only_post(client):
     assert client.get("/webhooks/aircall").status_code == 405
 
 
+def test_a_trailing_slash_reaches_the_webhook_and_no_path_redirects_to_the_host_a_request_named(client):
+    """Starlette answered a path with a trailing slash by a redirect to the request's own Host header: a header
+    of an unauthenticated request echoed back."""
+    hostile = {"Host": "evil.example", "Content-Type": "application/json"}
+    wrong_token = envelope(token="not-the-token")
+    answers = [
+        client.post("/webhooks/aircall/", content=wrong_token, headers=hostile, follow_redirects=False),
+        client.get("/healthz/", headers=hostile, follow_redirects=False),
+        client.get("/console/webhooks/", headers=hostile, follow_redirects=False),
+    ]
+    assert [a.status_code for a in answers] == [401, 404, 404]
+    for answer in answers:
+        assert "evil" not in answer.text and "evil" not in str(answer.headers)
+
+
 def test_what_was_accepted_is_in_the_outbox(client):
     """After the cases above: the accepted webhooks' messages wait in the outbox (no Segment here), the
     refused and ignored ones left nothing, the one the mapping failed on is a dead letter."""

@@ -137,7 +137,8 @@ class Console:
                 Route("/api/playground", self.check, methods=["POST"]),
                 Route("/api/samples", self.sample, methods=["GET"]),
                 Mount("/static", StaticFiles(directory=STATIC), name="static"),
-            ]
+            ],
+            redirect_slashes=False,  # its redirect names the request's own Host header (engine.server.app)
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -151,16 +151,19 @@ def create_app(env_file: str | None = None) -> ASGIApp:
             log.info("stopped")
             logs.write_directly()
 
-    return _WebhooksFirst(
-        Starlette(
-            middleware=[Middleware(_QuietStartupFailure)],
-            routes=[
-                Route(PATH, _Endpoint(gateway), methods=["POST"]),
-                Route("/healthz", healthz, methods=["GET"]),
-                Route("/metrics", metrics, methods=["GET"]),
-                Route("/console", console.entrance),  # console: /console/ when it is on, else 404
-                Mount("/console", app=console),  # console
-            ],
-            lifespan=lifespan,
-        )
+    app = Starlette(
+        middleware=[Middleware(_QuietStartupFailure)],
+        routes=[
+            Route(PATH, _Endpoint(gateway), methods=["POST"]),
+            Route(PATH + "/", _Endpoint(gateway), methods=["POST"]),  # a webhook URL pasted with a slash
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/console", console.entrance),  # console: /console/ when it is on, else 404
+            Mount("/console", app=console),  # console
+        ],
+        lifespan=lifespan,
     )
+    # Starlette answers a path that matches with a slash added or removed by a redirect to the request's own
+    # Host header, before any token is checked: nothing of an unauthenticated request is echoed, so 404.
+    app.router.redirect_slashes = False
+    return _WebhooksFirst(app)
