@@ -325,16 +325,16 @@ def test_processing_state_moves_out_of_the_webhooks_rows_keeping_what_is_mapped_
     summaries = {s.key: s.processed_at for s in outbox.recent_webhooks(10)}
     assert summaries == {"mapped": 150.0, "claimed": None, "waiting": None}
     assert outbox.stats().unprocessed == 2
-    assert [w.key for w in outbox.claim_webhooks(10, 60, "worker")] == ["waiting"]  # "claimed" is still leased
+    assert [w.key for w in outbox.claim_webhooks(10, 60, "one")] == ["waiting"]  # "claimed" is still leased
     outbox.release("gone")
-    assert [w.key for w in outbox.claim_webhooks(10, 60, "worker")] == ["claimed"]
+    assert [w.key for w in outbox.claim_webhooks(10, 60, "two")] == ["claimed"]
     # A webhook stored after the migration gets its state row from the gateway's one INSERT.
     assert outbox.append([StoredWebhook("new", "call.ended", b"{}")]) == [True]
-    claimed = outbox.claim_webhooks(10, 60, "worker")
+    claimed = outbox.claim_webhooks(10, 60, "three")
     assert [(w.key, w.body) for w in claimed] == [("new", b"{}")]
     new = claimed[0]
     assert outbox.commit_processed([Processed(StoredWebhook(new.key, new.event, new.body), [], id=new.id)]) == [0]
-    assert outbox.stats().unprocessed == 2  # "waiting" and "claimed", claimed by "worker" and not committed
+    assert outbox.stats().unprocessed == 2  # "waiting" and "claimed": claimed, not committed
     outbox.close()
 
 

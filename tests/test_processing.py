@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 
 import pytest
 
@@ -15,6 +16,7 @@ from engine.aircall.envelope import parse_webhook
 from engine.mapping.load import load_mappings
 from engine.outbox import OutboxUnavailable, Processed, SqliteOutbox, stored_webhook
 from engine.processing.mapper import process_stored
+from engine.processing.worker import ProcessingPolicy, work
 from tests.conftest import MAPPINGS, run_engine
 from tests.harness import call_webhook, expected_ids, sample, wait_for
 
@@ -78,6 +80,56 @@ def test_a_claimed_batch_is_not_claimed_again_until_its_lease_ends(outbox):
     assert outbox.claim_webhooks(10, 60, "worker-c") == []
     outbox.release("worker-a")  # a worker stopping hands its claims back at once
     assert [w.id for w in outbox.claim_webhooks(10, 60, "worker-c")] == [w.id for w in first]
+
+
+def test_a_worker_takes_its_own_claims_again_at_once_and_no_other_worker_does(outbox):
+    outbox.append([stored(n) for n in range(3)])
+    first = outbox.claim_webhooks(2, 60, "worker-a")
+    others = outbox.claim_webhooks(10, 60, "worker-b")
+    assert len(others) == 1 and others[0].id not in {w.id for w in first}
+    again = outbox.claim_webhooks(10, 60, "worker-a")  # its commit failed: the same batch, not a 60 s wait
+    assert [w.id for w in again] == [w.id for w in first]
+
+
+class _FailsOnce:
+    """An outbox whose first commit of a processed batch fails, as a locked or full disk makes it."""
+
+    def __init__(self, outbox) -> None:
+        self.outbox, self.failed = outbox, False
+
+    def commit_processed(self, batch):
+        if not self.failed:
+            self.failed = True
+            raise OutboxUnavailable("database is locked")
+        return self.outbox.commit_processed(batch)
+
+    def __getattr__(self, name):
+        return getattr(self.outbox, name)
+
+
+class _UntilMapped:
+    """The worker's channel: it stops once nothing waits to be mapped, or after 10 s."""
+
+    def __init__(self, outbox) -> None:
+        self.outbox, self.deadline = outbox, time.monotonic() + 10
+
+    def wait(self, seconds: float) -> bool:
+        time.sleep(min(seconds, 0.01))
+        return not self.stopping()
+
+    def stopping(self) -> bool:
+        return self.outbox.stats().unprocessed == 0 or time.monotonic() > self.deadline
+
+    def report(self, mapped: int, dead: int, new_messages: int) -> None:
+        pass
+
+
+def test_a_batch_whose_commit_failed_is_mapped_on_the_next_try_not_after_its_lease(outbox, mappings):
+    outbox.append([stored(n) for n in range(5)])
+    flaky = _FailsOnce(outbox)
+    # The channel gives up after 10 s; waiting for the lease would take 60.
+    work(flaky, mappings, ProcessingPolicy(lease_seconds=60, pause_seconds=0.05), _UntilMapped(outbox))
+    assert flaky.failed and outbox.stats().unprocessed == 0 and outbox.stats().pending == 5
 
 
 def test_messages_and_the_processed_mark_are_committed_together_and_only_once(outbox, mappings):

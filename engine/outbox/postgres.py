@@ -242,10 +242,10 @@ class PostgresOutbox:
         def work(conn: psycopg.Connection) -> list[PendingWebhook]:
             rows = conn.execute(
                 f"UPDATE webhooks SET lease_until = {_NOW} + %s, lease_owner = %s WHERE id IN ("
-                f"  SELECT id FROM webhooks WHERE processed_at IS NULL AND lease_until <= {_NOW}"
+                f"  SELECT id FROM webhooks WHERE processed_at IS NULL AND (lease_until <= {_NOW} OR lease_owner = %s)"
                 "  ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
                 ") RETURNING id, key, event, body, received_at",
-                (lease_seconds, owner, limit),
+                (lease_seconds, owner, owner, limit),
             ).fetchall()
             return sorted((PendingWebhook(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows), key=lambda w: w.id)
 

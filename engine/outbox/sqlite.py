@@ -316,15 +316,17 @@ class SqliteOutbox:
         return added
 
     def claim_webhooks(self, limit: int, lease_seconds: float, owner: str) -> list[PendingWebhook]:
-        """The oldest webhooks waiting to be mapped that no other worker holds, leased to `owner`."""
+        """The oldest webhooks waiting to be mapped that no other worker holds, leased to `owner`. A worker's own
+        earlier claims are among them: a batch whose commit failed is taken again at once, not after its lease."""
         now = time.time()
 
         def work(conn: sqlite3.Connection) -> list[PendingWebhook]:
             ids = conn.execute(
                 "UPDATE webhook_state SET lease_until = ?, lease_owner = ? WHERE id IN ("
-                "  SELECT id FROM webhook_state WHERE processed_at IS NULL AND lease_until <= ? ORDER BY id LIMIT ?"
+                "  SELECT id FROM webhook_state WHERE processed_at IS NULL AND (lease_until <= ? OR lease_owner = ?)"
+                "  ORDER BY id LIMIT ?"
                 ") RETURNING id",
-                (now + lease_seconds, owner, now, limit),
+                (now + lease_seconds, owner, now, owner, limit),
             ).fetchall()
             if not ids:
                 return []
@@ -344,11 +346,12 @@ class SqliteOutbox:
         A claimed webhook found already processed (its lease ran out and another worker finished it first) adds
         nothing: its messages would have the same ids, but its dead letter would be a second one.
         """
-        # TODO(issue 12): this transaction takes SQLite's one write lock from the gateway's appends: with processing
-        # running the gateway answers 0.67 - 0.80 of the smallest durable app, 1.00 - 1.22 without (RESULTS.md).
-        # Prototyped on branch proto-split (messages and dead letters in an ATTACHed second file, committed before
-        # the processed mark; delivery's writes on their own thread): +6 to +13 % with processing running, end to
-        # end unchanged. To land it needs the migration of existing outboxes and the dead-letter guard.
+        # TODO(issue 12): this transaction takes SQLite's one write lock from the gateway's appends, for as long as
+        # a batch's messages take to insert (schema 5 took the webhooks' own rows out of it). The next step, once
+        # prototyped (bench/RESULTS.md, "The pipeline in stages"; the branch is gone): messages and dead letters
+        # in a second file ATTACHed by every connection, committed before the processed mark; +6 to +13 % with
+        # processing running, end to end unchanged. It needs a migration of existing outboxes, a guard against a
+        # second dead letter for one webhook, and backups that copy both files as one.
         now = time.time()
 
         def work(conn: sqlite3.Connection) -> list[int]:
