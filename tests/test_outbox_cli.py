@@ -194,7 +194,12 @@ def test_no_part_of_a_postgresql_password_is_ever_shown(engine, url):
         assert part not in run.err, run.err
 
 
-def test_status_of_an_outbox_of_an_older_engine_says_to_start_the_server_once(engine, tmp_path):
+@pytest.mark.parametrize("command", [["status"], ["replay"], ["replay", "--dead"], ["discard", "--all"]], ids=" ".join)
+def test_an_outbox_of_an_older_engine_is_left_as_it_is_and_the_command_says_to_start_the_server_once(
+    engine, tmp_path, command
+):
+    """Only `engine serve` migrates: after an upgrade in place, the old server may still be running on the file,
+    and would go on writing it as its schema says while the new code reads it as the new one says."""
     import sqlite3
 
     from engine.outbox import SCHEMA_VERSION
@@ -202,9 +207,11 @@ def test_status_of_an_outbox_of_an_older_engine_says_to_start_the_server_once(en
     backlog(tmp_path / "o.sqlite3").close()
     with sqlite3.connect(tmp_path / "o.sqlite3") as conn:
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION - 1}")
-    run = engine("outbox", "status", env={"ENGINE_DB": str(tmp_path / "o.sqlite3")})
+    run = engine("outbox", *command, env={"ENGINE_DB": str(tmp_path / "o.sqlite3")})
     assert (run.code, run.out) == (2, "")
     assert run.err == (
         f"engine: ENGINE_DB: {tmp_path / 'o.sqlite3'} has outbox schema {SCHEMA_VERSION - 1}, older than this "
         f"engine's {SCHEMA_VERSION}: start the server once (it migrates the outbox), then ask again\n"
     )
+    with sqlite3.connect(tmp_path / "o.sqlite3") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION - 1

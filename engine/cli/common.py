@@ -26,12 +26,15 @@ def settings_for(args: argparse.Namespace) -> Settings:
     return load_settings(args.env_file or ".env", required=args.env_file is not None)
 
 
-def open_outbox_for(args: argparse.Namespace, create: bool = False, read_only: bool = False) -> Outbox:
+def open_outbox_for(
+    args: argparse.Namespace, create: bool = False, read_only: bool = False, migrate: bool = False
+) -> Outbox:
+    """The outbox of the settings; only `engine serve` migrates one of an older schema (engine.outbox)."""
     settings = settings_for(args)
     # The pool's own warnings would repeat each failed attempt, host names and all: the error below says it once.
     logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
     try:
-        return open_outbox(settings.db, create=create, read_only=read_only)
+        return open_outbox(settings.db, create=create, read_only=read_only, migrate=migrate)
     except FileNotFoundError:
         raise UsageError(f"ENGINE_DB: no outbox at {settings.db} (the server creates it on first start)") from None
     except (ValueError, sqlite3.Error, OutboxUnavailable) as exc:

@@ -45,7 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not 1 <= args.port <= 65535:  # uvicorn would bind the port modulo 65536 and log the number given
         raise UsageError(f"--port: {args.port} is not a port (1 to 65535)")
     # The outbox too (created or migrated here, once for all the workers): one that is refused is refused here.
-    open_outbox_for(args, create=True).close()
+    open_outbox_for(args, create=True, migrate=True).close()
     # The workers read the settings themselves, from the file named here (or .env).
     if args.env_file:
         os.environ["ENGINE_ENV_FILE"] = args.env_file

@@ -35,11 +35,15 @@ from engine.outbox.base import (
 from engine.outbox.sqlite import SCHEMA_VERSION, SqliteOutbox
 
 
-def open_outbox(setting: str, *, create: bool = True, read_only: bool = False, synced: bool = True) -> Outbox:
+def open_outbox(
+    setting: str, *, create: bool = True, read_only: bool = False, synced: bool = True, migrate: bool = True
+) -> Outbox:
     """The outbox ENGINE_DB names: a SQLite file (the default) or a PostgreSQL database shared by replicas.
 
     `create`: a missing file is created (the server, a backfill); `read_only`: nothing is written, not even a
-    migration (engine outbox status). Either way, what is not this engine's outbox is refused: OutboxRefused.
+    migration (engine outbox status); `migrate=False`: an outbox of an older schema is refused, not migrated (every
+    command but `engine serve`: a server of the older version may still be running on it, and would go on
+    writing it the old way). Either way, what is not this engine's outbox is refused: OutboxRefused.
     `synced=False`: commits are not flushed to disk one by one (the processing stage's connection: what it writes
     can be written again from the stored webhooks, which are; see engine.processing.child).
     """
@@ -53,8 +57,8 @@ def open_outbox(setting: str, *, create: bool = True, read_only: bool = False, s
             raise OutboxRefused(
                 "a postgresql:// outbox needs psycopg: pip install 'aircall-segment[postgres]'"
             ) from None
-        return PostgresOutbox(setting, read_only=read_only, synced=synced)
-    return SqliteOutbox(sqlite_path(setting), create=create, read_only=read_only, synced=synced)
+        return PostgresOutbox(setting, read_only=read_only, synced=synced, migrate=migrate)
+    return SqliteOutbox(sqlite_path(setting), create=create, read_only=read_only, synced=synced, migrate=migrate)
 
 
 __all__ = [

@@ -132,8 +132,10 @@ class PostgresOutbox:
         connect_timeout: float = 3.0,
         read_only: bool = False,
         synced: bool = True,
+        migrate: bool = True,
     ) -> None:
-        self.path = describe_db(url)  # what logs and errors may show: never the password
+        self.path = describe_db(url)
+        self.migrate = migrate  # what logs and errors may show: never the password
         self._down_until = 0.0
         self._down_reason = ""
         self._pool = ConnectionPool(
@@ -210,6 +212,8 @@ class PostgresOutbox:
         row = conn.execute("SELECT version FROM engine_schema").fetchone()
         version = row[0] if row else 0
         self._refuse_newer(version)
+        if 0 < version < SCHEMA_VERSION and not self.migrate:
+            raise OutboxRefused(_older(self.path, version))
         for target in range(version + 1, SCHEMA_VERSION + 1):
             for statement in _MIGRATIONS[target]:
                 conn.execute(statement)

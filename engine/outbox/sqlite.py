@@ -137,10 +137,13 @@ _MIGRATIONS: dict[int, str] = {
 class SqliteOutbox:
     """The outbox in one SQLite file, WAL mode, full fsync on commit. Not thread-safe: one thread uses it."""
 
-    def __init__(self, path: Path, *, create: bool = True, read_only: bool = False, synced: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, create: bool = True, read_only: bool = False, synced: bool = True, migrate: bool = True
+    ) -> None:
         self.path = Path(path)
         self.synced = synced
         self.read_only = read_only
+        self.migrate = migrate and not read_only
         self.create = create and not read_only
         if self.create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -200,7 +203,7 @@ class SqliteOutbox:
             raise OutboxRefused(f"{self.path} is not an aircall-segment outbox: it has no outbox tables")
         if version > 0 and not {"webhooks", "messages", "dead_letters"} <= tables:
             raise OutboxRefused(f"{self.path} is not an aircall-segment outbox: its outbox tables are missing")
-        if self.read_only and 0 < version < SCHEMA_VERSION:  # a read-only command cannot migrate it
+        if not self.migrate and 0 < version < SCHEMA_VERSION:  # engine serve migrates (see open_outbox)
             raise OutboxRefused(
                 f"{self.path} has outbox schema {version}, older than this engine's {SCHEMA_VERSION}: start the "
                 "server once (it migrates the outbox), then ask again"
