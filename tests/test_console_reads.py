@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import time
 
@@ -170,7 +169,7 @@ def test_every_console_read_uses_an_index_not_a_table_scan(tmp_path):
     for name, read in reads.items():
         plans = traced_plans(reader, read)
         assert plans, name
-        scans = [plan for plan in plans if re.match(r"SCAN (messages|webhooks|dead_letters)\b", plan)]
+        scans = [plan for plan in plans if plan.startswith("SCAN ")]  # of any table, by its name or an alias
         assert not scans, f"{name} scans a table: {scans}"
     delivered = traced_plans(reader, reads["activity"])
     assert any("INDEX messages_delivered" in plan for plan in delivered), delivered

@@ -96,9 +96,21 @@ def test_oversized_body_is_refused_by_nginx_before_the_app(nginx):
 
 def test_plain_http_redirects_and_only_post_reaches_the_webhook(nginx):
     redirect = requests.post(f"{nginx['http']}/webhooks/aircall", allow_redirects=False, timeout=5)
-    assert redirect.status_code == 301 and redirect.headers["Location"].startswith("https://localhost")
+    assert redirect.status_code == 301 and redirect.headers["Location"].startswith("https://localhost/")
     assert requests.get(f"{nginx['base']}/webhooks/aircall", verify=nginx["cert"], timeout=5).status_code == 403
     assert requests.get(f"{nginx['base']}/metrics", verify=nginx["cert"], timeout=5).status_code == 404
+    slash = requests.post(f"{nginx['base']}/webhooks/aircall/", json={**sample("call.ended"), "token": "x"},
+                          verify=nginx["cert"], timeout=5)  # fmt: skip
+    assert slash.status_code == 401  # the app's answer: the path with a slash reaches the gateway too
+
+
+def test_no_redirect_of_nginx_names_the_host_a_request_gave(nginx):
+    hostile = {"Host": "evil.example"}
+    plain = requests.get(f"{nginx['http']}/anything", headers=hostile, allow_redirects=False, timeout=5)
+    assert plain.status_code == 301 and plain.headers["Location"] == "https://localhost/anything"
+    console = requests.get(f"{nginx['base']}/console", headers=hostile, verify=nginx["cert"], allow_redirects=False,
+                           timeout=5)  # fmt: skip
+    assert console.status_code == 301 and console.headers["Location"] == "/console/"
 
 
 def test_the_console_is_behind_nginx_basic_auth_and_allow_list(nginx):
