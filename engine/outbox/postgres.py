@@ -134,8 +134,8 @@ class PostgresOutbox:
         synced: bool = True,
         migrate: bool = True,
     ) -> None:
-        self.path = describe_db(url)
-        self.migrate = migrate  # what logs and errors may show: never the password
+        self.path = describe_db(url)  # what logs and errors may show: never the password
+        self.migrate = migrate
         self._down_until = 0.0
         self._down_reason = ""
         self._pool = ConnectionPool(
