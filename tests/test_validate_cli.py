@@ -131,6 +131,16 @@ def test_statements_are_refused_with_the_inline_alternative(engine, mappings_cop
     assert finding.startswith("call.ended.yaml:6:8: statements ({% ... %}) are not supported")
 
 
+def test_a_number_no_double_holds_is_refused_where_it_is_written(engine, mappings_copy):
+    run = validate_call_ended(engine, mappings_copy, '  properties:\n    big: 1.0e+400\n    also: "{{ 2e999 }}"\n')
+    assert run.code == 1
+    reason = "a number beyond a double's range (or NaN): Segment takes finite numbers only"
+    assert [line.split(": ", 1) for line in findings(run)] == [
+        ["call.ended.yaml:6:10", reason + "; write a smaller one, or a string"],
+        ["call.ended.yaml:7:11", reason + "; write a smaller one, or a string"],
+    ]
+
+
 def test_template_failing_on_a_sparse_payload_names_the_line(engine, mappings_copy):
     run = validate_call_ended(engine, mappings_copy, '  properties:\n    minutes: "{{ data.duration / 60 }}"\n')
     assert run.code == 1

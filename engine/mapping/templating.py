@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -208,18 +209,32 @@ _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 # Compiling
 
 
+def _check_finite(value: object, line: int) -> None:
+    """A number JSON cannot carry (1.0e+400 is infinity to YAML and to Jinja): refused where it is written, rather
+    than failing every render."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TemplateProblem(
+            "a number beyond a double's range (or NaN): Segment takes finite numbers only; write a smaller one, "
+            "or a string",
+            line,
+        )
+
+
 def parse_value(env: MappingEnvironment, value: str | int | float | bool | None) -> nodes.Expr:
     """One mapping value as a Jinja expression node; TemplateProblem with the line inside the template.
 
     A single `{{ expression }}` keeps the expression's own type; text, with or without expressions, is a string.
     """
     if not isinstance(value, str):
+        _check_finite(value, 1)
         return nodes.Const(value)
     try:
         tree = env.parse(value)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(f"template syntax error: {exc.message}", exc.lineno or 1) from None
     _check_names(tree, env)
+    for constant in tree.find_all(nodes.Const):
+        _check_finite(constant.value, constant.lineno)
     if not tree.body:
         return nodes.Const("")
     if len(tree.body) != 1 or not isinstance(tree.body[0], nodes.Output):
