@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import FIXTURES, MAPPINGS, ROOT
 
 
 def write(mappings: Path, name: str, text: str) -> None:
@@ -35,6 +36,15 @@ def test_shipped_mappings_are_clean_with_one_summary_line(engine):
     assert run.code == 0, run.out + run.err
     assert run.out.count("\n") == 1
     assert "26 mappings valid" in run.out
+
+
+def test_mappings_with_no_sample_webhooks_beside_them_say_they_were_tried_on_sparse_payloads_only(engine, tmp_path):
+    shutil.copytree(MAPPINGS, tmp_path / "elsewhere")  # a deployment's own repository: no tests/fixtures
+    run = engine("validate", str(tmp_path / "elsewhere"))
+    assert run.code == 0
+    assert "rendered from sparse payloads only (no sample webhooks: none in tests/fixtures beside the folder" in run.out
+    run = engine("validate", str(tmp_path / "elsewhere"), "--fixtures", str(FIXTURES))
+    assert "from 31 sample webhooks and sparse payloads" in run.out
 
 
 def test_validate_defaults_to_engine_mappings_setting(engine, mappings_copy):

@@ -52,9 +52,15 @@ class Report:
         return not self.findings
 
     def summary(self) -> str:
+        rendered = (  # without samples a mapping is tried on sparse payloads only: say so, not just "0"
+            f"from {self.samples} sample webhooks and sparse payloads"
+            if self.samples
+            else "from sparse payloads only (no sample webhooks: none in tests/fixtures beside the folder; "
+            "--fixtures names a folder of them)"
+        )
         text = (
-            f"{self.directory}: {self.mappings} mappings valid; {self.messages} messages rendered "
-            f"from {self.samples} sample webhooks and sparse payloads, all valid for Segment"
+            f"{self.directory}: {self.mappings} mappings valid; {self.messages} messages rendered {rendered}, "
+            "all valid for Segment"
         )
         if self.timings:
             slowest = max(self.timings, key=lambda t: t.microseconds)
