@@ -7,6 +7,7 @@ import pytest
 
 from engine.aircall.envelope import Webhook
 from engine.outbox import NewMessage, SqliteOutbox, stored_webhook
+from tests.harness import free_port
 
 
 def backlog(path) -> SqliteOutbox:
@@ -137,8 +138,30 @@ def test_an_outbox_of_a_newer_engine_is_refused_by_every_command(engine, tmp_pat
     for command in (["outbox", "status"], ["outbox", "discard", "--all"], ["outbox", "replay", "--dead"]):
         run = engine(*command, env=env)
         assert (run.code, run.err) == (2, reason)
-    serve = engine("serve", "--port", "1", env=env, timeout=30)
+    serve = engine("serve", "--port", str(free_port()), env=env, timeout=30)
     assert serve.code == 2 and serve.err.endswith(reason.removeprefix("engine: ")) and "Traceback" not in serve.err
+
+
+def test_serve_on_a_port_in_use_says_so_and_leaves_an_older_outbox_unmigrated(engine, tmp_path):
+    """An older server still running on the port is most likely running on the same outbox."""
+    import socket
+    import sqlite3
+
+    from engine.outbox import SCHEMA_VERSION
+
+    backlog(tmp_path / "o.sqlite3").close()
+    with sqlite3.connect(tmp_path / "o.sqlite3") as conn:
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION - 1}")
+    with socket.create_server(("127.0.0.1", 0)) as running:
+        port = running.getsockname()[1]
+        serve = engine("serve", "--port", str(port), env={"ENGINE_DB": str(tmp_path / "o.sqlite3")}, timeout=30)
+    assert (serve.code, serve.out) == (2, "")
+    assert serve.err == (
+        f"engine: --port: cannot listen on 127.0.0.1:{port}: Address already in use (is a server already running "
+        "there?)\n"
+    )
+    with sqlite3.connect(tmp_path / "o.sqlite3") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION - 1
 
 
 def test_an_outbox_locked_past_the_busy_timeout_is_one_line(engine, tmp_path):

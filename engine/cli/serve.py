@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 
 from engine.cli.common import (
@@ -44,6 +45,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError("--workers must be at least 1")
     if not 1 <= args.port <= 65535:  # uvicorn would bind the port modulo 65536 and log the number given
         raise UsageError(f"--port: {args.port} is not a port (1 to 65535)")
+    # Before the outbox is migrated: a server still running on the port is most likely an older version on the
+    # same outbox, which would go on writing it the old way.
+    _check_port_free(args.host, args.port)
     # The outbox too (created or migrated here, once for all the workers): one that is refused is refused here.
     open_outbox_for(args, create=True, migrate=True).close()
     # The workers read the settings themselves, from the file named here (or .env).
@@ -70,3 +74,19 @@ def _serve(args: argparse.Namespace) -> int:
             log_level=settings.log_level,
         )
     return EXIT_OK
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """UsageError when nothing could listen on host:port now (uvicorn would say so only after the start-up)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise UsageError(f"--host: {host!r} is not an address of this machine ({exc.strerror})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise UsageError(
+                f"--port: cannot listen on {host}:{port}: {exc.strerror} (is a server already running there?)"
+            ) from None
