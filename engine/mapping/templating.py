@@ -8,9 +8,12 @@ builds the whole list of messages, compiled once: one call per webhook instead o
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
+import itertools
 import math
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -19,6 +22,8 @@ from typing import Any
 
 from jinja2 import TemplateSyntaxError, meta, nodes
 from jinja2.exceptions import SecurityError
+from jinja2.nodes import EvalContext
+from jinja2.optimizer import Optimizer
 from jinja2.runtime import Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
@@ -209,15 +214,18 @@ _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 # Compiling
 
 
+_NOT_FINITE = (
+    "a number beyond a double's range (or NaN): Segment takes finite numbers only; write a smaller one, or a string"
+)
+
+
 def _check_finite(value: object, line: int) -> None:
-    """A number JSON cannot carry (1.0e+400 is infinity to YAML and to Jinja): refused where it is written, rather
-    than failing every render."""
+    """A number JSON cannot carry (1.0e+400 is infinity to YAML and to Jinja; 10**400 is beyond what Segment reads
+    numbers as): refused where it is written, rather than failing every render."""
     if isinstance(value, float) and not math.isfinite(value):
-        raise TemplateProblem(
-            "a number beyond a double's range (or NaN): Segment takes finite numbers only; write a smaller one, "
-            "or a string",
-            line,
-        )
+        raise TemplateProblem(_NOT_FINITE, line)
+    if type(value) is int and abs(value) > sys.float_info.max:
+        raise TemplateProblem(_NOT_FINITE, line)
 
 
 def parse_value(env: MappingEnvironment, value: str | int | float | bool | None) -> nodes.Expr:
@@ -232,8 +240,12 @@ def parse_value(env: MappingEnvironment, value: str | int | float | bool | None)
         tree = env.parse(value)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(f"template syntax error: {exc.message}", exc.lineno or 1) from None
+    except ValueError:  # Python's refusal to read an integer past 4,300 digits, from Jinja's lexer
+        raise TemplateProblem(_NOT_FINITE, 1) from None
     _check_names(tree, env)
-    for constant in tree.find_all(nodes.Const):
+    # Constants as written, and as Jinja folds them when it compiles ({{ 1e308 * 10 }}, {{ 'inf' | float }}).
+    folded = Optimizer(env).visit(copy.deepcopy(tree), EvalContext(env))
+    for constant in itertools.chain(tree.find_all(nodes.Const), folded.find_all(nodes.Const)):
         _check_finite(constant.value, constant.lineno)
     if not tree.body:
         return nodes.Const("")

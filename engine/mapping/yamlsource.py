@@ -86,14 +86,31 @@ def load(text: str) -> tuple[Any, dict[Path_, Spot]]:
     return value, spots
 
 
+_STR, _INT = "tag:yaml.org,2002:str", "tag:yaml.org,2002:int"
+_MAX_INT_CHARACTERS = 310  # sign and digits: anything longer is beyond a double's range
+_TOO_LONG = "a number beyond a double's range: Segment takes finite numbers only; write a smaller one, or a string"
+
+
 def _walk(node: yaml.Node, path: Path_, key_mark: yaml.Mark, spots: dict[Path_, Spot]) -> None:
     mark = node.start_mark
     style = node.style if isinstance(node, yaml.ScalarNode) else None
     spots[path] = Spot(mark.line + 1, mark.column + 1, key_mark.line + 1, key_mark.column + 1, style)
+    if isinstance(node, yaml.ScalarNode) and node.tag == _INT and len(node.value) > _MAX_INT_CHARACTERS:
+        # Python refuses to read integers past 4,300 digits (a ValueError, not a YAML error); past 309 they are
+        # beyond a double's range, which Segment and warehouses read numbers as.
+        raise YamlError(_TOO_LONG, mark.line + 1, mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         seen: dict[object, yaml.Mark] = {}
         for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node)
+            if not (isinstance(key_node, yaml.ScalarNode) and key_node.tag == _STR):
+                written = key_node.value if isinstance(key_node, yaml.ScalarNode) else "this"
+                at = key_node.start_mark  # a key read as a number, true/false or null is not a name
+                raise YamlError(
+                    f"a key must be text: {written!r} is read as something else; put it in quotes",
+                    at.line + 1,
+                    at.column + 1,
+                )
+            key = key_node.value
             if key in seen:
                 # PyYAML keeps the last of two equal keys without a word; in a mapping that hides an edit.
                 first = seen[key]
