@@ -42,9 +42,16 @@ def test_mappings_with_no_sample_webhooks_beside_them_say_they_were_tried_on_spa
     shutil.copytree(MAPPINGS, tmp_path / "elsewhere")  # a deployment's own repository: no tests/fixtures
     run = engine("validate", str(tmp_path / "elsewhere"))
     assert run.code == 0
-    assert "rendered from sparse payloads only (no sample webhooks: none in tests/fixtures beside the folder" in run.out
+    assert "rendered from sparse payloads only (no sample webhook of these events found" in run.out
     run = engine("validate", str(tmp_path / "elsewhere"), "--fixtures", str(FIXTURES))
     assert "from 31 sample webhooks and sparse payloads" in run.out
+
+
+def test_a_sample_that_cannot_be_read_is_a_finding_not_a_traceback(engine, tmp_path):
+    (tmp_path / "samples" / "folder.json").mkdir(parents=True)
+    run = engine("validate", str(MAPPINGS), "--fixtures", str(tmp_path / "samples"))
+    assert run.code == 1 and "Traceback" not in run.err
+    assert run.out.startswith(f"{tmp_path / 'samples' / 'folder.json'}:1:1: cannot read this sample: Is a directory")
 
 
 def test_validate_defaults_to_engine_mappings_setting(engine, mappings_copy):

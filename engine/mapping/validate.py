@@ -55,8 +55,8 @@ class Report:
         rendered = (  # without samples a mapping is tried on sparse payloads only: say so, not just "0"
             f"from {self.samples} sample webhooks and sparse payloads"
             if self.samples
-            else "from sparse payloads only (no sample webhooks: none in tests/fixtures beside the folder; "
-            "--fixtures names a folder of them)"
+            else "from sparse payloads only (no sample webhook of these events found: by default they are read "
+            "from tests/fixtures beside the folder; --fixtures names another)"
         )
         text = (
             f"{self.directory}: {self.mappings} mappings valid; {self.messages} messages rendered {rendered}, "
@@ -151,6 +151,8 @@ def _samples(fixtures: Path | None, report: Report) -> Iterable[tuple[Path, Webh
             yield path, parse_webhook(path.read_bytes())
         except EnvelopeError as exc:
             report.findings.append(Finding(path, 1, 1, str(exc)))
+        except OSError as exc:  # a folder named *.json, a file that cannot be read
+            report.findings.append(Finding(path, 1, 1, f"cannot read this sample: {exc.strerror}"))
 
 
 def _sparse_webhooks(event: str) -> Iterable[tuple[str, Webhook]]:
