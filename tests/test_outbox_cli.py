@@ -142,6 +142,18 @@ def test_an_outbox_of_a_newer_engine_is_refused_by_every_command(engine, tmp_pat
     assert serve.code == 2 and serve.err.endswith(reason.removeprefix("engine: ")) and "Traceback" not in serve.err
 
 
+def test_a_postgresql_database_without_an_outbox_is_refused_by_commands_that_need_one(engine, postgres_url):
+    """Only the server and the backfill create the outbox's tables: replay and discard on a database of another
+    application created them there (SQLite refuses a file of another application the same way)."""
+    import psycopg
+
+    for command in (["outbox", "replay"], ["outbox", "replay", "--dead"], ["outbox", "discard", "--all"]):
+        run = engine(*command, env={"ENGINE_DB": postgres_url})
+        assert run.code == 2 and run.err.endswith(": it has no outbox tables\n"), run.err
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT to_regclass('engine_schema')").fetchone()[0] is None
+
+
 def test_serve_on_a_port_in_use_says_so_and_leaves_an_older_outbox_unmigrated(engine, tmp_path):
     """An older server still running on the port is most likely running on the same outbox."""
     import socket

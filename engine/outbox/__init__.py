@@ -40,7 +40,8 @@ def open_outbox(
 ) -> Outbox:
     """The outbox ENGINE_DB names: a SQLite file (the default) or a PostgreSQL database shared by replicas.
 
-    `create`: a missing file is created (the server, a backfill); `read_only`: nothing is written, not even a
+    `create`: a missing file, or an empty PostgreSQL database, is given the outbox's tables (the server, a
+    backfill); `read_only`: nothing is written, not even a
     migration (engine outbox status); `migrate=False`: an outbox of an older schema is refused, not migrated (every
     command but `engine serve`: a server of the older version may still be running on it, and would go on
     writing it the old way). Either way, what is not this engine's outbox is refused: OutboxRefused.
@@ -57,7 +58,7 @@ def open_outbox(
             raise OutboxRefused(
                 "a postgresql:// outbox needs psycopg: pip install 'aircall-segment[postgres]'"
             ) from None
-        return PostgresOutbox(setting, read_only=read_only, synced=synced, migrate=migrate)
+        return PostgresOutbox(setting, read_only=read_only, synced=synced, migrate=migrate, create=create)
     return SqliteOutbox(sqlite_path(setting), create=create, read_only=read_only, synced=synced, migrate=migrate)
 
 

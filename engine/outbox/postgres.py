@@ -133,9 +133,11 @@ class PostgresOutbox:
         read_only: bool = False,
         synced: bool = True,
         migrate: bool = True,
+        create: bool = True,
     ) -> None:
         self.path = describe_db(url)  # what logs and errors may show: never the password
         self.migrate = migrate
+        self.create = create
         self._down_until = 0.0
         self._down_reason = ""
         self._pool = ConnectionPool(
@@ -208,6 +210,8 @@ class PostgresOutbox:
 
     def _migrate(self, conn: psycopg.Connection) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        if not self.create and conn.execute("SELECT to_regclass('engine_schema')").fetchone()[0] is None:
+            raise OutboxRefused(f"{self.path} is not an aircall-segment outbox: it has no outbox tables")
         conn.execute("CREATE TABLE IF NOT EXISTS engine_schema (version INTEGER NOT NULL)")
         row = conn.execute("SELECT version FROM engine_schema").fetchone()
         version = row[0] if row else 0
