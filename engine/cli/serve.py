@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import socket
 import sys
@@ -87,6 +88,9 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as exc:
-            raise UsageError(
-                f"--port: cannot listen on {host}:{port}: {exc.strerror} (is a server already running there?)"
-            ) from None
+            hint = {
+                errno.EADDRINUSE: ("--port", "is a server already running there?"),
+                errno.EACCES: ("--port", "ports below 1024 need root or CAP_NET_BIND_SERVICE"),
+                errno.EADDRNOTAVAIL: ("--host", "not an address of this machine"),
+            }.get(exc.errno or 0, ("--host", "check the address and port"))
+            raise UsageError(f"{hint[0]}: cannot listen on {host}:{port}: {exc.strerror} ({hint[1]})") from None
