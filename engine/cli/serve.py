@@ -88,9 +88,9 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as exc:
-            hint = {
+            setting, advice = {
                 errno.EADDRINUSE: ("--port", "is a server already running there?"),
                 errno.EACCES: ("--port", "ports below 1024 need root or CAP_NET_BIND_SERVICE"),
                 errno.EADDRNOTAVAIL: ("--host", "not an address of this machine"),
             }.get(exc.errno or 0, ("--host", "check the address and port"))
-            raise UsageError(f"{hint[0]}: cannot listen on {host}:{port}: {exc.strerror} ({hint[1]})") from None
+            raise UsageError(f"{setting}: cannot listen on {host}:{port}: {exc.strerror} ({advice})") from None

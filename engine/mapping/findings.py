@@ -22,6 +22,12 @@ class Finding:
         return {"file": str(self.path), "line": self.line, "column": self.column, "message": self.message}
 
 
+# Said of a number no double holds, wherever it is found (the YAML as read, a template's constants).
+NOT_A_SEGMENT_NUMBER = (
+    "a number beyond a double's range (or NaN): Segment takes finite numbers only; write a smaller one, or a string"
+)
+
+
 def caret_excerpt(source_line: str, column: int, indent: str = "    ") -> str:
     """The line as written, and a caret under `column` (1-based)."""
     line = source_line.rstrip("\n").expandtabs(1)

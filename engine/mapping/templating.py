@@ -29,6 +29,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
 
 from engine.digits import normalize_digits
+from engine.mapping.findings import NOT_A_SEGMENT_NUMBER
 
 # The names a template may read. Webhook data only ever arrives through these, as values.
 TEMPLATE_VARIABLES = frozenset({"data", "event", "resource", "timestamp"})
@@ -214,18 +215,13 @@ _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 # Compiling
 
 
-_NOT_FINITE = (
-    "a number beyond a double's range (or NaN): Segment takes finite numbers only; write a smaller one, or a string"
-)
-
-
 def _check_finite(value: object, line: int) -> None:
     """A number JSON cannot carry (1.0e+400 is infinity to YAML and to Jinja; 10**400 is beyond what Segment reads
     numbers as): refused where it is written, rather than failing every render."""
     if isinstance(value, float) and not math.isfinite(value):
-        raise TemplateProblem(_NOT_FINITE, line)
+        raise TemplateProblem(NOT_A_SEGMENT_NUMBER, line)
     if type(value) is int and abs(value) > sys.float_info.max:
-        raise TemplateProblem(_NOT_FINITE, line)
+        raise TemplateProblem(NOT_A_SEGMENT_NUMBER, line)
 
 
 def parse_value(env: MappingEnvironment, value: str | int | float | bool | None) -> nodes.Expr:
@@ -241,7 +237,7 @@ def parse_value(env: MappingEnvironment, value: str | int | float | bool | None)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(f"template syntax error: {exc.message}", exc.lineno or 1) from None
     except ValueError:  # Python's refusal to read an integer past 4,300 digits, from Jinja's lexer
-        raise TemplateProblem(_NOT_FINITE, 1) from None
+        raise TemplateProblem(NOT_A_SEGMENT_NUMBER, 1) from None
     _check_names(tree, env)
     # Constants as written, and as Jinja folds them when it compiles ({{ 1e308 * 10 }}, {{ 'inf' | float }}).
     folded = Optimizer(env).visit(copy.deepcopy(tree), EvalContext(env))

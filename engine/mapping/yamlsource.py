@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from engine.mapping.findings import NOT_A_SEGMENT_NUMBER
+
 Path_ = tuple[str | int, ...]
 
 
@@ -88,7 +90,6 @@ def load(text: str) -> tuple[Any, dict[Path_, Spot]]:
 
 _STR, _INT = "tag:yaml.org,2002:str", "tag:yaml.org,2002:int"
 _MAX_INT_CHARACTERS = 310  # sign and digits: anything longer is beyond a double's range
-_TOO_LONG = "a number beyond a double's range: Segment takes finite numbers only; write a smaller one, or a string"
 
 
 def _walk(node: yaml.Node, path: Path_, key_mark: yaml.Mark, spots: dict[Path_, Spot]) -> None:
@@ -98,7 +99,7 @@ def _walk(node: yaml.Node, path: Path_, key_mark: yaml.Mark, spots: dict[Path_, 
     if isinstance(node, yaml.ScalarNode) and node.tag == _INT and len(node.value) > _MAX_INT_CHARACTERS:
         # Python refuses to read integers past 4,300 digits (a ValueError, not a YAML error); past 309 they are
         # beyond a double's range, which Segment and warehouses read numbers as.
-        raise YamlError(_TOO_LONG, mark.line + 1, mark.column + 1)
+        raise YamlError(NOT_A_SEGMENT_NUMBER, mark.line + 1, mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         seen: dict[object, yaml.Mark] = {}
         for key_node, value_node in node.value:

@@ -41,10 +41,10 @@ def open_outbox(
     """The outbox ENGINE_DB names: a SQLite file (the default) or a PostgreSQL database shared by replicas.
 
     `create`: a missing file, or an empty PostgreSQL database, is given the outbox's tables (the server, a
-    backfill); `read_only`: nothing is written, not even a
-    migration (engine outbox status); `migrate=False`: an outbox of an older schema is refused, not migrated (every
-    command but `engine serve`: a server of the older version may still be running on it, and would go on
-    writing it the old way). Either way, what is not this engine's outbox is refused: OutboxRefused.
+    backfill). `read_only`: nothing is written, not even a migration (engine outbox status). `migrate=False`: an
+    outbox of an older schema is refused, not migrated (every command but `engine serve`: a server of the older
+    version may still be running on it, and would go on writing it the old way). Either way, what is not this
+    engine's outbox is refused: OutboxRefused.
     `synced=False`: commits are not flushed to disk one by one (the processing stage's connection: what it writes
     can be written again from the stored webhooks, which are; see engine.processing.child).
     """
