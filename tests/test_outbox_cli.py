@@ -152,6 +152,11 @@ def test_a_postgresql_database_without_an_outbox_is_refused_by_commands_that_nee
         assert run.code == 2 and run.err.endswith(": it has no outbox tables\n"), run.err
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute("SELECT to_regclass('engine_schema')").fetchone()[0] is None
+        conn.execute("CREATE TABLE engine_schema (version INTEGER NOT NULL)")  # left empty: still not an outbox
+    run = engine("outbox", "discard", "--all", env={"ENGINE_DB": postgres_url})
+    assert run.code == 2 and run.err.endswith(": it has no outbox tables\n"), run.err
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT to_regclass('webhooks')").fetchone()[0] is None
 
 
 def test_serve_on_a_port_in_use_says_so_and_leaves_an_older_outbox_unmigrated(engine, tmp_path):
@@ -174,6 +179,13 @@ def test_serve_on_a_port_in_use_says_so_and_leaves_an_older_outbox_unmigrated(en
     )
     with sqlite3.connect(tmp_path / "o.sqlite3") as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION - 1
+
+
+@pytest.mark.parametrize("host", ["a..b", "a" * 300, "nonexistent.invalid"])
+def test_serve_on_a_host_that_names_no_address_is_one_line(engine, tmp_path, host):
+    serve = engine("serve", "--host", host, "--port", str(free_port()), env={"ENGINE_DB": str(tmp_path / "o")})
+    assert serve.code == 2 and serve.err.startswith(f"engine: --host: {host!r} is ") and "Traceback" not in serve.err
+    assert not (tmp_path / "o").exists()
 
 
 def test_an_outbox_locked_past_the_busy_timeout_is_one_line(engine, tmp_path):

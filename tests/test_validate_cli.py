@@ -151,8 +151,8 @@ def test_statements_are_refused_with_the_inline_alternative(engine, mappings_cop
 @pytest.mark.parametrize(
     "value",
     ["1.0e+400", '"{{ 2e999 }}"', '"{{ 1e308 * 10 }}"', "\"{{ 'nan' | float }}\"", '"{{ -(10 ** 400) }}"',
-     "1" + "0" * 400, '"{{ 1' + "0" * 5000 + ' }}"', "1" + "0" * 5000],
-    ids=["yaml", "jinja", "folded", "filter", "int", "yaml-int", "jinja-digits", "yaml-digits"],
+     "1" + "0" * 400, '"{{ 1' + "0" * 5000 + ' }}"', "1" + "0" * 5000, '"{{ 10 ** 5000 }}"'],
+    ids=["yaml", "jinja", "folded", "filter", "int", "yaml-int", "jinja-digits", "yaml-digits", "folded-digits"],
 )  # fmt: skip
 def test_a_number_no_double_holds_is_refused_where_it_is_written(engine, mappings_copy, value):
     """Written, or folded by Jinja when it compiles: before, each sample failed on a NameError of Jinja's own code,
@@ -163,6 +163,12 @@ def test_a_number_no_double_holds_is_refused_where_it_is_written(engine, mapping
     location, reason = finding.split(": ", 1)
     assert location == "call.ended.yaml:6:10"
     assert "a number beyond a double's range" in reason and "Segment takes finite numbers only" in reason
+
+
+def test_an_integer_a_double_holds_loads_however_it_is_written(engine, mappings_copy):
+    """Underscores and leading zeros do not count towards the size of a YAML integer."""
+    written = "_".join("9" * 201) + "\n    padded: 0" + "0" * 320 + "7"
+    assert validate_call_ended(engine, mappings_copy, f"  properties:\n    big: {written}\n").code == 0
 
 
 def test_a_key_read_as_a_number_or_a_boolean_is_refused_on_its_line_not_a_traceback(engine, mappings_copy):

@@ -78,13 +78,23 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_port_free(host: str, port: int) -> None:
-    """UsageError when nothing could listen on host:port now (uvicorn would say so only after the start-up)."""
+    """UsageError when uvicorn could not listen on host:port now (it would say so only after the start-up): every
+    address the host names, each socket IPv4 or IPv6 only, as uvicorn binds them."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise UsageError(f"--host: {host!r} is not an address of this machine ({exc.strerror})") from None
+    except (UnicodeError, ValueError):  # a name the IDNA codec refuses: an empty or overlong label
+        raise UsageError(f"--host: {host!r} is not a host name or an address") from None
+    for family, kind, proto, _, address in addresses:
+        _try_bind(host, port, family, kind, proto, address)
+
+
+def _try_bind(host: str, port: int, family: int, kind: int, proto: int, address: tuple[object, ...]) -> None:
     with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:
             probe.bind(address)
         except OSError as exc:

@@ -238,9 +238,14 @@ def parse_value(env: MappingEnvironment, value: str | int | float | bool | None)
         raise TemplateProblem(f"template syntax error: {exc.message}", exc.lineno or 1) from None
     except ValueError:  # Python's refusal to read an integer past 4,300 digits, from Jinja's lexer
         raise TemplateProblem(NOT_A_SEGMENT_NUMBER, 1) from None
-    _check_names(tree, env)
-    # Constants as written, and as Jinja folds them when it compiles ({{ 1e308 * 10 }}, {{ 'inf' | float }}).
-    folded = Optimizer(env).visit(copy.deepcopy(tree), EvalContext(env))
+    try:
+        _check_names(tree, env)
+        # Constants as written, and as Jinja folds them when it compiles ({{ 1e308 * 10 }}, {{ 'inf' | float }}).
+        folded = Optimizer(env).visit(copy.deepcopy(tree), EvalContext(env))
+    except ValueError:  # the same refusal, of a constant Jinja folds when it compiles: {{ 10 ** 5000 }}
+        raise TemplateProblem(NOT_A_SEGMENT_NUMBER, 1) from None
+    except RecursionError:  # thousands of operators in a row: {{ 1 + 1 + ... }}
+        raise TemplateProblem("template nested too deeply for Jinja to compile; split it", 1) from None
     for constant in itertools.chain(tree.find_all(nodes.Const), folded.find_all(nodes.Const)):
         _check_finite(constant.value, constant.lineno)
     if not tree.body:

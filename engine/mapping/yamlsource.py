@@ -89,14 +89,19 @@ def load(text: str) -> tuple[Any, dict[Path_, Spot]]:
 
 
 _STR, _INT = "tag:yaml.org,2002:str", "tag:yaml.org,2002:int"
-_MAX_INT_CHARACTERS = 310  # sign and digits: anything longer is beyond a double's range
+_MAX_INT_DIGITS = 309  # anything longer is beyond a double's range (in hexadecimal or octal, even more so)
+
+
+def _digits(written: str) -> str:
+    """An integer as YAML 1.1 writes it (1_000, -0017, 0x1F), without what does not count towards its size."""
+    return written.replace("_", "").lstrip("+-").lstrip("0")
 
 
 def _walk(node: yaml.Node, path: Path_, key_mark: yaml.Mark, spots: dict[Path_, Spot]) -> None:
     mark = node.start_mark
     style = node.style if isinstance(node, yaml.ScalarNode) else None
     spots[path] = Spot(mark.line + 1, mark.column + 1, key_mark.line + 1, key_mark.column + 1, style)
-    if isinstance(node, yaml.ScalarNode) and node.tag == _INT and len(node.value) > _MAX_INT_CHARACTERS:
+    if isinstance(node, yaml.ScalarNode) and node.tag == _INT and len(_digits(node.value)) > _MAX_INT_DIGITS:
         # Python refuses to read integers past 4,300 digits (a ValueError, not a YAML error); past 309 they are
         # beyond a double's range, which Segment and warehouses read numbers as.
         raise YamlError(NOT_A_SEGMENT_NUMBER, mark.line + 1, mark.column + 1)

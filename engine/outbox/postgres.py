@@ -210,12 +210,12 @@ class PostgresOutbox:
 
     def _migrate(self, conn: psycopg.Connection) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-        if not self.create and conn.execute("SELECT to_regclass('engine_schema')").fetchone()[0] is None:
-            raise OutboxRefused(f"{self.path} is not an aircall-segment outbox: it has no outbox tables")
         conn.execute("CREATE TABLE IF NOT EXISTS engine_schema (version INTEGER NOT NULL)")
         row = conn.execute("SELECT version FROM engine_schema").fetchone()
         version = row[0] if row else 0
         self._refuse_newer(version)
+        if version == 0 and not self.create:  # the table just made is rolled back with this transaction
+            raise OutboxRefused(f"{self.path} is not an aircall-segment outbox: it has no outbox tables")
         if 0 < version < SCHEMA_VERSION and not self.migrate:
             raise OutboxRefused(_older(self.path, version))
         for target in range(version + 1, SCHEMA_VERSION + 1):
