@@ -165,6 +165,12 @@ def test_a_number_no_double_holds_is_refused_where_it_is_written(engine, mapping
     assert "a number beyond a double's range" in reason and "Segment takes finite numbers only" in reason
 
 
+def test_a_template_too_deep_for_jinja_is_a_finding_not_a_traceback(engine, mappings_copy):
+    run = validate_call_ended(engine, mappings_copy, '  properties:\n    sum: "{{ ' + " + ".join("1" * 3000) + ' }}"\n')
+    assert run.code == 1 and "Traceback" not in run.err
+    assert [f.split(": ", 1)[1] for f in findings(run)] == ["template nested too deeply for Jinja to compile; split it"]
+
+
 def test_an_integer_a_double_holds_loads_however_it_is_written(engine, mappings_copy):
     """Underscores and leading zeros do not count towards the size of a YAML integer."""
     written = "_".join("9" * 201) + "\n    padded: 0" + "0" * 320 + "7"
