@@ -42,7 +42,8 @@ def outcome(mappings, webhook: Webhook):
 
 
 def test_every_mapping_is_compiled_with_nothing_left_to_jinja():
-    assert len(COMPILED) == 26
+    event_files = [p for p in MAPPINGS.glob("*.yaml") if not p.name.startswith("_")]
+    assert len(COMPILED) == len(event_files)
     for mapping in COMPILED.by_event.values():
         assert mapping.on_jinja == (), mapping.path.name
 

@@ -69,13 +69,20 @@ class Program:
     of_webhook: Callable[[Any], Any] | None = None
 
 
-def compile_messages(env: MappingEnvironment, expr: nodes.Expr, roots: Sequence[nodes.Expr]) -> Program:
+def compile_messages(
+    env: MappingEnvironment,
+    expr: nodes.Expr,
+    roots: Sequence[nodes.Expr],
+    names: frozenset[str] = TEMPLATE_VARIABLES,
+) -> Program:
     """One function giving what `compile_expression(env, expr)` gives.
 
     `roots` are the template values inside `expr` (one per mapping value): a template with a node the compiler
     does not translate runs on Jinja as a whole, so that Jinja sees it as it would inside the whole expression.
+    `names` are the variables it reads; with names beyond a webhook's own (`item` in a message with `each`) the
+    Program has no function of a webhook, only of the variables.
     """
-    writer = _Writer(env, {id(root): index for index, root in enumerate(roots)})
+    writer = _Writer(env, {id(root): index for index, root in enumerate(roots)}, names)
     try:
         writer.prepare(expr, roots)
         # Twice: where `data` is a dict (always, for a webhook: `data.x` is then its get), and for anything else.
@@ -87,9 +94,11 @@ def compile_messages(env: MappingEnvironment, expr: nodes.Expr, roots: Sequence[
     return writer.finish(fast, slow)
 
 
-def compile_value(env: MappingEnvironment, expr: nodes.Expr) -> Callable[[Mapping[str, Any]], Any]:
+def compile_value(
+    env: MappingEnvironment, expr: nodes.Expr, names: frozenset[str] = TEMPLATE_VARIABLES
+) -> Callable[[Mapping[str, Any]], Any]:
     """One template value on its own (diagnostics evaluate templates one by one)."""
-    return compile_messages(env, expr, [expr]).function
+    return compile_messages(env, expr, [expr], names).function
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -126,10 +135,13 @@ def _literal(value: Any) -> bool:
 
 
 class _Writer:
-    def __init__(self, env: MappingEnvironment, roots: dict[int, int]) -> None:
+    def __init__(
+        self, env: MappingEnvironment, roots: dict[int, int], names: frozenset[str] = TEMPLATE_VARIABLES
+    ) -> None:
         if not isinstance(env, MappingEnvironment):
             raise TypeError("the compiler translates templates of a MappingEnvironment")
         self.env = env
+        self.names = names
         self.roots = roots
         self.namespace: dict[str, Any] = {
             "__builtins__": {},
@@ -183,7 +195,7 @@ class _Writer:
         while pending:
             node = pending.pop()
             node = self.optimized.get(id(node), node)
-            chain = _chain(node)
+            chain = _chain(node, self.names)
             if chain is not None:
                 self.uses[chain] = self.uses.get(chain, 0) + 1
             pending.extend(node.iter_child_nodes())
@@ -208,7 +220,7 @@ class _Writer:
     def reset(self) -> None:
         """Ready to translate the expression again, under other assumptions."""
         self.known_dicts = set()
-        self.bound = {(name,): f"v_{name}" for name in TEMPLATE_VARIABLES}
+        self.bound = {(name,): f"v_{name}" for name in self.names}
         self.dict_flags = {}
         self.getters = {}
         self.temporaries = 0  # the two versions are two branches of one function: their locals may share names
@@ -245,7 +257,8 @@ class _Writer:
         elif self.needs_eval_context:  # a filter that reads only the evaluation context (list, join, ...)
             namespace.update(_EvalContext=EvalContext, _env=self.env)
         exec(compile(source, "<mapping>", "exec"), namespace)
-        return Program(namespace["build"], source, self.fallbacks, namespace["build_webhook"])
+        of_webhook = namespace["build_webhook"] if self.names <= TEMPLATE_VARIABLES else None
+        return Program(namespace["build"], source, self.fallbacks, of_webhook)
 
     def ref(self, obj: Any, prefix: str) -> str:
         """A name for `obj` in the function's namespace."""
@@ -301,7 +314,7 @@ class _Writer:
     def visit_Name(self, node: nodes.Name) -> str:
         if node.ctx != "load":
             raise Unsupported("assignment", node.lineno)
-        if node.name in TEMPLATE_VARIABLES:
+        if node.name in self.names:
             self.variables.add(node.name)
             return f"v_{node.name}"
         if node.name == "stable_id" and self.env.globals.get("stable_id") is stable_id:
@@ -335,12 +348,12 @@ class _Writer:
 
     def lookup(self, node: nodes.Getattr | nodes.Getitem, key: str, fallback: str) -> str:
         """The environment's getattr or getitem of a constant key, with its dict case inlined (a dict's get)."""
-        chain = _chain(node)
+        chain = _chain(node, self.names)
         if chain is not None and chain in self.bound:
             self.reused.add(self.site_of.get(self.bound[chain]))
             return self.bound[chain]
         target = self.expression(node.node)
-        target_chain = _chain(node.node)
+        target_chain = _chain(node.node, self.names)
         holder = self.bound.get(target_chain) if target_chain is not None else None
         if holder is not None:
             self.reused.add(self.site_of.get(holder))
@@ -532,18 +545,18 @@ def _get_none(key: Any) -> None:
     return None
 
 
-def _chain(node: nodes.Node) -> tuple[Any, ...] | None:
+def _chain(node: nodes.Node, names: frozenset[str] = TEMPLATE_VARIABLES) -> tuple[Any, ...] | None:
     """('data', ('.', 'user'), ('.', 'id')) for data.user.id: lookups with constant keys from a template variable."""
     if isinstance(node, nodes.Name):
-        return (node.name,) if node.ctx == "load" and node.name in TEMPLATE_VARIABLES else None
+        return (node.name,) if node.ctx == "load" and node.name in names else None
     if isinstance(node, nodes.Getattr) and isinstance(node.attr, str) and not node.attr.startswith("_"):
-        head = _chain(node.node)
+        head = _chain(node.node, names)
         return None if head is None else (*head, (".", node.attr))
     if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and _literal(node.arg.value):
         value = node.arg.value
         if isinstance(value, str) and value.startswith("_"):
             return None
-        head = _chain(node.node)  # 1, 1.0 and True are one dict key but not one list index: the type is kept
+        head = _chain(node.node, names)  # 1, 1.0 and True are one dict key but not one list index: the type is kept
         return None if head is None else (*head, ("[]", type(value).__name__, repr(value)))
     return None
 

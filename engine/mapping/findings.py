@@ -9,13 +9,14 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Finding:
     path: Path
-    line: int  # 1-based
+    line: int  # 1-based; 0 for what is about the folder, not a line of a file
     column: int  # 1-based
     message: str
     excerpt: str = ""  # the offending source line(s) with a caret under the spot, when there is one
 
     def __str__(self) -> str:
-        head = f"{self.path}:{self.line}:{self.column}: {self.message}"
+        where = f"{self.path}:{self.line}:{self.column}" if self.line else str(self.path)
+        head = f"{where}: {self.message}"
         return f"{head}\n{self.excerpt}" if self.excerpt else head
 
     def as_dict(self) -> dict[str, object]:

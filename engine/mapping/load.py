@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import nodes
+from jinja2.runtime import Undefined
 from jsonschema import ValidationError
 
 from engine.aircall.envelope import Webhook
@@ -21,6 +22,8 @@ from engine.mapping import yamlsource
 from engine.mapping.compiler import Fallback, compile_messages, compile_value
 from engine.mapping.findings import Finding, MappingError, MappingsFolderError, caret_excerpt
 from engine.mapping.templating import (
+    EACH_VARIABLES,
+    TEMPLATE_VARIABLES,
     MappingEnvironment,
     TemplateProblem,
     compile_expression,
@@ -64,6 +67,46 @@ class TemplateField:
     path: yamlsource.Path_  # e.g. ("segment", "properties", "duration")
     origin: Origin
     node: nodes.Expr
+    each: int | None = None  # in a message with `each`: that message's position (it reads `item` and `index`)
+
+
+# A webhook whose `each` lists give more messages than this is a dead letter, not thousands of messages: a
+# transcript of an hour, one message per utterance, is about a thousand.
+MAX_MESSAGES = 10_000
+
+
+@dataclass(frozen=True)
+class Expander:
+    """A message with `each`: its list, and the message for one element of it."""
+
+    position: int  # among the mapping's messages: 0 for `segment`, 1 + i for also[i]
+    items: Callable[[Mapping[str, Any]], Any]
+    message: Callable[[Mapping[str, Any]], dict[str, Any]]
+
+    def specs(self, variables: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        items = self.items(variables)
+        if items is None or isinstance(items, Undefined):
+            return []  # a list the webhook does not carry: nothing to send
+        if not isinstance(items, (list, tuple)):
+            where = "segment" if self.position == 0 else f"also[{self.position - 1}]"
+            raise RenderError(f"{where}.each rendered a {type(items).__name__}, not a list")
+        if len(items) > MAX_MESSAGES:
+            raise RenderError(f"each gave {len(items):,} elements; a webhook makes at most {MAX_MESSAGES:,} messages")
+        # The id of element i of message p is p.i: the ids of a mapping's other messages do not move.
+        return [
+            (f"{self.position}.{index}", self.message({**variables, "item": item, "index": index}))
+            for index, item in enumerate(items)
+        ]
+
+    def variables_of_items(self, variables: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """What the message's templates read for each element (diagnostics)."""
+        try:
+            items = self.items(variables)
+        except Exception:
+            return []
+        if not isinstance(items, (list, tuple)):
+            return []
+        return [{**variables, "item": item, "index": index} for index, item in enumerate(items)]
 
 
 @dataclass
@@ -75,15 +118,22 @@ class CompiledMapping:
     _env: MappingEnvironment = field(repr=False)
     # The templates that run on Jinja's runtime (engine.pycompile does not translate them), and why.
     on_jinja: tuple[tuple[TemplateField, Fallback], ...] = ()
-    _compile_value: Callable[[MappingEnvironment, nodes.Expr], Callable[[Mapping[str, Any]], Any]] = field(
-        default=compile_value, repr=False
-    )
+    _compile_value: Callable[..., Callable[[Mapping[str, Any]], Any]] = field(default=compile_value, repr=False)
     _build_webhook: Callable[[Webhook], list[dict[str, Any]]] | None = field(default=None, repr=False)
+    # Messages with `each`; then `_build` gives the others, whose positions are `_positions`.
+    expanders: tuple[Expander, ...] = ()
+    _positions: tuple[int, ...] = ()
+    # The file merged over its bases, as compiled: what engine.mapping.reference describes.
+    document: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def render(self, webhook: Webhook) -> list[dict[str, Any]]:
         """The Segment messages for one webhook. Raises RenderError, never anything else."""
         try:
             raw = self._build_webhook(webhook) if self._build_webhook else self._build(webhook.template_variables())
+            if self.expanders:
+                return self._render_expanded(webhook, raw)
+        except RenderError as exc:
+            raise RenderError(f"{self.path.name}: {exc}") from None
         except Exception as exc:  # a template may raise anything its expression can (TypeError, SecurityError...)
             raise RenderError(f"{self.path.name}: {type(exc).__name__}: {exc}") from None
         try:
@@ -92,6 +142,21 @@ class CompiledMapping:
             return [finish(spec, index, webhook) for index, spec in enumerate(raw)]
         except RenderError as exc:
             raise RenderError(f"{self.path.name}: {exc}") from None
+
+    def _render_expanded(self, webhook: Webhook, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The messages in the order they are written, each message with `each` once per element."""
+        variables = webhook.template_variables()
+        specs: list[tuple[int | str, dict[str, Any]]] = []
+        plain = dict(zip(self._positions, raw, strict=True))
+        expanders = {expander.position: expander for expander in self.expanders}
+        for position in range(len(plain) + len(expanders)):
+            if position in plain:
+                specs.append((position, plain[position]))
+            else:
+                specs.extend(expanders[position].specs(variables))
+                if len(specs) > MAX_MESSAGES:
+                    raise RenderError(f"each gave more than {MAX_MESSAGES:,} messages for one webhook")
+        return [finish(spec, key, webhook) for key, spec in specs]
 
     def render_json(self, webhook: Webhook) -> list[Encoded]:
         """The messages encoded as Segment receives them, each checked to be JSON and within 32 KB."""
@@ -107,17 +172,27 @@ class CompiledMapping:
         Slow (it compiles each template again): for diagnostics only.
         """
         variables = webhook.template_variables()
+        expanders = {expander.position: expander for expander in self.expanders}
         for template in self.fields:
             node = template.node
             # A text template fails in one of its {{ }} parts; trying each part names the line.
             parts = (
                 [p for p in node.nodes if not isinstance(p, nodes.Const)] if isinstance(node, nodes.Concat) else [node]
             )
+            each = template.each
+            tried = [variables] if each is None else expanders[each].variables_of_items(variables)
+            names = TEMPLATE_VARIABLES if each is None else EACH_VARIABLES
+            found = False
             for part in parts:
-                try:
-                    self._compile_value(self._env, part)(variables)
-                except Exception as exc:
-                    yield template, exc, part.lineno or 1
+                function = self._compile_value(self._env, part, names)
+                for values in tried:
+                    try:
+                        function(values)
+                    except Exception as exc:
+                        yield template, exc, part.lineno or 1
+                        found = True
+                        break
+                if found:
                     break
 
 
@@ -364,53 +439,90 @@ def _compile(
     specs: list[tuple[yamlsource.Path_, dict[str, Any]]] = [(("segment",), document["segment"])]
     specs += [(("also", i), spec) for i, spec in enumerate(document.get("also") or [])]
     fields: list[TemplateField] = []
-    message_nodes: list[nodes.Expr] = []
     failed = False
 
-    def parse(value: Any, at: yamlsource.Path_) -> nodes.Expr:
+    def parse(value: Any, at: yamlsource.Path_, each: int | None = None) -> nodes.Expr:
         nonlocal failed
         origin = _origin_of(origins, at, source)
         try:
-            node = parse_value(env, value)
+            node = parse_value(env, value, TEMPLATE_VARIABLES if each is None else EACH_VARIABLES)
         except TemplateProblem as problem:
             failed = True
             findings.append(_template_finding(origin, problem))
             return nodes.Const(None)
-        fields.append(TemplateField(at, origin, node))
+        fields.append(TemplateField(at, origin, node, each))
         return node
 
-    def parse_fields(values: dict[str, Any], at: yamlsource.Path_) -> nodes.Dict:
+    def parse_fields(values: dict[str, Any], at: yamlsource.Path_, each: int | None) -> nodes.Dict:
         return dict_node(
-            (key, parse_fields(value, (*at, key)) if isinstance(value, dict) else parse(value, (*at, key)))
+            (key, parse_fields(value, (*at, key), each) if isinstance(value, dict) else parse(value, (*at, key), each))
             for key, value in values.items()
         )
 
-    for at, spec in specs:
+    def message_node(at: yamlsource.Path_, spec: dict[str, Any], each: int | None) -> nodes.Dict:
         items: list[tuple[str, nodes.Expr]] = [("type", nodes.Const(spec["type"]))]
-        items += [(key, parse(spec[key], (*at, key))) for key in _TEMPLATE_KEYS if key in spec]
-        items += [(key, parse_fields(spec[key], (*at, key))) for key in _FIELD_KEYS if key in spec]
-        message_nodes.append(dict_node(items))
+        items += [(key, parse(spec[key], (*at, key), each)) for key in _TEMPLATE_KEYS if key in spec]
+        items += [(key, parse_fields(spec[key], (*at, key), each)) for key in _FIELD_KEYS if key in spec]
+        return dict_node(items)
+
+    plain: list[tuple[int, nodes.Dict]] = []
+    expanding: list[tuple[int, nodes.Expr, nodes.Dict]] = []
+    for position, (at, spec) in enumerate(specs):
+        if "each" in spec:
+            items = parse(spec["each"], (*at, "each"))
+            expanding.append((position, items, message_node(at, spec, position)))
+        else:
+            plain.append((position, message_node(at, spec, None)))
     if failed:
         return None
+    event, path = document["aircall_event"], source.path
+    plain_nodes = nodes.List([node for _, node in plain])
+    plain_fields = [f for f in fields if f.each is None and f.path[-1:] != ("each",)]
     if runtime == "jinja":
-        return CompiledMapping(
-            event=document["aircall_event"],
-            path=source.path,
-            fields=tuple(fields),
-            _build=compile_expression(env, nodes.List(message_nodes)),
-            _env=env,
-            _compile_value=compile_expression,
+        expanders = tuple(
+            Expander(position, compile_expression(env, items), compile_expression(env, message))
+            for position, items, message in expanding
         )
-    program = compile_messages(env, nodes.List(message_nodes), [f.node for f in fields])
+        return CompiledMapping(
+            event=event,
+            path=path,
+            fields=tuple(fields),
+            _build=compile_expression(env, plain_nodes),
+            _env=env,
+            _compile_value=_on_jinja,
+            expanders=expanders,
+            _positions=tuple(position for position, _ in plain),
+            document=document,
+        )
+    program = compile_messages(env, plain_nodes, [f.node for f in plain_fields])
+    on_jinja = [(plain_fields[f.index], f) for f in program.fallbacks if f.index >= 0]
+    compiled_expanders = []
+    for position, items, message in expanding:
+        each_field = next(f for f in fields if f.node is items)
+        items_program = compile_messages(env, items, [items])
+        message_fields = [f for f in fields if f.each == position]
+        message_program = compile_messages(env, message, [f.node for f in message_fields], EACH_VARIABLES)
+        on_jinja += [(each_field, f) for f in items_program.fallbacks if f.index >= 0]
+        on_jinja += [(message_fields[f.index], f) for f in message_program.fallbacks if f.index >= 0]
+        compiled_expanders.append(Expander(position, items_program.function, message_program.function))
     return CompiledMapping(
-        event=document["aircall_event"],
-        path=source.path,
+        event=event,
+        path=path,
         fields=tuple(fields),
         _build=program.function,
         _env=env,
-        on_jinja=tuple((fields[f.index], f) for f in program.fallbacks if f.index >= 0),
+        on_jinja=tuple(on_jinja),
         _build_webhook=program.of_webhook,
+        expanders=tuple(compiled_expanders),
+        _positions=tuple(position for position, _ in plain),
+        document=document,
     )
+
+
+def _on_jinja(
+    env: MappingEnvironment, expr: nodes.Expr, names: frozenset[str] = TEMPLATE_VARIABLES
+) -> Callable[[Mapping[str, Any]], Any]:
+    return compile_expression(env, expr)
 
 
 def template_position(origin: Origin, template_line: int) -> tuple[int, int]:

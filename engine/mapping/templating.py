@@ -33,6 +33,8 @@ from engine.mapping.findings import NOT_A_SEGMENT_NUMBER
 
 # The names a template may read. Webhook data only ever arrives through these, as values.
 TEMPLATE_VARIABLES = frozenset({"data", "event", "resource", "timestamp"})
+# And in a message with `each` (one message per element of a list): the element and its 0-based position.
+EACH_VARIABLES = TEMPLATE_VARIABLES | {"item", "index"}
 
 _STABLE_ID_NAMESPACE = uuid.UUID("5f1c7f0e-3b0a-4b8e-9a55-6a1c2b7d9e40")
 
@@ -59,9 +61,11 @@ class MappingEnvironment(ImmutableSandboxedEnvironment):
 
     def __init__(self) -> None:
         super().__init__(autoescape=False, keep_trailing_newline=False)
+        self.checked_templates: set[tuple[str, frozenset[str]]] = set()  # see parse_value
         self.filters["iso8601"] = iso8601
         self.filters["e164"] = e164
         self.filters["pluck"] = pluck
+        self.filters["split_long"] = split_long
         self.globals["stable_id"] = stable_id
 
         # Compiled templates call environment.getattr for every `a.b`: bound here as plain functions on the
@@ -178,6 +182,61 @@ def pluck(items: Any, key: str) -> list[Any]:
     return [item.get(key) if type(item) is dict else None for item in items]
 
 
+SPLIT_LONG_DEFAULT_BYTES = 8000  # four parts fit one Segment message (32 KB) with room for other properties
+SPLIT_LONG_MIN_BYTES = 64
+
+
+def split_long(items: Any, key: str, max_bytes: int = SPLIT_LONG_DEFAULT_BYTES) -> list[Any]:
+    """`data.content.utterances | split_long('text')`: the list, where an object whose `key` holds text longer
+    than `max_bytes` (UTF-8) is replaced by copies holding consecutive parts of it, in order.
+
+    Every object gains `position` (its place in the list given, from 0: the same for every part of one object),
+    `part` (from 1) and `parts` (how many): joined in `part` order, the texts of one object's copies are its text
+    exactly, so a warehouse query puts it back together. Cuts fall after a space or a line
+    end where there is one in the part's last quarter, and never inside a character. Not a list: [] (a missing
+    field sends nothing); an element that is not an object is kept as it is.
+    """
+    if type(max_bytes) is not int or max_bytes < SPLIT_LONG_MIN_BYTES:
+        raise ValueError(f"split_long: max_bytes must be a whole number of at least {SPLIT_LONG_MIN_BYTES}")
+    if not isinstance(items, list):
+        return []
+    result: list[Any] = []
+    for position, item in enumerate(items):
+        if type(item) is not dict:
+            result.append(item)
+            continue
+        text = item.get(key)
+        pieces = _cut(text, max_bytes) if isinstance(text, str) and len(text) * 4 > max_bytes else None
+        if pieces is None:
+            result.append({**item, "position": position, "part": 1, "parts": 1})
+            continue
+        result.extend(
+            {**item, key: piece, "position": position, "part": n, "parts": len(pieces)}
+            for n, piece in enumerate(pieces, 1)
+        )
+    return result
+
+
+def _cut(text: str, max_bytes: int) -> list[str] | None:
+    """`text` in consecutive pieces of at most `max_bytes` UTF-8 bytes each; None when it fits in one."""
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= max_bytes:
+        return None
+    pieces: list[str] = []
+    start = 0
+    while len(encoded) - start > max_bytes:
+        end = start + max_bytes
+        while encoded[end] & 0xC0 == 0x80:  # a continuation byte: the cut would fall inside a character
+            end -= 1
+        space = max(encoded.rfind(b" ", start, end), encoded.rfind(b"\n", start, end))
+        if space >= start + max_bytes * 3 // 4:
+            end = space + 1  # the space stays with the piece before it
+        pieces.append(encoded[start:end].decode("utf-8", "surrogatepass"))
+        start = end
+    pieces.append(encoded[start:].decode("utf-8", "surrogatepass"))
+    return pieces
+
+
 def stable_id(*parts: Any) -> str | None:
     """A UUID that is the same whenever the same parts are given; None when any part is missing.
 
@@ -224,10 +283,13 @@ def _check_finite(value: object, line: int) -> None:
         raise TemplateProblem(NOT_A_SEGMENT_NUMBER, line)
 
 
-def parse_value(env: MappingEnvironment, value: str | int | float | bool | None) -> nodes.Expr:
+def parse_value(
+    env: MappingEnvironment, value: str | int | float | bool | None, names: frozenset[str] = TEMPLATE_VARIABLES
+) -> nodes.Expr:
     """One mapping value as a Jinja expression node; TemplateProblem with the line inside the template.
 
     A single `{{ expression }}` keeps the expression's own type; text, with or without expressions, is a string.
+    `names`: the variables it may read (EACH_VARIABLES in a message with `each`).
     """
     if not isinstance(value, str):
         _check_finite(value, 1)
@@ -238,16 +300,12 @@ def parse_value(env: MappingEnvironment, value: str | int | float | bool | None)
         raise TemplateProblem(f"template syntax error: {exc.message}", exc.lineno or 1) from None
     except ValueError:  # Python's refusal to read an integer past 4,300 digits, from Jinja's lexer
         raise TemplateProblem(NOT_A_SEGMENT_NUMBER, 1) from None
-    try:
-        _check_names(tree, env)
-        # Constants as written, and as Jinja folds them when it compiles ({{ 1e308 * 10 }}, {{ 'inf' | float }}).
-        folded = Optimizer(env).visit(copy.deepcopy(tree), EvalContext(env))
-    except ValueError:  # the same refusal, of a constant Jinja folds when it compiles: {{ 10 ** 5000 }}
-        raise TemplateProblem(NOT_A_SEGMENT_NUMBER, 1) from None
-    except RecursionError:  # thousands of operators in a row: {{ 1 + 1 + ... }}
-        raise TemplateProblem("template nested too deeply for Jinja to compile; split it", 1) from None
-    for constant in itertools.chain(tree.find_all(nodes.Const), folded.find_all(nodes.Const)):
-        _check_finite(constant.value, constant.lineno)
+    # A base's templates come once per event file that extends it (_call.yaml's, 19 times): the checks below
+    # cost four times the parse, and their outcome depends only on the text and the names it may read.
+    checked = (value, names)
+    if checked not in env.checked_templates:
+        _check_tree(tree, env, names)
+        env.checked_templates.add(checked)
     if not tree.body:
         return nodes.Const("")
     if len(tree.body) != 1 or not isinstance(tree.body[0], nodes.Output):
@@ -267,19 +325,35 @@ def parse_value(env: MappingEnvironment, value: str | int | float | bool | None)
     return nodes.Concat([nodes.Const(p.data) if isinstance(p, nodes.TemplateData) else p for p in parts])
 
 
-def _check_names(tree: nodes.Template, env: MappingEnvironment) -> None:
+def _check_tree(tree: nodes.Template, env: MappingEnvironment, names: frozenset[str]) -> None:
+    """The names it reads, and every constant it holds or Jinja would fold it to. Raises TemplateProblem."""
+    try:
+        _check_names(tree, env, names)
+        # Constants as written, and as Jinja folds them when it compiles ({{ 1e308 * 10 }}, {{ 'inf' | float }}).
+        folded = Optimizer(env).visit(copy.deepcopy(tree), EvalContext(env))
+    except ValueError:  # the same refusal, of a constant Jinja folds when it compiles: {{ 10 ** 5000 }}
+        raise TemplateProblem(NOT_A_SEGMENT_NUMBER, 1) from None
+    except RecursionError:  # thousands of operators in a row: {{ 1 + 1 + ... }}
+        raise TemplateProblem("template nested too deeply for Jinja to compile; split it", 1) from None
+    for constant in itertools.chain(tree.find_all(nodes.Const), folded.find_all(nodes.Const)):
+        _check_finite(constant.value, constant.lineno)
+
+
+def _check_names(tree: nodes.Template, env: MappingEnvironment, names: frozenset[str]) -> None:
     _check_filters_and_tests(tree, env)
     try:  # this compiles the template: whatever else Jinja's compiler refuses is refused here, with its line
         undeclared = meta.find_undeclared_variables(tree)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(f"template error: {exc.message}", exc.lineno or 1) from None
-    unknown = sorted(undeclared - TEMPLATE_VARIABLES - env.globals.keys())
+    unknown = sorted(undeclared - names - env.globals.keys())
     if unknown:
         name = unknown[0]
         line = next((n.lineno for n in tree.find_all(nodes.Name) if n.name == name), 1)
+        hint = ""
+        if name in EACH_VARIABLES:
+            hint = " (item and index are read only in a message that has `each`)"
         raise TemplateProblem(
-            f"unknown name {name!r} in template; templates can read {', '.join(sorted(TEMPLATE_VARIABLES))}",
-            line,
+            f"unknown name {name!r} in template; templates can read {', '.join(sorted(names))}{hint}", line
         )
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
         attribute = node.attr if isinstance(node, nodes.Getattr) else _const_string(node.arg)
