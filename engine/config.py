@@ -13,10 +13,9 @@ from urllib.parse import urlsplit
 
 from starlette.config import Config, Environ, environ
 
-from engine.aircall.events import ALL_EVENTS
+from engine.aircall.events import is_event_name
 from engine.digits import normalize_digits
 
-_EVENT_NAME = re.compile(r"^[a-z_]{1,64}\.[a-z_]{1,64}$")
 _NUMBER_ID = re.compile(r"[0-9]{1,9}")  # ASCII digits: see engine.digits
 _PHONE = re.compile(r"\+?[0-9 ().-]+")
 
@@ -39,11 +38,32 @@ class NumberSelection:
 
 
 @dataclass(frozen=True)
+class EventChoice:
+    """AIRCALL_EVENTS: every event Aircall sends (`all`, the default), or the ones listed.
+
+    `all` means every event, known to the catalogue or not, mapped or not: what has no mapping yet is stored and
+    held until one is added. A list leaves the others out: they are answered `ignored` and not stored.
+    """
+
+    listed: frozenset[str] | None = None  # None: all
+
+    def __contains__(self, event: object) -> bool:
+        return self.listed is None or event in self.listed
+
+    @property
+    def everything(self) -> bool:
+        return self.listed is None
+
+    def describe(self) -> str:
+        return "all" if self.listed is None else ",".join(sorted(self.listed)) or "none"
+
+
+@dataclass(frozen=True)
 class Settings:
     webhook_tokens: tuple[str, ...] = field(default=(), repr=False)
     segment_write_key: str | None = field(default=None, repr=False)
     segment_api_url: str = "https://api.segment.io"
-    events: frozenset[str] = frozenset(ALL_EVENTS)
+    events: EventChoice = EventChoice()
     numbers: NumberSelection | None = None  # None: every number is active
     mappings_dir: Path = Path("mappings")
     db: str = "var/outbox.sqlite3"
@@ -63,22 +83,23 @@ class Settings:
     console_token: str | None = field(default=None, repr=False)  # the web console: off while None
 
 
-def parse_events(value: str | None) -> frozenset[str]:
-    """AIRCALL_EVENTS: unset means all 26; `null` or empty means none; otherwise a comma list.
-
-    An event name Aircall does not (yet) document is accepted here when well formed: whether a mapping
-    exists for it is checked against the mappings folder at start-up and by `engine validate`.
-    """
+def parse_events(value: str | None) -> EventChoice:
+    """AIRCALL_EVENTS: unset or `all` means every event; `null`, `none` or empty means none; otherwise a comma
+    list of event names (known to Aircall's catalogue or not: Aircall adds events)."""
     if value is None:
-        return frozenset(ALL_EVENTS)
+        return EventChoice()
     text = value.strip()
+    if text.lower() == "all":
+        return EventChoice()
     if text.lower() in ("", "null", "none"):
-        return frozenset()
+        return EventChoice(frozenset())
     events = [item.strip() for item in text.split(",") if item.strip()]
     for event in events:
-        if not _EVENT_NAME.match(event):
+        if event.lower() == "all":
+            raise ConfigError("AIRCALL_EVENTS: 'all' stands alone; it cannot be part of a list")
+        if not is_event_name(event):
             raise ConfigError(f"AIRCALL_EVENTS: {event!r} is not an Aircall event name (like call.ended)")
-    return frozenset(events)
+    return EventChoice(frozenset(events))
 
 
 def parse_numbers(value: str | None) -> NumberSelection | None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import requests
 
+from engine.aircall.events import catalogue, known_events
 from tests.harness import FakeAircall
 
 
@@ -71,3 +73,40 @@ def test_bad_or_missing_credentials_are_a_clear_error(engine, env):
     )
     missing = engine("backfill", "--since", "2023-11-15", env={k: v for k, v in env.items() if k != "AIRCALL_API_ID"})
     assert missing.code == 2 and "AIRCALL_API_ID" in missing.err
+
+
+def account_webhooks(aircall) -> list[dict]:
+    settings = aircall.settings()
+    auth = (settings["AIRCALL_API_ID"], settings["AIRCALL_API_TOKEN"])
+    return requests.get(f"{settings['AIRCALL_API_URL']}/webhooks", auth=auth, timeout=10).json()["webhooks"]
+
+
+def test_connect_subscribes_every_event_but_the_deprecated_v1_user_events_and_oauth_only_ones(engine, env, aircall):
+    run = engine("aircall", "connect", "--url", "https://h/webhooks/aircall", env=env)  # AIRCALL_EVENTS=all
+    assert run.code == 0, run.err
+    [webhook] = account_webhooks(aircall)
+    events = set(webhook["events"])
+    v1_users = {e.name for e in catalogue() if e.replaced_by}
+    assert events == known_events() - v1_users - {"integration.deleted"}
+    assert {"user.created.v2", "transcription.created", "message.received", "call.hold"} <= events
+    assert "user.created" not in events  # V1 and V2 both would send every change twice
+
+
+def test_connect_subscribes_what_aircall_events_lists_even_a_v1_event(engine, env, aircall):
+    listed = "user.created,call.ended,call.some_future_event.v3"
+    run = engine("aircall", "connect", "--url", "https://h/webhooks/aircall", env=env | {"AIRCALL_EVENTS": listed})
+    assert run.code == 0, run.err
+    [webhook] = account_webhooks(aircall)
+    assert webhook["events"] == ["call.ended", "user.created", "call.some_future_event.v3"]  # the catalogue's order
+
+
+def test_webhooks_names_what_an_aircall_webhook_sends_that_no_mapping_maps(engine, env, aircall):
+    settings = aircall.settings()
+    auth = (settings["AIRCALL_API_ID"], settings["AIRCALL_API_TOKEN"])
+    body = {"url": "https://h/webhooks/aircall", "events": ["call.ended", "call.some_future_event.v3"]}
+    requests.post(f"{settings['AIRCALL_API_URL']}/webhooks", json=body, auth=auth, timeout=10).raise_for_status()
+    run = engine("aircall", "webhooks", env=env)
+    assert run.code == 0, run.err
+    lines = run.out.splitlines()
+    assert lines[0].startswith("wh-1\tactive\t2 events\t")
+    assert lines[1] == "  not mapped (held until a mapping exists): call.some_future_event.v3"

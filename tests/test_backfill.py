@@ -113,8 +113,9 @@ def test_two_years_of_a_small_account_take_nine_requests_and_bring_every_user_an
     assert requests_made(aircall) == 9  # 6 pages of calls, one page each of users, contacts and numbers
     assert seconds < 15
     # Users and contacts are a track and an identify each; every object arrives, whenever it was created.
-    assert counts(db) == {"call.ended": 300, "contact.created": 100, "number.created": 5, "user.created": 40}
-    first_user = min(t for e, t in outbox_events(db) if e == "user.created")
+    # Users as the V2 event Aircall asks for (landing in Segment as user.created, like V1's).
+    assert counts(db) == {"call.ended": 300, "contact.created": 100, "number.created": 5, "user.created.v2": 40}
+    first_user = min(t for e, t in outbox_events(db) if e == "user.created.v2")
     assert first_user == "2023-11-28T00:00:00.000Z"  # stamped with its own creation, long before --since
     plan = run.err.splitlines()[:2]
     assert plan[0].startswith("backfill: calls 300 (2025-01-01 to ")
@@ -280,7 +281,7 @@ def test_every_resource_arrives_as_its_final_event_stamped_with_its_own_time(air
     aircall.control(calls=120, start=START, spacing=1800)  # 2.5 days of calls, 3 users, 2 contacts, 1 number
     run = backfill("--since", "2023-11-15", "--until", "2023-11-18")
     assert run.code == 0, run.err
-    assert counts(db) == {"call.ended": 120, "contact.created": 4, "number.created": 1, "user.created": 6}
+    assert counts(db) == {"call.ended": 120, "contact.created": 4, "number.created": 1, "user.created.v2": 6}
     first_call = min(t for e, t in outbox_events(db) if e == "call.ended")
     assert first_call == "2023-11-15T00:02:00.000Z"  # the call's own end, not the time of the backfill
     assert "calls\tfetched 120\tqueued 120\tskipped 0\tdead-lettered 0\trequests 3" in run.out
@@ -304,6 +305,7 @@ def test_selection_applies(aircall, backfill, db):
     assert run.code == 0, run.err
     assert "calls\tfetched 10\tqueued 0\tskipped 10" in run.out  # number 745821 is not active
     assert "contacts\tfetched 2\tqueued 0\tskipped 2" in run.out  # contact.created is not enabled
+    # AIRCALL_EVENTS keeps the V1 user.created and not its V2: a team still on V1 gets its users as V1.
     assert {e for e, _ in outbox_events(db)} == {"user.created"}
 
 

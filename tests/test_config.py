@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from starlette.config import Environ
 
-from engine.aircall.events import ALL_EVENTS
 from engine.config import ConfigError, load_settings
 
 
@@ -20,7 +19,8 @@ def settings(tmp_path: Path, env_file_text: str = "", **env: str):
 
 def test_defaults(tmp_path):
     s = settings(tmp_path)
-    assert s.events == frozenset(ALL_EVENTS) and len(s.events) == 26
+    # Every event, those Aircall will add included: nothing it sends is left out unless the user says so.
+    assert s.events.everything and "call.ended" in s.events and "call.some_future_event.v3" in s.events
     assert s.numbers is None and s.webhook_tokens == () and s.segment_write_key is None
     assert s.segment_api_url == "https://api.segment.io"
     assert (s.mappings_dir, s.db) == (Path("mappings"), "var/outbox.sqlite3")
@@ -28,15 +28,34 @@ def test_defaults(tmp_path):
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("null", set()), ("", set()), (" NULL ", set()), ("call.ended, user.created", {"call.ended", "user.created"})],
+    [
+        ("null", set()),
+        ("", set()),
+        (" NULL ", set()),
+        ("call.ended, user.created.v2", {"call.ended", "user.created.v2"}),
+        ("call.some_future_event.v3", {"call.some_future_event.v3"}),
+    ],
 )
 def test_aircall_events_list_null_or_empty(tmp_path, value, expected):
-    assert settings(tmp_path, AIRCALL_EVENTS=value).events == expected
+    events = settings(tmp_path, AIRCALL_EVENTS=value).events
+    assert events.listed == expected and not events.everything
+    assert "call.hold" not in events
+
+
+@pytest.mark.parametrize("value", ["all", " ALL "])
+def test_aircall_events_all_takes_every_event(tmp_path, value):
+    events = settings(tmp_path, AIRCALL_EVENTS=value).events
+    assert events.everything and events.describe() == "all" and "user.created.v2" in events
+
+
+def test_aircall_events_all_cannot_be_part_of_a_list(tmp_path):
+    with pytest.raises(ConfigError, match="'all' stands alone"):
+        settings(tmp_path, AIRCALL_EVENTS="all,call.ended")
 
 
 def test_environment_wins_over_env_file(tmp_path):
     s = settings(tmp_path, "AIRCALL_EVENTS=call.ended\nSEGMENT_WRITE_KEY=from-file\n", AIRCALL_EVENTS="user.created")
-    assert s.events == {"user.created"} and s.segment_write_key == "from-file"
+    assert s.events.listed == {"user.created"} and s.segment_write_key == "from-file"
 
 
 def test_several_tokens_for_rotation(tmp_path):

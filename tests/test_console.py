@@ -237,3 +237,20 @@ def test_download_gives_back_the_edited_file(console):
     )
     assert answer.status_code == 200 and answer.text == "edited: yes\n"
     assert answer.headers["content-disposition"] == 'attachment; filename="call.ended.yaml"'
+
+
+def test_the_status_page_says_which_webhooks_are_held_for_want_of_a_mapping(console):
+    post(console, {**sample("call.ended"), "event": "call.some_future_event.v3"})
+    outbox = SqliteOutbox(console.folder / "outbox.sqlite3")
+    wait_for(lambda: outbox.stats().unmapped == {"call.some_future_event.v3": 1}, what="held")
+    outbox.close()
+    signed_in(console)
+    time.sleep(1.1)  # the status reuses the outbox's counts for a second
+    page = console.get("/console/").text
+    held = re.search(r'<dd id="unmapped">(.*?)</dd>', page).group(1)
+    assert held.startswith("1 ") and "call.some_future_event.v3 1" in held
+    assert (
+        "1 webhooks are held because no mapping maps their event (call.some_future_event.v3): add the mapping and "
+        "restart the server, and they are mapped"
+    ) in page
+    assert "all (AIRCALL_EVENTS=all)" in page

@@ -65,8 +65,9 @@ CASES = {
     "redelivery": (envelope(), JSON, 200, {"status": "accepted", "duplicate": True}),
     "charset in the content type": (envelope("user.created"), {"Content-Type": "application/json; charset=utf-8"},
                                     200, {"status": "accepted"}),
-    "event not enabled": (envelope(event="call.teleported"), JSON, 200,
-                          {"status": "ignored", "reason": "event not enabled (AIRCALL_EVENTS)"}),
+    # AIRCALL_EVENTS=all (the default): a V2 user event, and one Aircall has not announced yet, are stored.
+    "V2 user event": (envelope("user.created.v2"), JSON, 200, {"status": "accepted"}),
+    "event no mapping maps": (envelope(event="call.some_future_event.v3"), JSON, 200, {"status": "accepted"}),
     "number not active": (on_number("+49 30 9999999"), JSON, 200,
                           {"status": "ignored", "reason": "number not active (AIRCALL_NUMBERS)"}),
     # AIRCALL_NUMBERS and the e164 filter read digits alike: ASCII digits, whatever else is written around them.
@@ -133,15 +134,17 @@ def test_a_trailing_slash_reaches_the_webhook_and_no_path_redirects_to_the_host_
 
 def test_what_was_accepted_is_in_the_outbox(client):
     """After the cases above: the accepted webhooks' messages wait in the outbox (no Segment here), the
-    refused and ignored ones left nothing, the one the mapping failed on is a dead letter."""
+    refused and ignored ones left nothing, the one the mapping failed on is a dead letter, the one no mapping
+    maps is held."""
     for case in CASES:  # run alone, this test sends the cases itself; a redelivery adds nothing
         body, headers, *_ = CASES[case]
         client.post("/webhooks/aircall", content=body, headers=headers)
     # Mapped by the processing process; /healthz may reuse its counts for a second.
     deadline = time.monotonic() + 30
-    while client.get("/healthz").json()["outbox"]["pending"] < 4 and time.monotonic() < deadline:
+    while client.get("/healthz").json()["outbox"]["pending"] < 6 and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(1.1)
     outbox = client.get("/healthz").json()["outbox"]
     # The second post of the webhook its mapping fails on is the same bytes: stored once, one dead letter.
-    assert (outbox["unprocessed"], outbox["pending"], outbox["dead_letters"]) == (0, 4, 1)
+    assert (outbox["unprocessed"], outbox["pending"], outbox["dead_letters"]) == (0, 6, 1)
+    assert (outbox["unmapped"], outbox["unmapped_by_event"]) == (1, {"call.some_future_event.v3": 1})

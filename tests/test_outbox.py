@@ -352,3 +352,57 @@ def test_database_urls_are_shown_without_their_password():
         "postgresql://db/engine?sslmode=require&password=***"
     )
     assert describe_db("var/outbox.sqlite3") == "var/outbox.sqlite3"
+
+
+def test_an_outbox_of_schema_5_can_hold_webhooks_no_mapping_maps_once_migrated(tmp_path):
+    """Schema 6 adds where a held webhook's event is kept; a schema-5 file keeps everything and can hold."""
+    from engine.outbox.sqlite import _MIGRATIONS, _statements
+
+    path = tmp_path / "v5.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for version in range(1, 6):
+        for statement in _statements(_MIGRATIONS[version]):
+            conn.execute(statement)
+    conn.executemany(
+        "INSERT INTO webhooks (key, event, received_at, body, processed_at) VALUES (?, ?, 100, x'7b7d', ?)",
+        [("mapped", "call.ended", 150.0), ("waiting", "call.some_future_event.v3", None)],
+    )
+    conn.execute("PRAGMA user_version=5")
+    conn.close()
+
+    outbox = SqliteOutbox(path)
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    [waiting] = outbox.claim_webhooks(10, 60, "one")
+    held = Processed(StoredWebhook(waiting.key, waiting.event, waiting.body), id=waiting.id, held=True)
+    assert outbox.commit_processed([held]) == [0]
+    assert (outbox.stats().unmapped, outbox.stats().unprocessed) == ({"call.some_future_event.v3": 1}, 0)
+    assert outbox.release_unmapped(["call.some_future_event.v3"]) == 1
+    assert [w.key for w in outbox.claim_webhooks(10, 60, "two")] == ["waiting"]
+    outbox.close()
+
+
+def test_a_postgresql_outbox_of_schema_4_is_migrated_and_can_hold(postgres_url):
+    import psycopg
+
+    from engine.outbox import open_outbox
+    from engine.outbox.postgres import _MIGRATIONS
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE engine_schema (version INTEGER NOT NULL)")
+        for version in range(1, 5):
+            for statement in _MIGRATIONS[version]:
+                conn.execute(statement)
+        conn.execute("INSERT INTO engine_schema (version) VALUES (4)")
+        conn.execute(
+            "INSERT INTO webhooks (key, event, received_at, body) VALUES ('waiting', 'message.translated', 100, '{}')"
+        )
+    outbox = open_outbox(postgres_url)
+    try:
+        [waiting] = outbox.claim_webhooks(10, 60, "one")
+        held = Processed(StoredWebhook(waiting.key, waiting.event, waiting.body), id=waiting.id, held=True)
+        assert outbox.commit_processed([held]) == [0]
+        assert outbox.stats().unmapped == {"message.translated": 1}
+        assert outbox.release_unmapped(["message.translated"]) == 1
+        assert [w.key for w in outbox.claim_webhooks(10, 60, "two")] == ["waiting"]
+    finally:
+        outbox.close()

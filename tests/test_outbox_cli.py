@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from engine.aircall.envelope import Webhook
-from engine.outbox import NewMessage, SqliteOutbox, stored_webhook
+from engine.outbox import NewMessage, Processed, SqliteOutbox, stored_webhook
 from tests.harness import free_port
 
 
@@ -262,3 +262,23 @@ def test_an_outbox_of_an_older_engine_is_left_as_it_is_and_the_command_says_to_s
     )
     with sqlite3.connect(tmp_path / "o.sqlite3") as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION - 1
+
+
+def test_status_counts_webhooks_held_for_want_of_a_mapping_by_event(engine, tmp_path):
+    outbox = SqliteOutbox(tmp_path / "o.sqlite3")
+    for n, event in enumerate(["call.some_future_event.v3", "message.translated", "message.translated"]):
+        outbox.commit_processed(
+            [Processed(stored_webhook(Webhook("call", event, 1_700_000_000, "", {"id": n})), held=True)]
+        )
+    outbox.close()
+    env = {"ENGINE_DB": str(tmp_path / "o.sqlite3")}
+    run = engine("outbox", "status", env=env)
+    assert run.code == 0, run.err
+    assert run.out.splitlines()[1] == (
+        "held, no mapping for their event 3 (call.some_future_event.v3 1, message.translated 2)"
+    )
+    report = engine("outbox", "status", "--json", env=env).json()
+    assert (report["unmapped"], report["unmapped_by_event"]) == (
+        3,
+        {"call.some_future_event.v3": 1, "message.translated": 2},
+    )

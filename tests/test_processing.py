@@ -160,19 +160,72 @@ def test_each_webhook_of_a_batch_counts_only_the_messages_it_added(outbox, mappi
     assert outbox.stats().pending == 3
 
 
-def test_a_webhook_its_mapping_cannot_render_becomes_one_dead_letter(outbox, mappings):
+def test_a_webhook_its_mapping_cannot_render_becomes_one_dead_letter(outbox, tmp_path):
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    (folder / "call.ended.yaml").write_text(
+        "aircall_event: call.ended\nsegment:\n  type: track\n  event: call.ended\n"
+        '  properties:\n    per_second: "{{ 1 / data.duration }}"\n'
+    )
     broken = call_webhook(7)
-    broken["event"] = "call.renamed"  # an event no mapping knows any more
+    broken["data"]["duration"] = 0  # a call that never connected: 1 / 0
     body = json.dumps(broken).encode()
     outbox.append([stored_webhook(parse_webhook(body), body)])
     [pending] = outbox.claim_webhooks(10, 60, "worker")
-    result = process_stored(pending, mappings)
-    assert result.dead_reason == "no mapping for event 'call.renamed'"
+    result = process_stored(pending, load_mappings(folder))
+    assert result.dead_reason == "call.ended.yaml: ZeroDivisionError: division by zero"
     assert outbox.commit_processed([result, result]) == [0, 0]
     [letter] = outbox.dead_letters()
-    assert (letter.event, letter.message_id, letter.reason) == ("call.renamed", None, result.dead_reason)
+    assert (letter.event, letter.message_id, letter.reason) == ("call.ended", None, result.dead_reason)
     assert json.loads(letter.webhook)["data"]["id"] == broken["data"]["id"]
     assert outbox.stats().unprocessed == 0
+
+
+def test_a_webhook_no_mapping_maps_is_held_then_mapped_to_its_ids_once_a_mapping_is_loaded(outbox, mappings):
+    future = call_webhook(8)
+    future["event"] = "call.some_future_event.v3"  # an event Aircall has not announced yet
+    body = json.dumps(future).encode()
+    outbox.append([stored_webhook(parse_webhook(body), body)])
+    [pending] = outbox.claim_webhooks(10, 60, "worker")
+    result = process_stored(pending, mappings)
+    assert result.held and result.dead_reason is None and result.messages == ()
+    assert outbox.commit_processed([result]) == [0]
+    stats = outbox.stats()
+    assert (stats.unprocessed, stats.dead_letters, stats.pending) == (0, 0, 0)
+    assert stats.unmapped == {"call.some_future_event.v3": 1}
+    assert stats.as_dict()["unmapped_by_event"] == {"call.some_future_event.v3": 1}
+    assert outbox.claim_webhooks(10, 0, "worker") == []  # held: not taken again by processing on its own
+
+    assert outbox.release_unmapped(["call.ended", "user.created"]) == 0  # other events: it stays held
+    assert outbox.stats().unmapped_total == 1
+
+    # The team adds mappings/call.some_future_event.v3.yaml (here: call.ended's, under the new name).
+    with_mapping = load_mappings(MAPPINGS)
+    with_mapping.by_event["call.some_future_event.v3"] = with_mapping.by_event["call.ended"]
+    assert outbox.release_unmapped(with_mapping.by_event.keys()) == 1
+    assert outbox.stats().unmapped == {}
+    [again] = outbox.claim_webhooks(10, 60, "worker")
+    mapped = process_stored(again, with_mapping)
+    assert outbox.commit_processed([mapped]) == [1]
+    # The ids it would have had, had the mapping been there when it arrived.
+    expected = [m.message_id for m in process_stored(pending, with_mapping).messages]
+    assert [m.message_id for m in mapped.messages] == expected and len(expected) == 1
+    assert (outbox.stats().pending, outbox.stats().unprocessed) == (1, 0)
+
+
+def test_a_held_webhook_is_pruned_after_the_retention_like_any_other(outbox, mappings):
+    future = call_webhook(9)
+    future["event"] = "message.translated"
+    body = json.dumps(future).encode()
+    outbox.append([stored_webhook(parse_webhook(body), body)])
+    [pending] = outbox.claim_webhooks(10, 60, "worker")
+    outbox.commit_processed([process_stored(pending, mappings)])
+    outbox.prune(3600)
+    assert outbox.stats().unmapped == {"message.translated": 1}  # within the retention: kept
+    time.sleep(0.05)
+    outbox.prune(0.01)
+    assert outbox.stats().unmapped == {}
+    assert outbox.recent_webhooks(10) == []
 
 
 def test_an_outbox_of_the_previous_version_counts_its_webhooks_as_processed(tmp_path):

@@ -1,7 +1,7 @@
 """`engine backfill`: history from Aircall's REST API, through the same selection, mappings and outbox as the
 webhooks, so it lands in Segment exactly as the live events do.
 
-Each object becomes the event that would have announced it: a call is `call.ended`, a user `user.created`, a
+Each object becomes the event that would have announced it: a call is `call.ended`, a user `user.created.v2`, a
 contact `contact.created`, a number `number.created`, stamped with the object's own time. The messageIds follow
 from event, object and time, so running a backfill again queues nothing twice.
 
@@ -22,13 +22,14 @@ import itertools
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Container, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 from engine.aircall.api import AircallClient
 from engine.aircall.envelope import Webhook
 from engine.aircall.selection import Selection
+from engine.config import EventChoice
 from engine.mapping.load import Mappings
 from engine.mapping.templating import parse_iso
 from engine.outbox import Outbox, stored_webhook
@@ -75,11 +76,21 @@ RESOURCES: dict[str, Resource] = {
     r.name: r
     for r in (
         Resource("calls", "call", "call.ended", ("ended_at", "started_at"), "started_at", True, False),
-        Resource("users", "user", "user.created", ("created_at",), "created_at", True, True),
+        # V2, the user events Aircall asks integrations to use (see users_as for a team that kept V1).
+        Resource("users", "user", "user.created.v2", ("created_at",), "created_at", True, True),
         Resource("contacts", "contact", "contact.created", ("created_at",), "created_at", True, True),
         Resource("numbers", "number", "number.created", ("created_at",), "created_at", False, True),
     )
 }
+
+
+def users_as(events: Container[str]) -> Resource:
+    """Users become `user.created.v2`, unless AIRCALL_EVENTS leaves it out and keeps the V1 `user.created`: a
+    team that stayed on V1 gets its history as V1 (both land as the Segment event user.created)."""
+    users = RESOURCES["users"]
+    if users.event not in events and "user.created" in events:
+        return replace(users, event="user.created")
+    return users
 
 
 def parse_date(text: str, name: str) -> int:
@@ -403,6 +414,7 @@ def plan(
     until: int | None,
     contacts_since: int | None = None,
     at: int | None = None,
+    events: Container[str] = EventChoice(),
 ) -> list[tuple[Resource, int, int]]:
     """Each resource with the range it covers: calls from `since` to `until`; users, numbers and contacts every
     one created before now (contacts from `contacts_since` when given). Without an `until`, a run continues the
@@ -410,7 +422,7 @@ def plan(
     moment = now() if at is None else at
     ranges = []
     for name in names:
-        resource = RESOURCES[name]
+        resource = users_as(events) if name == "users" else RESOURCES[name]
         start = since
         if resource.whole_set:
             start = contacts_since if name == "contacts" and contacts_since is not None else 0

@@ -12,6 +12,7 @@ from typing import Any
 from jsonschema.exceptions import best_match
 
 from engine import fastjson
+from engine.aircall.events import EVENT_NAME, RESOURCE_NAME
 from engine.schemas import webhook_validator
 
 
@@ -99,8 +100,8 @@ def _deeper_than(document: Any, limit: int) -> bool:
     return False
 
 
-_RESOURCE = re.compile(r"[a-z_]{1,64}\Z")
-_EVENT = re.compile(r"[a-z_]{1,64}\.[a-z_]{1,64}\Z")
+_RESOURCE = re.compile(RESOURCE_NAME + r"\Z")
+_EVENT = re.compile(EVENT_NAME + r"\Z")
 
 
 def clearly_valid(document: dict[str, Any]) -> bool:
@@ -134,6 +135,9 @@ def webhook_from_json(document: Any) -> Webhook:
         if where == "token":  # never echo a secret, even a malformed one
             raise EnvelopeError("not an Aircall webhook: token: must be a string of at most 512 characters")
         raise EnvelopeError(f"not an Aircall webhook: {where}: {_short(error.message)}")
+    for name, pattern in (("resource", _RESOURCE), ("event", _EVENT)):
+        if not pattern.match(document[name]):  # the schema's `$` lets a final newline through; \Z does not
+            raise EnvelopeError(f"not an Aircall webhook: {name}: not a name of dotted letters, digits, '_' or '-'")
     return Webhook(
         resource=document["resource"],
         event=document["event"],

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from engine.aircall.api import AircallClient, AircallError
 from engine.aircall.backfill import RESOURCES, Walk, parse_date, plan, queue_webhooks, run_walks
+from engine.aircall.events import default_subscription, known_events
 from engine.aircall.progress import BackfillDisplay
 from engine.aircall.selection import Selection
 from engine.cli.common import (
@@ -21,6 +22,8 @@ from engine.cli.common import (
     settings_for,
 )
 from engine.config import Settings, parse_env_line, parse_events
+from engine.mapping.findings import MappingsFolderError
+from engine.mapping.load import mapping_files
 from engine.server.runtime import load_server_mappings
 
 
@@ -29,7 +32,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     aircall_commands = aircall.add_subparsers(required=True, metavar="ACTION")
     connect = aircall_commands.add_parser("connect", help="create (or find) the webhook and print its token")
     connect.add_argument("--url", required=True, help="the public URL of /webhooks/aircall on your server")
-    connect.add_argument("--events", help="comma-separated events (default AIRCALL_EVENTS, else all 26)")
+    connect.add_argument(
+        "--events",
+        help="comma-separated events, or all (default AIRCALL_EVENTS, else all: every event but the deprecated V1 "
+        "user events, whose V2 are subscribed instead)",
+    )
     connect.add_argument("--name", default="aircall-segment", help="the webhook's name in Aircall")
     connect.add_argument(
         "--write-env", nargs="?", const=".env", metavar="FILE",
@@ -78,7 +85,8 @@ def _aircall(action):  # type: ignore[no-untyped-def]
 @_aircall
 def _aircall_connect(args: argparse.Namespace) -> int:
     settings, client = _aircall_client(args)
-    events = sorted(parse_events(args.events) if args.events is not None else settings.events)
+    choice = parse_events(args.events) if args.events is not None else settings.events
+    events = default_subscription(choice.listed, _mapped_events(settings))
     if not events:
         raise UsageError("no events to subscribe: AIRCALL_EVENTS (or --events) selects none")
     if args.write_env and not Path(args.write_env).resolve().parent.is_dir():
@@ -91,7 +99,7 @@ def _aircall_connect(args: argparse.Namespace) -> int:
         raise UsageError("Aircall did not return the webhook's token")
     verb = "found" if existing else "created"
     print(f"{verb} webhook {webhook.get('webhook_id') or webhook.get('id')} for {args.url}", file=sys.stderr)
-    if existing and sorted(existing.get("events") or []) != events:
+    if existing and sorted(existing.get("events") or []) != sorted(events):
         print("note: its events differ from the ones asked for; change them in the Aircall dashboard", file=sys.stderr)
     if args.write_env:
         write_env_token(Path(args.write_env), token)
@@ -120,13 +128,29 @@ def write_env_token(path: Path, token: str) -> None:
     path.chmod(0o600)
 
 
+def _mapped_events(settings: Settings) -> frozenset[str]:
+    """The events the mappings folder maps, by file name (cheap: nothing is compiled); none if it is unreadable."""
+    try:
+        return frozenset(p.stem for p in mapping_files(settings.mappings_dir) if not p.name.startswith("_"))
+    except MappingsFolderError:
+        return frozenset()
+
+
 @_aircall
 def _aircall_webhooks(args: argparse.Namespace) -> int:
-    _, client = _aircall_client(args)
+    settings, client = _aircall_client(args)
+    mapped = _mapped_events(settings)
     for webhook in client.webhooks():
         state = "active" if webhook.get("active", True) else "inactive"
         ident = webhook.get("webhook_id") or webhook.get("id")
-        print(f"{ident}\t{state}\t{len(webhook.get('events') or [])} events\t{webhook.get('url')}")
+        events = webhook.get("events") or []
+        # A webhook created without a list of events is sent every event Aircall has.
+        sent = set(events) if events else set(known_events())
+        count = f"{len(events)} events" if events else "all events"
+        print(f"{ident}\t{state}\t{count}\t{webhook.get('url')}")
+        unmapped = sorted(sent - mapped)
+        if unmapped:
+            print(f"  not mapped (held until a mapping exists): {', '.join(unmapped)}")
     return EXIT_OK
 
 
@@ -169,7 +193,7 @@ def _backfill(args: argparse.Namespace) -> int:
     client.on_wait = display.waiting
     selection = Selection(settings.events, settings.numbers)
     queue = functools.partial(queue_webhooks, outbox, mappings, selection)
-    ranges = plan(outbox, names, since, until, contacts_since)
+    ranges = plan(outbox, names, since, until, contacts_since, events=settings.events)
     walks = [Walk(client, outbox, resource, start, end, queue, display.note) for resource, start, end in ranges]
     try:
         run_walks(walks, display)

@@ -51,7 +51,7 @@ class Playground:
         request = {
             "mappings": str(settings.mappings_dir.resolve()),
             "fixtures": str(fixtures) if (fixtures := find_fixtures(settings.mappings_dir.resolve())) else None,
-            "events": sorted(settings.events),
+            "events": None if settings.events.everything else sorted(settings.events.listed or ()),
             "file": file,
             "text": text,
             "payload": payload,

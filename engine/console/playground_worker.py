@@ -61,7 +61,7 @@ def _channel() -> TextIO:
 
 
 def check(
-    mappings: str, fixtures: str | None, events: list[str], file: str, text: str, payload: str, shown: str
+    mappings: str, fixtures: str | None, events: list[str] | None, file: str, text: str, payload: str, shown: str
 ) -> dict[str, Any]:
     """`file` of the folder `mappings` edited to `text`: findings and the messages `payload` becomes.
 
@@ -103,7 +103,8 @@ def check(
         (samples / PAYLOAD_NAME).write_text(payload, encoding="utf-8")
 
         # The events whose missing mapping `engine validate` would report: those these files mapped.
-        report = validate(folder, set(events) & original_events, samples)
+        enabled = original_events if events is None else set(events) & original_events
+        report = validate(folder, enabled, samples)
         findings = [_finding(f, folder, samples, shown, file) for f in report.findings]
 
         messages: list[dict[str, Any]] = []

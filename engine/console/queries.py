@@ -78,7 +78,7 @@ class Status:
     processing_running: bool
     processing_restarts: int
     mappings: int
-    events: list[str]
+    events: list[str] | None  # None: all
     numbers: list[str]  # empty: every number
     now: float
 
@@ -112,7 +112,7 @@ async def status(runtime: Runtime, reads: Reads) -> Status:
         processing_running=runtime.processor.alive,
         processing_restarts=runtime.processor.restarts,
         mappings=len(runtime.mappings),
-        events=sorted(settings.events),
+        events=None if settings.events.everything else sorted(settings.events.listed or ()),
         numbers=numbers,
         now=now,
     )
@@ -128,6 +128,12 @@ def _problems(runtime: Runtime, stats: Any, now: float) -> list[str]:
         problems.append(f"Delivery is paused for {paused - now:.0f} s after an error from Segment")
     if not runtime.processor.alive:
         problems.append("The processing process is not running: stored webhooks wait to be mapped")
+    if stats.unmapped:
+        events = ", ".join(sorted(stats.unmapped))
+        problems.append(
+            f"{stats.unmapped_total:,} webhooks are held because no mapping maps their event ({events}): add the "
+            "mapping and restart the server, and they are mapped"
+        )
     if stats.oldest_unprocessed_age is not None and stats.oldest_unprocessed_age > 60:
         problems.append(f"Processing is behind: {stats.unprocessed:,} webhooks wait to be mapped")
     if stats.oldest_pending_age is not None and stats.oldest_pending_age > 300:

@@ -12,7 +12,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -59,7 +59,8 @@ class PendingWebhook:
 
 @dataclass(frozen=True)
 class Processed:
-    """What processing made of one webhook: its messages, or the reason it is a dead letter.
+    """What processing made of one webhook: its messages, the reason it is a dead letter, or `held`: no mapping
+    maps its event yet, so it is kept, unmapped, until one is loaded (see Outbox.release_unmapped).
 
     `id` is the stored webhook's row when the webhook came through the gateway (it is marked processed in the
     same transaction that stores its messages); None for the backfill and the replay, whose webhook is stored
@@ -70,6 +71,7 @@ class Processed:
     messages: Sequence[NewMessage] = ()
     dead_reason: str | None = None
     id: int | None = None
+    held: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,11 +105,19 @@ class OutboxStats:
     last_error: str | None
     unprocessed: int = 0  # webhooks stored by the gateway, not yet mapped
     oldest_unprocessed_age: float | None = None  # seconds: the processing lag
+    # Webhooks held because no mapping maps their event, by event: mapped once a mapping for it is loaded.
+    unmapped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def unmapped_total(self) -> int:
+        return sum(self.unmapped.values())
 
     def as_dict(self) -> dict[str, object]:
         return {
             "unprocessed": self.unprocessed,
             "oldest_unprocessed_age_seconds": _rounded(self.oldest_unprocessed_age),
+            "unmapped": self.unmapped_total,
+            "unmapped_by_event": dict(sorted(self.unmapped.items())),
             "pending": self.pending,
             "due": self.due,
             "delivered": self.delivered,
@@ -237,6 +247,10 @@ class Outbox(Protocol):
     def commit_processed(self, batch: Sequence[Processed]) -> list[int]: ...
     def enqueue(self, batch: Sequence[tuple[StoredWebhook, Sequence[NewMessage]]]) -> list[int]: ...
     def keep_webhook(self, webhook: StoredWebhook, reason: str) -> None: ...
+    def release_unmapped(self, events: Iterable[str]) -> int:
+        """Held webhooks of these events (now mapped) back to processing, oldest first as ever; how many."""
+        ...
+
     def claim(self, limit: int, lease_seconds: float, owner: str) -> list[Claimed]: ...
     def ack(self, ids: Iterable[int]) -> None: ...
     def retry(

@@ -40,7 +40,7 @@ from engine.outbox import (
 
 T = TypeVar("T")
 _CONNECTION_ERRORS = (PoolTimeout, psycopg.OperationalError)
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _NOW = "extract(epoch from clock_timestamp())"
 
 
@@ -105,6 +105,11 @@ _MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX webhooks_unprocessed ON webhooks (id) WHERE processed_at IS NULL",
     ],
     4: ["ALTER TABLE backfills ADD COLUMN state TEXT"],
+    # Webhooks held because no mapping maps their event (see engine.outbox.sqlite, version 6).
+    5: [
+        "ALTER TABLE webhooks ADD COLUMN unmapped_event TEXT",
+        "CREATE INDEX webhooks_unmapped ON webhooks (unmapped_event) WHERE unmapped_event IS NOT NULL",
+    ],
 }
 
 
@@ -265,21 +270,25 @@ class PostgresOutbox:
             with conn.cursor() as cur:
                 for item in batch:
                     webhook = item.webhook
+                    held = webhook.event if item.held else None
                     if item.id is not None:
                         cur.execute(
-                            f"UPDATE webhooks SET processed_at = {_NOW}, lease_owner = NULL "
+                            f"UPDATE webhooks SET processed_at = {_NOW}, lease_owner = NULL, unmapped_event = %s "
                             "WHERE id = %s AND processed_at IS NULL",
-                            (item.id,),
+                            (held, item.id),
                         )
                         if not cur.rowcount:  # another replica finished it after this one's lease ran out
                             added.append(0)
                             continue
                     else:
                         cur.execute(
-                            "INSERT INTO webhooks (key, event, received_at, body, processed_at) "
-                            f"VALUES (%s, %s, {_NOW}, %s, {_NOW}) ON CONFLICT (key) DO NOTHING",
-                            (webhook.key, webhook.event, webhook.body),
+                            "INSERT INTO webhooks (key, event, received_at, body, processed_at, unmapped_event) "
+                            f"VALUES (%s, %s, {_NOW}, %s, {_NOW}, %s) ON CONFLICT (key) DO NOTHING",
+                            (webhook.key, webhook.event, webhook.body, held),
                         )
+                    if held is not None:
+                        added.append(0)
+                        continue
                     if item.dead_reason is not None:
                         cur.execute(
                             "INSERT INTO dead_letters (message_id, event, body, webhook, reason, created_at) "
@@ -306,6 +315,27 @@ class PostgresOutbox:
 
     def keep_webhook(self, webhook: StoredWebhook, reason: str) -> None:
         self.commit_processed([Processed(webhook, dead_reason=reason)])
+
+    def release_unmapped(self, events: Iterable[str]) -> int:
+        wanted = sorted(set(events))
+
+        def work(conn: psycopg.Connection) -> int:
+            held = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT DISTINCT unmapped_event FROM webhooks WHERE unmapped_event IS NOT NULL"
+                ).fetchall()
+            }
+            release = [event for event in wanted if event in held]
+            if not release:
+                return 0
+            return conn.execute(
+                "UPDATE webhooks SET processed_at = NULL, lease_until = 0, lease_owner = NULL, unmapped_event = NULL "
+                "WHERE unmapped_event = ANY(%s)",
+                (release,),
+            ).rowcount
+
+        return self._write(work)
 
     def claim(self, limit: int, lease_seconds: float, owner: str) -> list[Claimed]:
         def work(conn: psycopg.Connection) -> list[Claimed]:
@@ -436,9 +466,15 @@ class PostgresOutbox:
             lag = conn.execute(
                 f"SELECT {_NOW} - received_at FROM webhooks WHERE processed_at IS NULL ORDER BY id LIMIT 1"
             ).fetchone()
+            unmapped = dict(
+                conn.execute(
+                    "SELECT unmapped_event, COUNT(*) FROM webhooks WHERE unmapped_event IS NOT NULL "
+                    "GROUP BY unmapped_event"
+                ).fetchall()
+            )
             return OutboxStats(
                 pending, due, delivered, dead, None if oldest_age is None else max(oldest_age, 0.0),
-                last[0] if last else None, unprocessed, None if lag is None else max(lag[0], 0.0),
+                last[0] if last else None, unprocessed, None if lag is None else max(lag[0], 0.0), unmapped,
             )  # fmt: skip
 
         return self._write(work)

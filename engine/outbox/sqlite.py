@@ -40,7 +40,7 @@ from engine.outbox.base import (
     per_minute,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE webhooks (
@@ -130,6 +130,12 @@ _MIGRATIONS: dict[int, str] = {
     CREATE TRIGGER webhook_state_delete AFTER DELETE ON webhooks BEGIN
         DELETE FROM webhook_state WHERE id = OLD.id;
     END;
+    """,
+    # A webhook whose event no mapping maps is held, not dropped nor a dead letter: processed, with its event
+    # here, until a mapping for it is loaded (release_unmapped). Adding a column rewrites no row.
+    6: """
+    ALTER TABLE webhook_state ADD COLUMN unmapped_event TEXT;
+    CREATE INDEX webhook_state_unmapped ON webhook_state (unmapped_event) WHERE unmapped_event IS NOT NULL;
     """,
 }
 
@@ -361,11 +367,12 @@ class SqliteOutbox:
             added = []
             for item in batch:
                 webhook = item.webhook
+                held = webhook.event if item.held else None
                 if item.id is not None:
                     marked = conn.execute(
-                        "UPDATE webhook_state SET processed_at = ?, lease_owner = NULL "
+                        "UPDATE webhook_state SET processed_at = ?, lease_owner = NULL, unmapped_event = ? "
                         "WHERE id = ? AND processed_at IS NULL",
-                        (now, item.id),
+                        (now, held, item.id),
                     ).rowcount
                     if not marked:
                         added.append(0)
@@ -376,6 +383,15 @@ class SqliteOutbox:
                         "ON CONFLICT (key) DO NOTHING",
                         (webhook.key, webhook.event, now, webhook.body, now),
                     )
+                    if held is not None:
+                        conn.execute(
+                            "UPDATE webhook_state SET unmapped_event = ? "
+                            "WHERE id = (SELECT id FROM webhooks WHERE key = ?)",
+                            (held, webhook.key),
+                        )
+                if held is not None:
+                    added.append(0)
+                    continue
                 if item.dead_reason is not None:
                     conn.execute(
                         "INSERT INTO dead_letters (message_id, event, body, webhook, reason, created_at) "
@@ -402,6 +418,27 @@ class SqliteOutbox:
     def keep_webhook(self, webhook: StoredWebhook, reason: str) -> None:
         """A webhook that could not be mapped: kept whole, with the reason, for replay after a fix."""
         self.commit_processed([Processed(webhook, dead_reason=reason)])
+
+    def release_unmapped(self, events: Iterable[str]) -> int:
+        wanted = set(events)
+
+        def work(conn: sqlite3.Connection) -> int:
+            held = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT DISTINCT unmapped_event FROM webhook_state WHERE unmapped_event IS NOT NULL"
+                )
+            ]
+            release = sorted(wanted.intersection(held))
+            if not release:
+                return 0
+            return conn.execute(
+                "UPDATE webhook_state SET processed_at = NULL, lease_until = 0, lease_owner = NULL, "
+                "unmapped_event = NULL WHERE unmapped_event IN (SELECT value FROM json_each(?))",
+                (json.dumps(release),),
+            ).rowcount
+
+        return self._write(work)
 
     def claim(self, limit: int, lease_seconds: float, owner: str) -> list[Claimed]:
         """The messages due first that no other worker holds, leased to `owner`.
@@ -531,9 +568,16 @@ class SqliteOutbox:
             "SELECT received_at FROM webhooks "
             "WHERE id = (SELECT id FROM webhook_state WHERE processed_at IS NULL ORDER BY id LIMIT 1)"
         ).fetchone()
+        unmapped = dict(
+            conn.execute(
+                "SELECT unmapped_event, COUNT(*) FROM webhook_state WHERE unmapped_event IS NOT NULL "
+                "GROUP BY unmapped_event"
+            ).fetchall()
+        )
         return OutboxStats(
             unprocessed=unprocessed,
             oldest_unprocessed_age=None if first is None else max(now - first[0], 0.0),
+            unmapped=unmapped,
             pending=pending,
             due=due,
             delivered=delivered,

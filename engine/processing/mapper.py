@@ -17,12 +17,13 @@ log = logging.getLogger("engine.processing")
 
 
 def process(webhook: Webhook, stored: StoredWebhook, mappings: Mappings, row_id: int | None = None) -> Processed:
-    """A webhook's Segment messages, or the reason it is a dead letter (kept for a replay after a fix)."""
+    """A webhook's Segment messages, the reason it is a dead letter (kept for a replay after a fix), or that it is
+    held because no mapping maps its event."""
     mapping = mappings.get(webhook.event)
     if mapping is None:
-        # Start-up refuses an enabled event without a mapping; this is a webhook stored before a mapping was
-        # removed, or a dead letter replayed since.
-        return Processed(stored, dead_reason=f"no mapping for event {webhook.event!r}", id=row_id)
+        # An event no mapping maps (yet): Aircall added it, or the team has not written its mapping. Held, not
+        # lost and not a dead letter: mapped, to the same messageIds, once a mapping for it is loaded.
+        return Processed(stored, id=row_id, held=True)
     try:
         encoded = mapping.render_json(webhook)
     except RenderError as exc:

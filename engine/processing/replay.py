@@ -32,6 +32,9 @@ def replay_dead_letters(outbox: Outbox, mappings: Mappings, ids: list[int] | Non
             report.failed.append((letter.id, f"stored webhook unreadable: {exc}"))
             continue
         result = process(webhook, StoredWebhook(stored_key(letter.webhook), webhook.event, letter.webhook), mappings)
+        if result.held:  # the dead letter stays one: nothing maps it yet
+            report.failed.append((letter.id, f"no mapping for event {webhook.event!r}: add it to the mappings"))
+            continue
         if result.dead_reason is not None:
             report.failed.append((letter.id, result.dead_reason))
             continue

@@ -48,9 +48,16 @@ def work(outbox: Outbox, mappings: Mappings, policy: ProcessingPolicy, channel: 
     """Map stored webhooks until told to stop: claim a batch, map it, commit its messages with the processed
     mark, report; wait for a wake-up when there is nothing to claim."""
     owner = new_owner()
+    released = False
     try:
         while not channel.stopping():
             try:
+                if not released:
+                    # Webhooks held for want of a mapping, whose event these mappings map: theirs to map now.
+                    count = outbox.release_unmapped(mappings.by_event.keys())
+                    released = True
+                    if count:
+                        log.info("%d held webhook(s) of events mapped now go to processing", count)
                 claimed = outbox.claim_webhooks(policy.batch, policy.lease_seconds, owner)
                 if not claimed:
                     if not channel.wait(policy.idle_poll_seconds):
@@ -68,12 +75,15 @@ def work(outbox: Outbox, mappings: Mappings, policy: ProcessingPolicy, channel: 
                 log.exception("processing failed unexpectedly; retrying")
                 channel.wait(policy.pause_seconds)
                 continue
-            dead = 0
+            dead = held = 0
             for result in results:
                 if result.dead_reason is not None:
                     dead += 1
                     log.warning("webhook event=%s kept as dead letter: %s", result.webhook.event, result.dead_reason)
-            channel.report(len(results) - dead, dead, sum(added))
+                elif result.held:
+                    held += 1
+                    log.info("webhook event=%s held: no mapping maps this event yet", result.webhook.event)
+            channel.report(len(results) - dead - held, dead, sum(added))
     finally:
         try:
             outbox.release(owner)

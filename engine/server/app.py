@@ -21,7 +21,7 @@ from engine.console.app import Console  # console: the web console, off unless E
 from engine.mapping.findings import MappingError
 from engine.outbox import describe_db
 from engine.server import logs
-from engine.server.runtime import Runtime, build_runtime
+from engine.server.runtime import Runtime, build_runtime, unknown_listed_events
 
 log = logging.getLogger("engine.server")
 
@@ -46,7 +46,7 @@ async def healthz(request: Request) -> Response:
         },
         "processing": {"running": runtime.processor.alive, "restarts": runtime.processor.restarts},
         "mappings": len(runtime.mappings),
-        "events_enabled": len(runtime.settings.events),
+        "events_enabled": runtime.settings.events.describe(),
     }
     if runtime.delivery.client is None:
         body["warning"] = "SEGMENT_WRITE_KEY is not set: messages are kept in the outbox, not sent"
@@ -137,10 +137,15 @@ def create_app(env_file: str | None = None) -> ASGIApp:
             raise
         await runtime.start()
         log.info(
-            "started: %d mappings, %d events enabled, outbox %s, Segment %s",
-            len(runtime.mappings), len(settings.events), describe_db(settings.db),
+            "started: %d mappings, events enabled: %s, outbox %s, Segment %s",
+            len(runtime.mappings), settings.events.describe(), describe_db(settings.db),
             settings.segment_api_url if settings.segment_write_key else "NOT CONFIGURED (SEGMENT_WRITE_KEY unset)",
         )  # fmt: skip
+        for event in unknown_listed_events(settings, runtime.mappings):
+            log.warning(
+                "AIRCALL_EVENTS names %s, which is neither an Aircall event of the catalogue nor mapped: a typo? "
+                "Its webhooks will be held unmapped until mappings/%s.yaml exists", event, event,
+            )  # fmt: skip
         if not settings.webhook_tokens:
             log.warning("AIRCALL_WEBHOOK_TOKEN is not set: every webhook is refused with 401")
         try:

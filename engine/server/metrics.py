@@ -53,6 +53,26 @@ class OutboxGauges(Collector):
             "Age of the oldest webhook waiting to be mapped: the processing lag",
             stats.oldest_unprocessed_age or 0.0,
         )
+        held = GaugeMetricFamily(
+            "outbox_unmapped_webhooks",
+            "Webhooks held because no mapping maps their event, mapped once one is loaded",
+            labels=["event"],
+        )
+        for event, count in _bounded(stats.unmapped, UNMAPPED_LABELS).items():
+            held.add_metric([event], count)
+        yield held
+
+
+UNMAPPED_LABELS = 100  # events as labels at most: past it, the fewest are counted together as "other"
+
+
+def _bounded(counts: dict[str, int], limit: int) -> dict[str, int]:
+    if len(counts) <= limit:
+        return counts
+    ranked = sorted(counts.items(), key=lambda pair: (-pair[1], pair[0]))
+    kept = dict(ranked[: limit - 1])
+    kept["other"] = sum(count for _, count in ranked[limit - 1 :])
+    return kept
 
 
 class Metrics:

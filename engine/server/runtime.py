@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from engine.aircall.events import ALL_EVENTS
+from engine.aircall.events import known_events
 from engine.aircall.selection import Selection
 from engine.config import ConfigError, Settings
 from engine.mapping.findings import MappingsFolderError
@@ -72,18 +72,19 @@ class Runtime:
 
 
 def load_server_mappings(settings: Settings) -> Mappings:
-    """The mappings, and one for every enabled event; MappingError or ConfigError otherwise."""
+    """The mappings; MappingError or ConfigError otherwise. An enabled event without a mapping is not an error:
+    its webhooks are stored and held until a mapping for it is loaded."""
     try:
-        mappings = load_mappings(settings.mappings_dir)
+        return load_mappings(settings.mappings_dir)
     except MappingsFolderError as exc:
         raise ConfigError(f"ENGINE_MAPPINGS: {exc}") from None
-    unmapped = sorted(settings.events - mappings.by_event.keys())
-    if unmapped:
-        raise ConfigError(
-            f"AIRCALL_EVENTS: {', '.join(unmapped)} has no mapping in {settings.mappings_dir}; "
-            "add the file or disable the event"
-        )
-    return mappings
+
+
+def unknown_listed_events(settings: Settings, mappings: Mappings) -> list[str]:
+    """Events AIRCALL_EVENTS names that neither Aircall's catalogue nor a mapping knows: most likely a typo
+    (`call.endded`), which would leave the event meant out. Said at start-up, not refused: Aircall adds events."""
+    listed = settings.events.listed or frozenset()
+    return sorted(listed - known_events() - mappings.by_event.keys())
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -136,7 +137,7 @@ def build_runtime(settings: Settings) -> Runtime:
         delivery=delivery,
         metrics=metrics,
         token_digests=tuple(hashlib.sha256(t.encode()).digest() for t in settings.webhook_tokens),
-        known_events=frozenset(ALL_EVENTS) | mappings.by_event.keys(),
+        known_events=known_events() | mappings.by_event.keys(),
         _reader=_open(settings.db),
     )
 
