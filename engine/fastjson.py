@@ -70,6 +70,26 @@ def _checked(value: Any, options: int) -> bytes:
     while at >= 0:
         number = _FLOAT64.unpack_from(packed, at + 1)[0] if at + 9 <= len(packed) else 0.0
         if number != number or number in _INFINITIES or (number != 0.0 and -_SMALL < number < _SMALL):
-            raise Unlike
+            # Maybe a float, maybe a byte of some text or of another float (2661.82 holds one): the floats
+            # themselves decide, walked one by one (rare, so the quick scan stays the rule).
+            if _any_unlike_float(value):
+                raise Unlike
+            return text
         at = packed.find(b"\xcb", at + 1)
     return text
+
+
+def _any_unlike_float(value: Any) -> bool:
+    """Whether `value` holds a float the two libraries write differently (without recursing)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is float:
+            if item != item or item in _INFINITIES or (item != 0.0 and -_SMALL < item < _SMALL):
+                return True
+        elif kind is dict:
+            stack.extend(item.values())
+        elif kind is list or kind is tuple:
+            stack.extend(item)
+    return False
