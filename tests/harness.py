@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -227,6 +228,21 @@ def expected_ids(envelope: dict) -> list[str]:
     """The messageIds the shipped mappings give for a webhook: what must reach Segment."""
     webhook = webhook_from_json(envelope)
     return [message_id for message_id, _ in _mappings().get(webhook.event).render_json(webhook)]
+
+
+def readme_events() -> dict[str, list[tuple[str, str | None]]]:
+    """README's table of events: for each Aircall event, the (type, Segment event) of each message it promises."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("<!-- engine events: begin") : readme.index("<!-- engine events: end")]
+    events: dict[str, list[tuple[str, str | None]]] = {}
+    for event, sent in re.findall(r"^\| `([^`]+)` \| ([^|]+) \|", table, re.M):
+        promised = []
+        for message in sent.split("; "):
+            named = re.match(r"(track|identify|group)(?: `([^`]+)`)?", message)
+            if named:
+                promised.append((named.group(1), named.group(2)))
+        events[event] = promised
+    return events
 
 
 def call_webhook(n: int) -> dict:

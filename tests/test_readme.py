@@ -40,3 +40,13 @@ def test_readme_mapping_example_validates_and_renders(engine, mappings_copy):
     assert [m["type"] for m in messages] == ["track", "identify"]
     assert messages[0]["properties"]["minutes"] == 3.3
     assert messages[0]["properties"]["call_id"] == 2187654321  # inherited from _call.yaml
+
+
+def test_readmes_table_of_events_is_what_engine_events_prints(engine):
+    begin, end = "<!-- engine events: begin", "<!-- engine events: end -->"
+    table = README[README.index("\n", README.index(begin)) + 1 : README.index(end)]
+    run = engine("events")
+    assert run.code == 0, run.err
+    assert table == run.out, "README's table of events is stale: run `engine events` and paste its output"
+    for row in ("| `user.created.v2` | track `user.created`; identify |", "| `transcription.created` |"):
+        assert row in table

@@ -1,4 +1,5 @@
-"""`engine validate` and `engine render`: the mappings checked, or one webhook's messages printed."""
+"""`engine validate`, `engine render` and `engine events`: the mappings checked, one webhook's messages printed,
+or what every event becomes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 from engine.aircall.envelope import EnvelopeError, parse_webhook
+from engine.aircall.events import known_events
 from engine.cli.common import (
     EXIT_FINDINGS,
     EXIT_OK,
@@ -16,6 +18,7 @@ from engine.cli.common import (
     settings_for,
 )
 from engine.mapping.load import load_mappings
+from engine.mapping.reference import markdown, reference
 from engine.mapping.validate import find_fixtures, validate
 from engine.segment.message import RenderError
 
@@ -32,6 +35,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     render.add_argument("--mappings", type=Path, help="mappings folder (default ENGINE_MAPPINGS or mappings/)")
     render.set_defaults(run=_render)
 
+    events = commands.add_parser(
+        "events", help="every Aircall event, the Segment messages its mapping makes and what they carry"
+    )
+    events.add_argument("--mappings", type=Path, help="mappings folder (default ENGINE_MAPPINGS or mappings/)")
+    events.set_defaults(run=_events)
+
 
 def _validate(args: argparse.Namespace) -> int:
     settings = settings_for(args)
@@ -39,7 +48,7 @@ def _validate(args: argparse.Namespace) -> int:
     fixtures = args.fixtures if args.fixtures is not None else find_fixtures(directory)
     if args.fixtures is not None and not args.fixtures.is_dir():
         raise UsageError(f"--fixtures: {args.fixtures} is not a folder")
-    report = validate(directory, settings.events, fixtures)
+    report = validate(directory, settings.events.listed, fixtures, known_events())
     if args.json:
         print(
             json.dumps(
@@ -55,6 +64,7 @@ def _validate(args: argparse.Namespace) -> int:
                             "file": str(t.path),
                             "event": t.event,
                             "us_per_event": round(t.microseconds, 1),
+                            "messages_per_event": round(t.messages, 2),
                             "runtime": t.runtime,
                         }
                         for t in report.timings
@@ -74,6 +84,16 @@ def _validate(args: argparse.Namespace) -> int:
             print(note)
         print(f"{len(report.findings)} problem(s) in {directory}", file=sys.stderr)
     return EXIT_OK if report.ok else EXIT_FINDINGS
+
+
+def _events(args: argparse.Namespace) -> int:
+    settings = settings_for(args)
+    directory = args.mappings or settings.mappings_dir
+    mappings = mappings_or_findings(lambda: load_mappings(directory))
+    if mappings is None:
+        return EXIT_FINDINGS
+    sys.stdout.write(markdown(reference(mappings), directory))
+    return EXIT_OK
 
 
 def _render(args: argparse.Namespace) -> int:
