@@ -9,7 +9,9 @@ Strict where the engine depends on Aircall:
 - the 10,000-object ceiling: a page that starts past it is a 400, although `next_page_link` still offers it;
 - the rate limit, a fixed window (60 requests a minute unless told otherwise), announced in
   `X-AircallApi-Limit/Remaining/Reset` on every answer and enforced with 429;
-- webhooks that can be listed and created, each with a token.
+- webhooks that can be listed and created, each with a token;
+- a call's transcription (`/v1/calls/{id}/transcription`, the hour-long sample's content for any call; 404 for
+  a call id that is not a number), as conversation-intelligence webhooks that only refer to it need.
 
     FAKE_AIRCALL_LIMIT=60 FAKE_AIRCALL_WINDOW=60 uvicorn tests.fake_aircall:app --port 9998
 
@@ -267,6 +269,22 @@ def _listing(key: str):  # type: ignore[no-untyped-def]
     return endpoint
 
 
+TRANSCRIPT = json.loads((FIXTURES / "transcription.created--long_call.json").read_text())["data"]
+
+
+async def transcription(request: Request) -> Response:
+    refused = _gate(request)
+    if refused is not None:
+        return refused
+    call_id = request.path_params["call_id"]
+    if not call_id.isdigit():
+        return JSONResponse({"error": "Not Found"}, status_code=404, headers=_quota_headers())
+    STATE.served["transcriptions"] = STATE.served.get("transcriptions", 0) + 1
+    body = {"id": TRANSCRIPT["id"], "call_id": int(call_id), "call_created_at": TRANSCRIPT.get("call_created_at"),
+            "type": "call", "content": TRANSCRIPT["content"]}  # fmt: skip
+    return JSONResponse({"transcription": body}, headers=_quota_headers())
+
+
 async def webhooks(request: Request) -> Response:
     refused = _gate(request)
     if refused is not None:
@@ -344,6 +362,7 @@ app = Starlette(
     routes=[
         *(Route(f"/v1/{name}", _listing(name)) for name in TEMPLATES),
         Route("/v1/webhooks", webhooks, methods=["GET", "POST"]),
+        Route("/v1/calls/{call_id}/transcription", transcription),
         Route("/_control", control, methods=["POST"]),
         Route("/_stats", stats),
     ]

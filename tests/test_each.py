@@ -97,7 +97,7 @@ def test_item_outside_a_message_with_each_is_refused_on_its_line(engine, tmp_pat
     assert run.code == 1
     assert run.out.splitlines()[0] == (
         f"{mappings}/transcription.created.yaml:8:11: unknown name 'item' in template; templates can read data, "
-        "event, resource, timestamp (item and index are read only in a message that has `each`)"
+        "event, fetched, resource, timestamp (item and index are read only in a message that has `each`)"
     )
 
 

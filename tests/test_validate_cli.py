@@ -123,7 +123,8 @@ def test_error_on_second_line_of_a_block_template_names_that_file_line(engine, m
 def test_unknown_variable_is_refused_before_anything_runs(engine, mappings_copy):
     run = validate_call_ended(engine, mappings_copy, "  userId: '{{ dat.user.id }}'\n")
     assert findings(run) == [
-        "call.ended.yaml:5:11: unknown name 'dat' in template; templates can read data, event, resource, timestamp"
+        "call.ended.yaml:5:11: unknown name 'dat' in template; templates can read data, event, fetched, resource, "
+        "timestamp"
     ]
 
 

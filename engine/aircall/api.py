@@ -31,7 +31,12 @@ PACE_MARGIN = 0.5  # seconds past a minute since the request `rate` requests ago
 
 
 class AircallError(Exception):
-    """The API could not be used: bad credentials, a refusal, or failures past the retries."""
+    """The API could not be used: bad credentials, a refusal, or failures past the retries. `status` is the HTTP
+    status of a refusal (400, 404, ...), None for the rest."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class AircallAuthError(AircallError):
@@ -153,7 +158,9 @@ class AircallClient:
                 self._backoff(failures)
                 continue
             if response.status_code >= 400:
-                raise AircallError(f"Aircall API answered {response.status_code}: {response.text[:300]}")
+                raise AircallError(
+                    f"Aircall API answered {response.status_code}: {response.text[:300]}", response.status_code
+                )
             return response.json() if response.content else {}
 
     def list_page(self, path: str, key: str, params: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -207,11 +214,17 @@ class AircallClient:
             return self._reset_at
         return self.clock.now() + MINUTE  # no word on when: Aircall's window is a minute
 
-    def _wait_turn(self) -> None:
+    def turn_delay(self) -> float:
+        """Seconds before the next request may leave: this client's share, or Aircall's reset (0: now)."""
         now = self.clock.now()
         delay = self.pacer.delay(now) if self.pacer is not None else 0.0
         if self._remaining is not None and self._remaining <= 0:
             delay = max(delay, self._reset_at + RESET_MARGIN - now)
+        return delay
+
+    def _wait_turn(self) -> None:
+        delay = self.turn_delay()
+        if self._remaining is not None and self._remaining <= 0:
             self._remaining = None  # after the reset: known again from the next answer
         if delay > 0:
             self.log.seconds += delay

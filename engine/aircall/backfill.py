@@ -33,6 +33,7 @@ from engine.config import EventChoice
 from engine.mapping.load import Mappings
 from engine.mapping.templating import parse_iso
 from engine.outbox import Outbox, stored_webhook
+from engine.processing.fetch import Fetcher
 from engine.processing.mapper import process
 
 PER_PAGE = 50  # Aircall's largest page
@@ -115,14 +116,23 @@ class Counts:
     dead_lettered: int = 0
 
 
-def queue_webhooks(outbox: Outbox, mappings: Mappings, selection: Selection, webhooks: Sequence[Webhook]) -> Counts:
+def queue_webhooks(
+    outbox: Outbox,
+    mappings: Mappings,
+    selection: Selection,
+    webhooks: Sequence[Webhook],
+    fetcher: Fetcher | None = None,
+) -> Counts:
     """Select, map and commit in one batch: the processing stage's function, as for a live webhook."""
     counts, batch = Counts(), []
     for webhook in webhooks:
         if mappings.get(webhook.event) is None or selection.skip_reason(webhook) is not None:
             counts.skipped += 1
             continue
-        result = process(webhook, stored_webhook(webhook), mappings)
+        result = process(webhook, stored_webhook(webhook), mappings, fetcher=fetcher)
+        if result.waiting_until is not None:  # a mapping that reads the API, which did not answer: not queued
+            counts.skipped += 1
+            continue
         counts.dead_lettered += result.dead_reason is not None
         batch.append(result)
     if batch:

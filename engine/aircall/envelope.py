@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -30,6 +30,9 @@ class Webhook:
     # False for the webhooks a backfill builds: their ids must not change when an object has changed since the
     # last run, so they are identified by event, object and time alone (see engine.segment.message.message_id).
     identified_by_content: bool = True
+    # What processing read from Aircall's REST API for this webhook, as its mapping's `fetch` declares: name ->
+    # the answer. Empty until then; never part of the messageIds (they come from the webhook alone).
+    fetched: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -39,7 +42,13 @@ class Webhook:
 
     def template_variables(self) -> dict[str, Any]:
         """What a mapping template can read. The token is not among them."""
-        return {"data": self.data, "event": self.event, "resource": self.resource, "timestamp": self.timestamp}
+        return {
+            "data": self.data,
+            "event": self.event,
+            "resource": self.resource,
+            "timestamp": self.timestamp,
+            "fetched": self.fetched,
+        }
 
 
 def _refuse_constant(name: str) -> Any:

@@ -24,6 +24,7 @@ from engine.cli.common import (
 from engine.config import Settings, parse_env_line, parse_events
 from engine.mapping.findings import MappingsFolderError
 from engine.mapping.load import mapping_files
+from engine.processing.fetch import WaitingFetcher
 from engine.server.runtime import load_server_mappings
 
 
@@ -192,7 +193,7 @@ def _backfill(args: argparse.Namespace) -> int:
     display = BackfillDisplay(sys.stderr, client)
     client.on_wait = display.waiting
     selection = Selection(settings.events, settings.numbers)
-    queue = functools.partial(queue_webhooks, outbox, mappings, selection)
+    queue = functools.partial(queue_webhooks, outbox, mappings, selection, fetcher=WaitingFetcher(client))
     ranges = plan(outbox, names, since, until, contacts_since, events=settings.events)
     walks = [Walk(client, outbox, resource, start, end, queue, display.note) for resource, start, end in ranges]
     try:

@@ -16,6 +16,7 @@ from engine.cli.common import (
     settings_for,
 )
 from engine.mapping.load import load_mappings
+from engine.processing.fetch import waiting_fetcher
 from engine.processing.replay import replay_dead_letters
 
 
@@ -82,7 +83,7 @@ def _outbox_replay(args: argparse.Namespace) -> int:
     mappings = mappings_or_findings(lambda: load_mappings(settings.mappings_dir))
     if mappings is None:
         return EXIT_FINDINGS
-    report = replay_dead_letters(outbox, mappings, args.ids)
+    report = replay_dead_letters(outbox, mappings, args.ids, waiting_fetcher(settings))
     print(f"replayed {len(report.replayed)} dead letter(s): {report.messages} message(s) queued again")
     for letter_id, reason in report.failed:
         print(f"  dead #{letter_id} still fails: {reason}", file=sys.stderr)

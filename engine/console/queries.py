@@ -128,6 +128,16 @@ def _problems(runtime: Runtime, stats: Any, now: float) -> list[str]:
         problems.append(f"Delivery is paused for {paused - now:.0f} s after an error from Segment")
     if not runtime.processor.alive:
         problems.append("The processing process is not running: stored webhooks wait to be mapped")
+    if stats.waiting_for_api:
+        settings = runtime.settings
+        why = (
+            "AIRCALL_API_ID and AIRCALL_API_TOKEN are not set"
+            if not (settings.aircall_api_id and settings.aircall_api_token)
+            else "the API cannot answer now (the server's log says why); they are tried again"
+        )
+        problems.append(
+            f"{stats.waiting_for_api:,} webhooks wait for Aircall's REST API, which their mapping reads: {why}"
+        )
     if stats.unmapped:
         events = ", ".join(sorted(stats.unmapped))
         problems.append(

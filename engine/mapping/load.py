@@ -109,6 +109,15 @@ class Expander:
         return [{**variables, "item": item, "index": index} for index, item in enumerate(items)]
 
 
+@dataclass(frozen=True)
+class Fetch:
+    """A resource of Aircall's REST API that processing reads before the messages are made (`fetch` in the file)."""
+
+    name: str  # the templates read the answer as fetched.<name>
+    path: Callable[[Mapping[str, Any]], Any]
+    when: Callable[[Mapping[str, Any]], Any] | None  # None: always
+
+
 @dataclass
 class CompiledMapping:
     event: str
@@ -125,6 +134,7 @@ class CompiledMapping:
     _positions: tuple[int, ...] = ()
     # The file merged over its bases, as compiled: what engine.mapping.reference describes.
     document: dict[str, Any] = field(default_factory=dict, repr=False)
+    fetches: tuple[Fetch, ...] = ()
 
     def render(self, webhook: Webhook) -> list[dict[str, Any]]:
         """The Segment messages for one webhook. Raises RenderError, never anything else."""
@@ -465,6 +475,12 @@ def _compile(
         items += [(key, parse_fields(spec[key], (*at, key), each)) for key in _FIELD_KEYS if key in spec]
         return dict_node(items)
 
+    fetch_nodes = [
+        (name, parse(spec["path"], ("fetch", name, "path")), parse(spec["when"], ("fetch", name, "when")))
+        if "when" in spec
+        else (name, parse(spec["path"], ("fetch", name, "path")), None)
+        for name, spec in (document.get("fetch") or {}).items()
+    ]
     plain: list[tuple[int, nodes.Dict]] = []
     expanding: list[tuple[int, nodes.Expr, nodes.Dict]] = []
     for position, (at, spec) in enumerate(specs):
@@ -477,8 +493,12 @@ def _compile(
         return None
     event, path = document["aircall_event"], source.path
     plain_nodes = nodes.List([node for _, node in plain])
-    plain_fields = [f for f in fields if f.each is None and f.path[-1:] != ("each",)]
+    plain_fields = [f for f in fields if f.each is None and f.path[-1:] != ("each",) and f.path[0] != "fetch"]
     if runtime == "jinja":
+        fetches = tuple(
+            Fetch(name, compile_expression(env, path), None if when is None else compile_expression(env, when))
+            for name, path, when in fetch_nodes
+        )
         expanders = tuple(
             Expander(position, compile_expression(env, items), compile_expression(env, message))
             for position, items, message in expanding
@@ -493,8 +513,17 @@ def _compile(
             expanders=expanders,
             _positions=tuple(position for position, _ in plain),
             document=document,
+            fetches=fetches,
         )
     program = compile_messages(env, plain_nodes, [f.node for f in plain_fields])
+    fetches = tuple(
+        Fetch(
+            name,
+            compile_messages(env, path, [path]).function,
+            None if when is None else compile_messages(env, when, [when]).function,
+        )
+        for name, path, when in fetch_nodes
+    )
     on_jinja = [(plain_fields[f.index], f) for f in program.fallbacks if f.index >= 0]
     compiled_expanders = []
     for position, items, message in expanding:
@@ -516,6 +545,7 @@ def _compile(
         expanders=tuple(compiled_expanders),
         _positions=tuple(position for position, _ in plain),
         document=document,
+        fetches=fetches,
     )
 
 

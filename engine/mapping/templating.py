@@ -31,8 +31,9 @@ from jinja2.utils import missing
 from engine.digits import normalize_digits
 from engine.mapping.findings import NOT_A_SEGMENT_NUMBER
 
-# The names a template may read. Webhook data only ever arrives through these, as values.
-TEMPLATE_VARIABLES = frozenset({"data", "event", "resource", "timestamp"})
+# The names a template may read. Webhook data only ever arrives through these, as values. `fetched` holds what
+# processing read from Aircall's REST API, as the mapping's `fetch` declares ({} otherwise).
+TEMPLATE_VARIABLES = frozenset({"data", "event", "fetched", "resource", "timestamp"})
 # And in a message with `each` (one message per element of a list): the element and its 0-based position.
 EACH_VARIABLES = TEMPLATE_VARIABLES | {"item", "index"}
 

@@ -21,6 +21,7 @@ from engine.aircall.envelope import EnvelopeError, Webhook, parse_webhook
 from engine.aircall.events import resource_of
 from engine.mapping.findings import Finding
 from engine.mapping.load import CompiledMapping, field_finding, inspect_mappings
+from engine.processing.fetch import FetchRefused, fetch_for
 from engine.schemas import segment_message_validator
 from engine.segment.message import RenderError
 
@@ -185,7 +186,19 @@ def _sparse_webhooks(event: str) -> Iterable[tuple[str, Webhook]]:
         yield label, Webhook(resource_of(event), event, 1_700_000_000, "sample", data)
 
 
+class _NoNetwork:
+    """What validate fetches with: nothing (the paths are checked, not read)."""
+
+    def get(self, path: str) -> dict[str, object]:
+        return {}
+
+
 def _check_render(mapping: CompiledMapping, webhook: Webhook, label: str, report: Report) -> None:
+    try:
+        fetch_for(mapping, webhook, _NoNetwork())
+    except FetchRefused as exc:
+        report.findings.append(_mapping_finding(mapping, f"fails on {label}: {exc}"))
+        return
     try:
         encoded = mapping.render_json(webhook)
     except RenderError as exc:

@@ -59,8 +59,9 @@ class PendingWebhook:
 
 @dataclass(frozen=True)
 class Processed:
-    """What processing made of one webhook: its messages, the reason it is a dead letter, or `held`: no mapping
-    maps its event yet, so it is kept, unmapped, until one is loaded (see Outbox.release_unmapped).
+    """What processing made of one webhook: its messages, the reason it is a dead letter, `held`: no mapping
+    maps its event yet, so it is kept, unmapped, until one is loaded (see Outbox.release_unmapped), or waiting for
+    Aircall's REST API (`waiting_until`).
 
     `id` is the stored webhook's row when the webhook came through the gateway (it is marked processed in the
     same transaction that stores its messages); None for the backfill and the replay, whose webhook is stored
@@ -72,6 +73,10 @@ class Processed:
     dead_reason: str | None = None
     id: int | None = None
     held: bool = False
+    # Its mapping reads Aircall's REST API, which cannot answer now: not processed, taken again at this time
+    # (unix seconds), and `waiting_reason` says why (engine.processing.fetch).
+    waiting_until: float | None = None
+    waiting_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,7 @@ class OutboxStats:
     oldest_unprocessed_age: float | None = None  # seconds: the processing lag
     # Webhooks held because no mapping maps their event, by event: mapped once a mapping for it is loaded.
     unmapped: dict[str, int] = field(default_factory=dict)
+    waiting_for_api: int = 0  # webhooks whose mapping reads Aircall's REST API, put back until it can answer
 
     @property
     def unmapped_total(self) -> int:
@@ -118,6 +124,7 @@ class OutboxStats:
             "oldest_unprocessed_age_seconds": _rounded(self.oldest_unprocessed_age),
             "unmapped": self.unmapped_total,
             "unmapped_by_event": dict(sorted(self.unmapped.items())),
+            "waiting_for_aircall_api": self.waiting_for_api,
             "pending": self.pending,
             "due": self.due,
             "delivered": self.delivered,
@@ -365,6 +372,11 @@ def _blank_token(raw: bytes, token: str) -> bytes | None:
         return None
     blanked = pattern.sub(b'"token":""', raw)
     return blanked if (not token or token.encode() not in blanked) else None
+
+
+# The lease owner of a webhook put back until Aircall's REST API can answer: no worker's, so that none takes it
+# again before its lease ends (a worker takes its own leased webhooks at once), and counted by stats().
+WAITING_FOR_API = "aircall-api"
 
 
 def new_owner() -> str:

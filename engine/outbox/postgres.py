@@ -21,6 +21,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from engine.outbox import (
     CONSOLE_SLACK_SECONDS,
     DEAD_LETTER_COLUMNS,
+    WAITING_FOR_API,
     Activity,
     Claimed,
     DeadLetter,
@@ -270,6 +271,15 @@ class PostgresOutbox:
             with conn.cursor() as cur:
                 for item in batch:
                     webhook = item.webhook
+                    if item.waiting_until is not None:  # not processed: taken again once the lease ends
+                        if item.id is not None:
+                            cur.execute(  # the database's clock, as every time here: this one's delay
+                                f"UPDATE webhooks SET lease_until = {_NOW} + %s, lease_owner = %s "
+                                "WHERE id = %s AND processed_at IS NULL",
+                                (max(item.waiting_until - time.time(), 0.0), WAITING_FOR_API, item.id),
+                            )
+                        added.append(0)
+                        continue
                     held = webhook.event if item.held else None
                     if item.id is not None:
                         cur.execute(
@@ -472,9 +482,13 @@ class PostgresOutbox:
                     "GROUP BY unmapped_event"
                 ).fetchall()
             )
+            waiting = conn.execute(
+                "SELECT COUNT(*) FROM webhooks WHERE processed_at IS NULL AND lease_owner = %s", (WAITING_FOR_API,)
+            ).fetchone()[0]
             return OutboxStats(
                 pending, due, delivered, dead, None if oldest_age is None else max(oldest_age, 0.0),
                 last[0] if last else None, unprocessed, None if lag is None else max(lag[0], 0.0), unmapped,
+                waiting,
             )  # fmt: skip
 
         return self._write(work)

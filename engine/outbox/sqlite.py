@@ -24,6 +24,7 @@ from pathlib import Path
 from engine.outbox.base import (
     CONSOLE_SLACK_SECONDS,
     DEAD_LETTER_COLUMNS,
+    WAITING_FOR_API,
     Activity,
     Claimed,
     DeadLetter,
@@ -367,6 +368,15 @@ class SqliteOutbox:
             added = []
             for item in batch:
                 webhook = item.webhook
+                if item.waiting_until is not None:  # not processed: taken again once the lease ends
+                    if item.id is not None:
+                        conn.execute(
+                            "UPDATE webhook_state SET lease_until = ?, lease_owner = ? "
+                            "WHERE id = ? AND processed_at IS NULL",
+                            (item.waiting_until, WAITING_FOR_API, item.id),
+                        )
+                    added.append(0)
+                    continue
                 held = webhook.event if item.held else None
                 if item.id is not None:
                     marked = conn.execute(
@@ -574,10 +584,14 @@ class SqliteOutbox:
                 "GROUP BY unmapped_event"
             ).fetchall()
         )
+        waiting = conn.execute(
+            "SELECT COUNT(*) FROM webhook_state WHERE processed_at IS NULL AND lease_owner = ?", (WAITING_FOR_API,)
+        ).fetchone()[0]
         return OutboxStats(
             unprocessed=unprocessed,
             oldest_unprocessed_age=None if first is None else max(now - first[0], 0.0),
             unmapped=unmapped,
+            waiting_for_api=waiting,
             pending=pending,
             due=due,
             delivered=delivered,

@@ -11,12 +11,19 @@ import logging
 from engine.aircall.envelope import EnvelopeError, Webhook, parse_json, webhook_from_json
 from engine.mapping.load import Mappings
 from engine.outbox import NewMessage, PendingWebhook, Processed, StoredWebhook
+from engine.processing.fetch import Fetcher, FetchRefused, FetchWaits, fetch_for
 from engine.segment.message import RenderError
 
 log = logging.getLogger("engine.processing")
 
 
-def process(webhook: Webhook, stored: StoredWebhook, mappings: Mappings, row_id: int | None = None) -> Processed:
+def process(
+    webhook: Webhook,
+    stored: StoredWebhook,
+    mappings: Mappings,
+    row_id: int | None = None,
+    fetcher: Fetcher | None = None,
+) -> Processed:
     """A webhook's Segment messages, the reason it is a dead letter (kept for a replay after a fix), or that it is
     held because no mapping maps its event."""
     mapping = mappings.get(webhook.event)
@@ -24,6 +31,12 @@ def process(webhook: Webhook, stored: StoredWebhook, mappings: Mappings, row_id:
         # An event no mapping maps (yet): Aircall added it, or the team has not written its mapping. Held, not
         # lost and not a dead letter: mapped, to the same messageIds, once a mapping for it is loaded.
         return Processed(stored, id=row_id, held=True)
+    try:
+        webhook = fetch_for(mapping, webhook, fetcher)  # what its mapping reads from Aircall's REST API, if any
+    except FetchWaits as exc:
+        return Processed(stored, id=row_id, waiting_until=exc.until, waiting_reason=exc.reason)
+    except FetchRefused as exc:
+        return Processed(stored, dead_reason=str(exc), id=row_id)
     try:
         encoded = mapping.render_json(webhook)
     except RenderError as exc:
@@ -42,10 +55,10 @@ def stored_to_webhook(body: bytes) -> Webhook:
     return webhook_from_json(parse_json(body))
 
 
-def process_stored(pending: PendingWebhook, mappings: Mappings) -> Processed:
+def process_stored(pending: PendingWebhook, mappings: Mappings, fetcher: Fetcher | None = None) -> Processed:
     stored = StoredWebhook(pending.key, pending.event, pending.body)
     try:
         webhook = stored_to_webhook(pending.body)
     except EnvelopeError as exc:
         return Processed(stored, dead_reason=f"stored webhook unreadable: {exc}", id=pending.id)
-    return process(webhook, stored, mappings, pending.id)
+    return process(webhook, stored, mappings, pending.id, fetcher)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from engine.aircall.envelope import EnvelopeError
 from engine.mapping.load import Mappings
 from engine.outbox import Outbox, StoredWebhook, stored_key
+from engine.processing.fetch import Fetcher
 from engine.processing.mapper import process, stored_to_webhook
 
 
@@ -18,7 +19,9 @@ class ReplayReport:
     failed: list[tuple[int, str]] = field(default_factory=list)  # still not renderable: id, reason
 
 
-def replay_dead_letters(outbox: Outbox, mappings: Mappings, ids: list[int] | None = None) -> ReplayReport:
+def replay_dead_letters(
+    outbox: Outbox, mappings: Mappings, ids: list[int] | None = None, fetcher: Fetcher | None = None
+) -> ReplayReport:
     """Re-render each dead letter's webhook with the current mappings and enqueue the messages again.
 
     The messageIds are the same as the first time, so whatever Segment already had is not duplicated.
@@ -31,9 +34,13 @@ def replay_dead_letters(outbox: Outbox, mappings: Mappings, ids: list[int] | Non
         except EnvelopeError as exc:
             report.failed.append((letter.id, f"stored webhook unreadable: {exc}"))
             continue
-        result = process(webhook, StoredWebhook(stored_key(letter.webhook), webhook.event, letter.webhook), mappings)
+        stored = StoredWebhook(stored_key(letter.webhook), webhook.event, letter.webhook)
+        result = process(webhook, stored, mappings, fetcher=fetcher)
         if result.held:  # the dead letter stays one: nothing maps it yet
             report.failed.append((letter.id, f"no mapping for event {webhook.event!r}: add it to the mappings"))
+            continue
+        if result.waiting_until is not None:  # its mapping reads Aircall's REST API, which did not answer
+            report.failed.append((letter.id, f"{result.waiting_reason}; try again later"))
             continue
         if result.dead_reason is not None:
             report.failed.append((letter.id, result.dead_reason))

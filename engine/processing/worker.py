@@ -15,10 +15,12 @@ from typing import Protocol
 
 from engine.mapping.load import Mappings
 from engine.outbox import (
+    WAITING_FOR_API,
     Outbox,
     OutboxUnavailable,
     new_owner,
 )
+from engine.processing.fetch import Fetcher
 from engine.processing.mapper import process_stored
 
 log = logging.getLogger("engine.processing")
@@ -44,7 +46,9 @@ class Channel(Protocol):
     def report(self, mapped: int, dead: int, new_messages: int) -> None: ...
 
 
-def work(outbox: Outbox, mappings: Mappings, policy: ProcessingPolicy, channel: Channel) -> None:
+def work(
+    outbox: Outbox, mappings: Mappings, policy: ProcessingPolicy, channel: Channel, fetcher: Fetcher | None = None
+) -> None:
     """Map stored webhooks until told to stop: claim a batch, map it, commit its messages with the processed
     mark, report; wait for a wake-up when there is nothing to claim."""
     owner = new_owner()
@@ -55,6 +59,9 @@ def work(outbox: Outbox, mappings: Mappings, policy: ProcessingPolicy, channel: 
                 if not released:
                     # Webhooks held for want of a mapping, whose event these mappings map: theirs to map now.
                     count = outbox.release_unmapped(mappings.by_event.keys())
+                    # And those put back until Aircall's API could answer: with this start's settings
+                    # (credentials added, say), tried again at once.
+                    outbox.release(WAITING_FOR_API)
                     released = True
                     if count:
                         log.info("%d held webhook(s) of events mapped now go to processing", count)
@@ -63,7 +70,7 @@ def work(outbox: Outbox, mappings: Mappings, policy: ProcessingPolicy, channel: 
                     if not channel.wait(policy.idle_poll_seconds):
                         return
                     continue
-                results = [process_stored(pending, mappings) for pending in claimed]
+                results = [process_stored(pending, mappings, fetcher) for pending in claimed]
                 added = outbox.commit_processed(results)
             except OutboxUnavailable as exc:
                 # What was claimed is taken again when its lease ends; nothing is lost.
@@ -75,7 +82,8 @@ def work(outbox: Outbox, mappings: Mappings, policy: ProcessingPolicy, channel: 
                 log.exception("processing failed unexpectedly; retrying")
                 channel.wait(policy.pause_seconds)
                 continue
-            dead = held = 0
+            dead = held = waiting = 0
+            reasons: set[str] = set()
             for result in results:
                 if result.dead_reason is not None:
                     dead += 1
@@ -83,7 +91,16 @@ def work(outbox: Outbox, mappings: Mappings, policy: ProcessingPolicy, channel: 
                 elif result.held:
                     held += 1
                     log.info("webhook event=%s held: no mapping maps this event yet", result.webhook.event)
-            channel.report(len(results) - dead - held, dead, sum(added))
+                elif result.waiting_until is not None:
+                    waiting += 1
+                    reasons.add(result.waiting_reason or "")
+            if waiting:  # once a batch, not once a webhook: a burst without credentials is one line
+                log.warning(
+                    "%d webhook(s) wait for Aircall's REST API, tried again later: %s",
+                    waiting,
+                    "; ".join(sorted(reasons)),
+                )
+            channel.report(len(results) - dead - held - waiting, dead, sum(added))
     finally:
         try:
             outbox.release(owner)

@@ -37,6 +37,7 @@ async def healthz(request: Request) -> Response:
         "status": "ok",
         "version": __version__,
         "segment_configured": runtime.delivery.client is not None,
+        "aircall_api_configured": bool(runtime.settings.aircall_api_id and runtime.settings.aircall_api_token),
         "outbox": stats.as_dict(),
         "delivery": {
             "last_error": delivery.last_error,
@@ -50,6 +51,11 @@ async def healthz(request: Request) -> Response:
     }
     if runtime.delivery.client is None:
         body["warning"] = "SEGMENT_WRITE_KEY is not set: messages are kept in the outbox, not sent"
+    elif stats.waiting_for_api and not body["aircall_api_configured"]:
+        body["warning"] = (
+            f"{stats.waiting_for_api} webhook(s) wait: their mapping reads Aircall's REST API, and "
+            "AIRCALL_API_ID and AIRCALL_API_TOKEN are not set"
+        )
     return JSONResponse(body)
 
 

@@ -53,6 +53,11 @@ class OutboxGauges(Collector):
             "Age of the oldest webhook waiting to be mapped: the processing lag",
             stats.oldest_unprocessed_age or 0.0,
         )
+        yield GaugeMetricFamily(
+            "outbox_waiting_for_api_webhooks",
+            "Webhooks whose mapping reads Aircall's REST API, put back until it can answer",
+            stats.waiting_for_api,
+        )
         held = GaugeMetricFamily(
             "outbox_unmapped_webhooks",
             "Webhooks held because no mapping maps their event, mapped once one is loaded",
