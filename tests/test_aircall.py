@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import requests
 
 from engine.aircall.events import catalogue, known_events
+from tests.conftest import MAPPINGS
 from tests.harness import FakeAircall
 
 
@@ -110,3 +113,19 @@ def test_webhooks_names_what_an_aircall_webhook_sends_that_no_mapping_maps(engin
     lines = run.out.splitlines()
     assert lines[0].startswith("wh-1\tactive\t2 events\t")
     assert lines[1] == "  not mapped (held until a mapping exists): call.some_future_event.v3"
+
+
+def test_connect_and_webhooks_read_the_events_from_the_mappings_not_their_file_names(engine, env, aircall, tmp_path):
+    mappings = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, mappings)
+    text = (mappings / "call.ended.yaml").read_text()
+    (mappings / "my_custom.yaml").write_text(text.replace("aircall_event: call.ended", "aircall_event: call.new.v3"))
+    (mappings / "call.ended.old.yaml").write_text("# a backup copy, commented out\n")
+    settings = env | {"ENGINE_MAPPINGS": str(mappings)}
+    run = engine("aircall", "connect", "--url", "https://h/webhooks/aircall", env=settings)
+    assert run.code == 0, run.err
+    [webhook] = account_webhooks(aircall)
+    assert "call.new.v3" in webhook["events"]
+    assert not {"my_custom", "call.ended.old"} & set(webhook["events"])
+    listing = engine("aircall", "webhooks", env=settings)
+    assert "not mapped" not in listing.out  # everything it subscribed is mapped

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -387,3 +388,29 @@ def test_the_outbox_keeps_an_unfinished_run_until_it_finishes(store):
     store.backfill_finished("calls", 100, 200)
     assert store.backfill_unfinished_until("calls", 100) is None
     assert store.backfill_start("calls", 100, 200) == (100, None)  # finished: a new run starts afresh
+
+
+def test_users_backfilled_as_v1_then_again_as_v2_are_queued_once(aircall, backfill, db):
+    # A team backfills while on V1 user events, moves to V2 (AIRCALL_EVENTS=all), and runs the backfill again:
+    # the same users at the same time are the same news, whichever version announced them.
+    aircall.control(calls=10, start=START, spacing=600)
+    args = ("--since", "2023-11-15", "--until", "2023-11-16", "--resources", "users")
+    first = backfill(*args, AIRCALL_EVENTS="user.created")
+    assert first.code == 0 and "users\tfetched 3\tqueued 6" in first.out
+    again = backfill(*args)
+    assert again.code == 0 and "users\tfetched 3\tqueued 0" in again.out
+    assert counts(db) == {"user.created": 6}
+
+
+def test_users_come_as_v1_from_a_mappings_folder_without_the_v2_events(aircall, backfill, db, tmp_path):
+    # Mappings of a team's own from before the V2 events: its users arrive as the V1 event its folder maps.
+    mappings = tmp_path / "own-mappings"
+    shutil.copytree(MAPPINGS, mappings)
+    for path in mappings.glob("user.*.v2.yaml"):
+        path.unlink()
+    aircall.control(calls=10, start=START, spacing=600)
+    run = backfill("--since", "2023-11-15", "--until", "2023-11-16", "--resources", "users",
+                   ENGINE_MAPPINGS=str(mappings))  # fmt: skip
+    assert run.code == 0, run.err
+    assert "users\tfetched 3\tqueued 6\tskipped 0" in run.out
+    assert counts(db) == {"user.created": 6}

@@ -189,3 +189,24 @@ def test_env_file_with_a_byte_order_mark_and_comments_after_values_reads_as_a_sh
     assert settings.webhook_tokens == ("new-token",)
     assert settings.lease_seconds == 30
     assert settings.segment_write_key == "key # with a hash"
+
+
+def test_transcripts_belong_to_the_number_their_call_was_on_when_numbers_are_given_by_id(tmp_path):
+    from engine.aircall.envelope import webhook_from_json
+    from engine.aircall.selection import Selection
+    from tests.harness import sample
+
+    transcript = webhook_from_json(sample("transcription.created"))  # number_id 745821, no digits
+    realtime = webhook_from_json(sample("realtime_transcription.utterances_received"))  # data.call.number_id
+    user = webhook_from_json(sample("user.created.v2"))
+
+    def answers(numbers: str) -> list[str | None]:
+        chosen = settings(tmp_path, AIRCALL_NUMBERS=numbers)
+        selection = Selection(chosen.events, chosen.numbers)
+        return [selection.skip_reason(w) for w in (transcript, realtime, user)]
+
+    inactive = "number not active (AIRCALL_NUMBERS)"
+    assert answers("745821") == [None, None, None]
+    assert answers("111") == [inactive, inactive, None]
+    # Digits only: these events name their number by id, which cannot be told from digits here: they pass.
+    assert answers("+49 30 1234567") == [None, None, None]

@@ -254,3 +254,9 @@ def test_the_status_page_says_which_webhooks_are_held_for_want_of_a_mapping(cons
         "restart the server, and they are mapped"
     ) in page
     assert "all (AIRCALL_EVENTS=all)" in page
+    listing = console.get("/console/webhooks").text
+    [row] = [r for r in listing.split("<tr") if "call.some_future_event.v3" in r]
+    assert '<span class="badge held">held</span>' in row
+    webhook_id = re.search(r'href="/console/webhooks/(\d+)"', row).group(1)
+    detail = console.get(f"/console/webhooks/{webhook_id}").text
+    assert "held: no mapping maps call.some_future_event.v3 yet" in detail

@@ -59,10 +59,19 @@ def test_any_sane_event_name_is_an_envelope_whether_known_or_not(event):
 
 @pytest.mark.parametrize(
     "event",
-    ["call", "call.", ".ended", "call..ended", "call.ended\n", "call ended", "call.ended;drop", "a.b.c.d.e.f",
+    ["call", "call.", ".ended", "call..ended", "call.ended\n", "call ended", "call.ended;drop", "a.b.c.d.e.f.g.h.i",
      "x" * 65 + ".y", "call.énded"],
 )  # fmt: skip
 def test_an_event_name_that_is_no_name_is_refused_in_one_line(event):
     with pytest.raises(EnvelopeError, match=r"^not an Aircall webhook: event: ") as refused:
         parse_webhook(envelope(event))
     assert "\n" not in str(refused.value)
+
+
+def test_an_event_name_is_two_hundred_characters_and_eight_parts_at_most():
+    longest = ".".join(["a" * 64, "b" * 64, "c" * 64, "d" * 5])  # 200 characters: mappings/<it>.yaml is a file name
+    assert parse_webhook(envelope(longest)).event == longest
+    assert parse_webhook(envelope("a.b.c.d.e.f.g.h")).event == "a.b.c.d.e.f.g.h"
+    for name in (longest + "d", "a.b.c.d.e.f.g.h.i"):
+        with pytest.raises(EnvelopeError, match=r"^not an Aircall webhook: event: "):
+            parse_webhook(envelope(name))

@@ -275,10 +275,28 @@ def test_status_counts_webhooks_held_for_want_of_a_mapping_by_event(engine, tmp_
     run = engine("outbox", "status", env=env)
     assert run.code == 0, run.err
     assert run.out.splitlines()[1] == (
-        "held, no mapping for their event 3 (call.some_future_event.v3 1, message.translated 2)"
+        "held, no mapping for their event 3 (message.translated 2, call.some_future_event.v3 1)"  # most first
     )
     report = engine("outbox", "status", "--json", env=env).json()
     assert (report["unmapped"], report["unmapped_by_event"]) == (
         3,
         {"call.some_future_event.v3": 1, "message.translated": 2},
     )
+
+
+def test_held_events_are_listed_ten_by_name_however_many_names_a_sender_invents(engine, tmp_path):
+    outbox = SqliteOutbox(tmp_path / "o.sqlite3")
+    held = [
+        Processed(stored_webhook(Webhook("call", f"call.invented_{n:03d}", 1_700_000_000, "", {"id": n})), held=True)
+        for n in range(150)
+    ]
+    extra = Webhook("call", "call.invented_007", 1_700_000_001, "", {"id": 1})
+    outbox.commit_processed([*held, Processed(stored_webhook(extra), held=True)])
+    stats = outbox.stats()
+    assert (stats.unmapped_total, stats.unmapped_events, len(stats.unmapped)) == (151, 150, 100)
+    assert next(iter(sorted(stats.unmapped.items(), key=lambda p: -p[1]))) == ("call.invented_007", 2)
+    outbox.close()
+    run = engine("outbox", "status", env={"ENGINE_DB": str(tmp_path / "o.sqlite3")})
+    line = run.out.splitlines()[1]
+    assert line.startswith("held, no mapping for their event 151 (call.invented_007 2, call.invented_000 1, ")
+    assert line.endswith(" and 140 more events)")

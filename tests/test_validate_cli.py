@@ -379,3 +379,24 @@ def test_slow_mapping_is_pointed_out(engine, mappings_copy):
         re.match(r"call\.ended\.yaml:1:1: note: [\d,]+ µs per message: a slow mapping", f) for f in findings(run)
     )
     assert "slowest call.ended.yaml" in run.out
+
+
+def test_an_aircall_event_with_a_line_end_in_it_is_a_finding_not_a_mapping_nobody_uses(engine, mappings_copy):
+    # `aircall_event: |` keeps the line end: a JSON Schema pattern's `$` lets it through.
+    write(
+        mappings_copy, "call.ended.yaml", "aircall_event: |\n  call.ended\nextends: _call.yaml\nsegment:\n  event: x\n"
+    )
+    run = engine("validate", str(mappings_copy))
+    assert run.code == 1
+    assert findings(run) == [
+        "call.ended.yaml:1:16: aircall_event: 'call.ended\\n' is not an event name (like call.ended)"
+    ]
+
+
+def test_engine_events_keeps_each_row_of_its_table_one_row(engine, mappings_copy):
+    write(mappings_copy, "call.ended.yaml", CALL_ENDED_HEAD.replace("  event: call.ended", '  event: "a | b"')
+          + '  properties:\n    "p|q": "{{ data.id }}"\n')  # fmt: skip
+    run = engine("events", "--mappings", str(mappings_copy))
+    assert run.code == 0, run.err
+    [row] = [line for line in run.out.splitlines() if line.startswith("| `call.ended` |")]
+    assert row == "| `call.ended` | track `a \\| b` | `_call.yaml`, p\\|q |"

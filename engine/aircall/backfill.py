@@ -85,11 +85,16 @@ RESOURCES: dict[str, Resource] = {
 }
 
 
-def users_as(events: Container[str]) -> Resource:
-    """Users become `user.created.v2`, unless AIRCALL_EVENTS leaves it out and keeps the V1 `user.created`: a
-    team that stayed on V1 gets its history as V1 (both land as the Segment event user.created)."""
+def users_as(events: Container[str], mapped: Container[str] = ()) -> Resource:
+    """Users become `user.created.v2`, unless that is left out of AIRCALL_EVENTS or not mapped, and the V1
+    `user.created` is both: a team that stayed on V1 (its settings, or mappings of its own from before the V2
+    events) gets its history as V1. Both land as the Segment event user.created, with the same messageIds."""
     users = RESOURCES["users"]
-    if users.event not in events and "user.created" in events:
+    if (
+        (users.event not in events or users.event not in mapped)
+        and "user.created" in events
+        and ("user.created" in mapped)
+    ):
         return replace(users, event="user.created")
     return users
 
@@ -425,6 +430,7 @@ def plan(
     contacts_since: int | None = None,
     at: int | None = None,
     events: Container[str] = EventChoice(),
+    mapped: Container[str] = ("user.created.v2",),
 ) -> list[tuple[Resource, int, int]]:
     """Each resource with the range it covers: calls from `since` to `until`; users, numbers and contacts every
     one created before now (contacts from `contacts_since` when given). Without an `until`, a run continues the
@@ -432,7 +438,7 @@ def plan(
     moment = now() if at is None else at
     ranges = []
     for name in names:
-        resource = users_as(events) if name == "users" else RESOURCES[name]
+        resource = users_as(events, mapped) if name == "users" else RESOURCES[name]
         start = since
         if resource.whole_set:
             start = contacts_since if name == "contacts" and contacts_since is not None else 0

@@ -12,7 +12,7 @@ from typing import Any
 from jsonschema.exceptions import best_match
 
 from engine import fastjson
-from engine.aircall.events import EVENT_NAME, RESOURCE_NAME
+from engine.aircall.events import EVENT_NAME, EVENT_NAME_MAX, RESOURCE_NAME
 from engine.schemas import webhook_validator
 
 
@@ -125,6 +125,7 @@ def clearly_valid(document: dict[str, Any]) -> bool:
         type(resource) is str
         and _RESOURCE.match(resource)
         and type(event) is str
+        and len(event) <= EVENT_NAME_MAX
         and _EVENT.match(event)
         and type(timestamp) is int
         and 0 <= timestamp <= 253402300799

@@ -14,15 +14,17 @@ from importlib import resources
 
 import yaml
 
-# Dotted parts of letters, digits, '_' and '-': `call.ended`, `user.created.v2`, `call.some_future_event.v3`.
-# The envelope schema (schema/aircall-webhook.schema.json) writes the same patterns; a test keeps them equal.
-EVENT_NAME = r"[A-Za-z0-9_-]{1,64}(?:\.[A-Za-z0-9_-]{1,64}){1,4}"
+# Dotted parts of letters, digits, '_' and '-': `call.ended`, `user.created.v2`, `call.some_future_event.v3`;
+# 200 characters at most, so that mappings/<event>.yaml is a name every file system takes. The schemas
+# (schema/aircall-webhook.schema.json, schema/mapping.schema.json) write the same; a test keeps them equal.
+EVENT_NAME = r"[A-Za-z0-9_-]{1,64}(?:\.[A-Za-z0-9_-]{1,64}){1,7}"
+EVENT_NAME_MAX = 200
 RESOURCE_NAME = r"[A-Za-z0-9_-]{1,64}"
 _EVENT_NAME = re.compile(EVENT_NAME + r"\Z")
 
 
 def is_event_name(text: str) -> bool:
-    return _EVENT_NAME.match(text) is not None
+    return len(text) <= EVENT_NAME_MAX and _EVENT_NAME.match(text) is not None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from engine.aircall.api import AircallClient, AircallError
 from engine.aircall.backfill import RESOURCES, Walk, parse_date, plan, queue_webhooks, run_walks
-from engine.aircall.events import default_subscription, known_events
+from engine.aircall.events import default_subscription, is_event_name, known_events
 from engine.aircall.progress import BackfillDisplay
 from engine.aircall.selection import Selection
 from engine.cli.common import (
@@ -23,7 +23,7 @@ from engine.cli.common import (
 )
 from engine.config import Settings, parse_env_line, parse_events
 from engine.mapping.findings import MappingsFolderError
-from engine.mapping.load import mapping_files
+from engine.mapping.load import inspect_mappings
 from engine.processing.fetch import WaitingFetcher
 from engine.server.runtime import load_server_mappings
 
@@ -130,9 +130,10 @@ def write_env_token(path: Path, token: str) -> None:
 
 
 def _mapped_events(settings: Settings) -> frozenset[str]:
-    """The events the mappings folder maps, by file name (cheap: nothing is compiled); none if it is unreadable."""
+    """The events the mappings folder's files name in `aircall_event` (a file's name says nothing: a backup copy
+    beside the others maps what it says), those with findings included; none if the folder is unreadable."""
     try:
-        return frozenset(p.stem for p in mapping_files(settings.mappings_dir) if not p.name.startswith("_"))
+        return frozenset(e for e in inspect_mappings(settings.mappings_dir)[0].claimed if is_event_name(e))
     except MappingsFolderError:
         return frozenset()
 
@@ -194,7 +195,7 @@ def _backfill(args: argparse.Namespace) -> int:
     client.on_wait = display.waiting
     selection = Selection(settings.events, settings.numbers)
     queue = functools.partial(queue_webhooks, outbox, mappings, selection, fetcher=WaitingFetcher(client))
-    ranges = plan(outbox, names, since, until, contacts_since, events=settings.events)
+    ranges = plan(outbox, names, since, until, contacts_since, events=settings.events, mapped=mappings.by_event)
     walks = [Walk(client, outbox, resource, start, end, queue, display.note) for resource, start, end in ranges]
     try:
         run_walks(walks, display)

@@ -57,8 +57,11 @@ def _outbox_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     lag = "-" if stats.oldest_unprocessed_age is None else f"{stats.oldest_unprocessed_age:.0f}s"
     print(f"webhooks to map {stats.unprocessed} (oldest {lag})")
-    if stats.unmapped:
-        held = ", ".join(f"{event} {count}" for event, count in sorted(stats.unmapped.items()))
+    if stats.unmapped_total:
+        shown = sorted(stats.unmapped.items(), key=lambda pair: (-pair[1], pair[0]))[:10]
+        held = ", ".join(f"{event} {count}" for event, count in shown)
+        if stats.unmapped_events > len(shown):
+            held += f" and {stats.unmapped_events - len(shown)} more events"
         print(f"held, no mapping for their event {stats.unmapped_total} ({held})")
     age = "-" if stats.oldest_pending_age is None else f"{stats.oldest_pending_age:.0f}s"
     print(f"pending {stats.pending} (due now {stats.due}, oldest {age})")

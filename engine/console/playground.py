@@ -23,7 +23,7 @@ from engine.mapping.validate import find_fixtures
 LIMIT_SECONDS = 3.0
 MAX_TEXT = 256 * 1024  # a mapping file in the editor
 MAX_PAYLOAD = 1024 * 1024  # as ENGINE_MAX_BODY_BYTES' default
-FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}\.ya?ml")
+FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,204}\.ya?ml")  # an event's name is 200 characters at most
 # What the child needs of the server's environment to start Python; none of the settings (and so none of the
 # secrets) is passed on.
 _KEPT_ENVIRONMENT = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "HOME")

@@ -138,8 +138,10 @@ def _problems(runtime: Runtime, stats: Any, now: float) -> list[str]:
         problems.append(
             f"{stats.waiting_for_api:,} webhooks wait for Aircall's REST API, which their mapping reads: {why}"
         )
-    if stats.unmapped:
-        events = ", ".join(sorted(stats.unmapped))
+    if stats.unmapped_total:
+        events = ", ".join(sorted(stats.unmapped, key=lambda e: (-stats.unmapped[e], e))[:10])
+        if stats.unmapped_events > 10:
+            events += f" and {stats.unmapped_events - 10} more"
         problems.append(
             f"{stats.unmapped_total:,} webhooks are held because no mapping maps their event ({events}): add the "
             "mapping and restart the server, and they are mapped"
@@ -160,7 +162,7 @@ def _problems(runtime: Runtime, stats: Any, now: float) -> list[str]:
 @dataclass
 class WebhookRow:
     summary: WebhookSummary
-    outcome: str  # waiting, mapped, dead letter
+    outcome: str  # waiting, held (no mapping maps its event), mapped, dead letter
     messages: int | None  # None: not counted (see Webhooks.complete)
     delivered: int | None
 
@@ -186,6 +188,8 @@ async def recent_webhooks(reads: Reads, before: int | None = None) -> Webhooks:
         messages, delivered = count if count else ((0, 0) if complete else (None, None))
         if summary.processed_at is None:
             outcome, messages, delivered = "waiting", None, None
+        elif summary.held:
+            outcome = "held"
         elif summary.key in dead:
             outcome = "dead letter"
         else:

@@ -18,6 +18,7 @@ from jinja2.runtime import Undefined
 from jsonschema import ValidationError
 
 from engine.aircall.envelope import Webhook
+from engine.aircall.events import is_event_name
 from engine.mapping import yamlsource
 from engine.mapping.compiler import Fallback, compile_messages, compile_value
 from engine.mapping.findings import Finding, MappingError, MappingsFolderError, caret_excerpt
@@ -266,6 +267,11 @@ def inspect_mappings(directory: Path, runtime: str = "python") -> tuple[Mappings
             continue
         if event is None:
             findings.append(_at(source, (), "missing 'aircall_event': which Aircall event does this file map?"))
+            continue
+        if not is_event_name(event):  # the schema's `$` lets a final newline through (`aircall_event: |`)
+            findings.append(
+                _at(source, ("aircall_event",), f"aircall_event: {event!r} is not an event name (like call.ended)")
+            )
             continue
         merged = _resolve(source, sources, findings)
         if merged is None:

@@ -81,19 +81,28 @@ def markdown(rows: list[Row], mappings_dir: Path) -> str:
             continue
         sent, carried = [], []
         for message in row.messages:
-            what = message.kind if message.event is None else f"{message.kind} `{message.event}`"
+            what = message.kind if message.event is None else f"{message.kind} {_code(message.event)}"
             sent.append(what + (", one per element of a list" if message.each else ""))
             parts = []
             for base, keys in message.inherited.items():
                 known = bases.setdefault(base, [])
                 known.extend(k for k in keys if k not in known)
                 parts.append(f"`{base}`")
-            parts += message.own
+            parts += [_cell(key) for key in message.own]
             label = "traits" if message.kind != "track" else ("per element" if message.each else "")
             text = ", ".join(parts) if parts else "nothing"
             carried.append(f"{label}: {text}" if label else text)
         lines.append(f"| `{row.event}` | {'; '.join(sent)} | {'; '.join(carried)} |")
     lines += ["", "| Base file | What it gives every event that extends it |", "|---|---|"]
     for base in sorted(bases):
-        lines.append(f"| `{base}` | {', '.join(bases[base])} |")
+        lines.append(f"| `{base}` | {', '.join(_cell(key) for key in bases[base])} |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Text as one Markdown table cell says it: a '|' would end the cell, a line end the row."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _code(text: str) -> str:
+    return f"`{_cell(text)}`" if "`" not in text else _cell(text)

@@ -110,20 +110,20 @@ class OutboxStats:
     last_error: str | None
     unprocessed: int = 0  # webhooks stored by the gateway, not yet mapped
     oldest_unprocessed_age: float | None = None  # seconds: the processing lag
-    # Webhooks held because no mapping maps their event, by event: mapped once a mapping for it is loaded.
+    # Webhooks held because no mapping maps their event, by event (the UNMAPPED_SHOWN most numerous: names are
+    # anyone's with the token, so no listing grows with them): mapped once a mapping for it is loaded.
     unmapped: dict[str, int] = field(default_factory=dict)
     waiting_for_api: int = 0  # webhooks whose mapping reads Aircall's REST API, put back until it can answer
-
-    @property
-    def unmapped_total(self) -> int:
-        return sum(self.unmapped.values())
+    unmapped_total: int = 0  # held webhooks, of every event
+    unmapped_events: int = 0  # how many events they are of
 
     def as_dict(self) -> dict[str, object]:
         return {
             "unprocessed": self.unprocessed,
             "oldest_unprocessed_age_seconds": _rounded(self.oldest_unprocessed_age),
             "unmapped": self.unmapped_total,
-            "unmapped_by_event": dict(sorted(self.unmapped.items())),
+            "unmapped_events": self.unmapped_events,
+            "unmapped_by_event": dict(sorted(self.unmapped.items())),  # the most numerous (unmapped_events: all)
             "waiting_for_aircall_api": self.waiting_for_api,
             "pending": self.pending,
             "due": self.due,
@@ -132,6 +132,9 @@ class OutboxStats:
             "oldest_pending_age_seconds": _rounded(self.oldest_pending_age),
             "last_error": self.last_error,
         }
+
+
+UNMAPPED_SHOWN = 100  # held events listed by name, the most numerous first
 
 
 def _rounded(seconds: float | None) -> float | None:
@@ -150,6 +153,7 @@ class WebhookSummary:
     event: str
     received_at: float
     processed_at: float | None  # None while it waits to be mapped
+    held: bool = False  # no mapping maps its event yet: processed, nothing made of it
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from engine.outbox import (
     CONSOLE_SLACK_SECONDS,
     DEAD_LETTER_COLUMNS,
+    UNMAPPED_SHOWN,
     WAITING_FOR_API,
     Activity,
     Claimed,
@@ -478,17 +479,21 @@ class PostgresOutbox:
             ).fetchone()
             unmapped = dict(
                 conn.execute(
-                    "SELECT unmapped_event, COUNT(*) FROM webhooks WHERE unmapped_event IS NOT NULL "
-                    "GROUP BY unmapped_event"
+                    "SELECT unmapped_event, COUNT(*) AS n FROM webhooks WHERE unmapped_event IS NOT NULL "
+                    "GROUP BY unmapped_event ORDER BY n DESC, unmapped_event LIMIT %s",
+                    (UNMAPPED_SHOWN,),
                 ).fetchall()
             )
+            held, held_events = conn.execute(
+                "SELECT COUNT(*), COUNT(DISTINCT unmapped_event) FROM webhooks WHERE unmapped_event IS NOT NULL"
+            ).fetchone()
             waiting = conn.execute(
                 "SELECT COUNT(*) FROM webhooks WHERE processed_at IS NULL AND lease_owner = %s", (WAITING_FOR_API,)
             ).fetchone()[0]
             return OutboxStats(
                 pending, due, delivered, dead, None if oldest_age is None else max(oldest_age, 0.0),
                 last[0] if last else None, unprocessed, None if lag is None else max(lag[0], 0.0), unmapped,
-                waiting,
+                waiting, held, held_events,
             )  # fmt: skip
 
         return self._write(work)
@@ -539,7 +544,7 @@ class PostgresOutbox:
                 f"SELECT {_SUMMARY_COLUMNS}, body FROM webhooks WHERE id = %s", (webhook_id,)
             ).fetchone()
         )
-        return None if row is None else (WebhookSummary(*row[:5]), bytes(row[5]))
+        return None if row is None else (WebhookSummary(*row[:6]), bytes(row[6]))
 
     def webhook_ids(self, keys: Sequence[str]) -> dict[str, int]:
         if not keys:
@@ -677,7 +682,7 @@ class PostgresOutbox:
 
 # -- console reads: helpers ------------------------------------------------------------------------------------
 
-_SUMMARY_COLUMNS = "id, key, event, received_at, processed_at"
+_SUMMARY_COLUMNS = "id, key, event, received_at, processed_at, unmapped_event IS NOT NULL"
 _MESSAGE_COLUMNS = "id, message_id, event, body, created_at, attempts, last_error, delivered_at"
 _NO_ID = 2**63 - 1
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from engine.outbox.base import (
     CONSOLE_SLACK_SECONDS,
     DEAD_LETTER_COLUMNS,
+    UNMAPPED_SHOWN,
     WAITING_FOR_API,
     Activity,
     Claimed,
@@ -580,10 +581,14 @@ class SqliteOutbox:
         ).fetchone()
         unmapped = dict(
             conn.execute(
-                "SELECT unmapped_event, COUNT(*) FROM webhook_state WHERE unmapped_event IS NOT NULL "
-                "GROUP BY unmapped_event"
+                "SELECT unmapped_event, COUNT(*) AS n FROM webhook_state WHERE unmapped_event IS NOT NULL "
+                "GROUP BY unmapped_event ORDER BY n DESC, unmapped_event LIMIT ?",
+                (UNMAPPED_SHOWN,),
             ).fetchall()
         )
+        held, held_events = conn.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT unmapped_event) FROM webhook_state WHERE unmapped_event IS NOT NULL"
+        ).fetchone()
         waiting = conn.execute(
             "SELECT COUNT(*) FROM webhook_state WHERE processed_at IS NULL AND lease_owner = ?", (WAITING_FOR_API,)
         ).fetchone()[0]
@@ -592,6 +597,8 @@ class SqliteOutbox:
             oldest_unprocessed_age=None if first is None else max(now - first[0], 0.0),
             unmapped=unmapped,
             waiting_for_api=waiting,
+            unmapped_total=held,
+            unmapped_events=held_events,
             pending=pending,
             due=due,
             delivered=delivered,
@@ -736,7 +743,7 @@ class SqliteOutbox:
         row = self.conn.execute(
             f"SELECT {_SUMMARY_COLUMNS}, w.body FROM {_SUMMARY_TABLES} WHERE w.id = ?", (webhook_id,)
         ).fetchone()
-        return None if row is None else (WebhookSummary(*row[:5]), bytes(row[5]))
+        return None if row is None else (WebhookSummary(*row[:6]), bytes(row[6]))
 
     def webhook_ids(self, keys: Sequence[str]) -> dict[str, int]:
         if not keys:
@@ -820,7 +827,7 @@ class SqliteOutbox:
 
 # -- console reads: helpers ------------------------------------------------------------------------------------
 
-_SUMMARY_COLUMNS = "w.id, w.key, w.event, w.received_at, s.processed_at"  # WebhookSummary
+_SUMMARY_COLUMNS = "w.id, w.key, w.event, w.received_at, s.processed_at, s.unmapped_event IS NOT NULL"  # WebhookSummary
 _SUMMARY_TABLES = "webhooks w JOIN webhook_state s ON s.id = w.id"
 _MESSAGE_COLUMNS = "id, message_id, event, body, created_at, attempts, last_error, delivered_at"  # StoredMessage
 _NO_ID = 2**63 - 1  # above every id: "before" nothing

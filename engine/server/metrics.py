@@ -63,7 +63,7 @@ class OutboxGauges(Collector):
             "Webhooks held because no mapping maps their event, mapped once one is loaded",
             labels=["event"],
         )
-        for event, count in _bounded(stats.unmapped, UNMAPPED_LABELS).items():
+        for event, count in _bounded(stats.unmapped, stats.unmapped_total, UNMAPPED_LABELS).items():
             held.add_metric([event], count)
         yield held
 
@@ -71,12 +71,13 @@ class OutboxGauges(Collector):
 UNMAPPED_LABELS = 100  # events as labels at most: past it, the fewest are counted together as "other"
 
 
-def _bounded(counts: dict[str, int], limit: int) -> dict[str, int]:
-    if len(counts) <= limit:
-        return counts
+def _bounded(counts: dict[str, int], total: int, limit: int) -> dict[str, int]:
+    """The most numerous events by name, and the rest (of `total`) as "other"."""
     ranked = sorted(counts.items(), key=lambda pair: (-pair[1], pair[0]))
+    if len(ranked) < limit and sum(counts.values()) == total:
+        return dict(ranked)
     kept = dict(ranked[: limit - 1])
-    kept["other"] = sum(count for _, count in ranked[limit - 1 :])
+    kept["other"] = total - sum(kept.values())
     return kept
 
 
