@@ -260,3 +260,10 @@ def test_the_status_page_says_which_webhooks_are_held_for_want_of_a_mapping(cons
     webhook_id = re.search(r'href="/console/webhooks/(\d+)"', row).group(1)
     detail = console.get(f"/console/webhooks/{webhook_id}").text
     assert "held: no mapping maps call.some_future_event.v3 yet" in detail
+
+
+def test_a_webhook_id_past_any_rows_is_not_found_not_a_server_error(console):
+    signed_in(console)
+    answer = console.get("/console/webhooks/99999999999999999999999")
+    assert answer.status_code == 404 and "webhook" in answer.text
+    assert console.get("/console/").status_code == 200  # and the console goes on

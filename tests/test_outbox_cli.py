@@ -300,3 +300,12 @@ def test_held_events_are_listed_ten_by_name_however_many_names_a_sender_invents(
     line = run.out.splitlines()[1]
     assert line.startswith("held, no mapping for their event 151 (call.invented_007 2, call.invented_000 1, ")
     assert line.endswith(" and 140 more events)")
+
+
+@pytest.mark.parametrize("command", [("replay", "--dead"), ("discard",)])
+def test_an_id_past_any_rows_is_a_usage_error_not_a_traceback(engine, tmp_path, command):
+    backlog(tmp_path / "o.sqlite3").close()
+    for given in ("99999999999999999999", "0", "-3", "x"):
+        run = engine("outbox", *command, "--id", given, env={"ENGINE_DB": str(tmp_path / "o.sqlite3")})
+        assert run.code == 2 and "Traceback" not in run.err
+        assert f"argument --id: '{given}' is not a dead letter's id (a whole number, 1 or more)" in run.err

@@ -31,13 +31,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "replay", help="retry pending messages now; with --dead, re-render dead letters with the current mappings"
     )
     replay.add_argument("--dead", action="store_true", help="replay dead letters")
-    replay.add_argument("--id", type=int, action="append", dest="ids", help="only this dead letter (repeatable)")
+    replay.add_argument("--id", type=_row_id, action="append", dest="ids", help="only this dead letter (repeatable)")
     replay.set_defaults(run=_outbox_replay)
     discard = outbox_commands.add_parser(
         "discard", help="delete dead letters that will never be sent (printed first, for the record)"
     )
     chosen = discard.add_mutually_exclusive_group(required=True)
-    chosen.add_argument("--id", type=int, action="append", dest="ids", help="this dead letter (repeatable)")
+    chosen.add_argument("--id", type=_row_id, action="append", dest="ids", help="this dead letter (repeatable)")
     chosen.add_argument("--all", action="store_true", help="every dead letter not replayed")
     discard.set_defaults(run=_outbox_discard)
 
@@ -103,6 +103,15 @@ def _outbox_discard(args: argparse.Namespace) -> int:
         print(f"  discarded dead #{letter.id} {letter.event} {what}: {letter.reason}")
     print(f"discarded {len(discarded)} dead letter(s)")
     return EXIT_USAGE if _report_missing(args.ids, [letter.id for letter in discarded]) else EXIT_OK
+
+
+MAX_ROW_ID = 2**63 - 1  # what SQLite and PostgreSQL ids can be; a larger number is no row's
+
+
+def _row_id(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_ROW_ID:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a dead letter's id (a whole number, 1 or more)")
+    return int(text)
 
 
 def _report_missing(asked: list[int] | None, found: list[int]) -> bool:

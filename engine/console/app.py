@@ -247,7 +247,9 @@ class Console:
 
     @page
     async def webhook(self, request: Request, session: Session) -> Response:
-        detail = await queries.webhook_detail(self.reads, request.path_params["webhook_id"])
+        webhook_id = request.path_params["webhook_id"]
+        # A number past any row id (2**63) would overflow SQLite's integer: no such webhook, as for any other.
+        detail = await queries.webhook_detail(self.reads, webhook_id) if webhook_id < 2**63 else None
         if detail is None:
             return await self._render(request, session, "missing.html", {"what": "webhook"}, status_code=404)
         return await self._render(request, session, "webhook.html", {"detail": detail})
