@@ -267,3 +267,12 @@ def test_a_webhook_id_past_any_rows_is_not_found_not_a_server_error(console):
     answer = console.get("/console/webhooks/99999999999999999999999")
     assert answer.status_code == 404 and "webhook" in answer.text
     assert console.get("/console/").status_code == 200  # and the console goes on
+
+
+@pytest.mark.parametrize("name", ['a"b.yaml', "x.yaml\r\nSet-Cookie: s=1", "../../etc.yaml", "café.yaml", ""])
+def test_download_of_a_name_that_is_no_mappings_gives_a_plain_one(console, name):
+    csrf = signed_in(console)
+    answer = console.post("/console/playground/download", data={"csrf": csrf, "file": name, "text": "x: 1\n"})
+    assert answer.status_code == 200 and answer.text == "x: 1\n"
+    assert answer.headers["content-disposition"] == 'attachment; filename="mapping.yaml"'
+    assert "s=1" not in answer.headers.get("set-cookie", "")

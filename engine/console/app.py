@@ -29,7 +29,7 @@ from starlette.types import Message, Receive, Scope, Send
 from engine.console import queries
 from engine.console.auth import CSRF_FIELD, CSRF_HEADER, Gate, Session, csrf_matches
 from engine.console.pages import STATIC, Pages
-from engine.console.playground import Playground, PlaygroundRefused
+from engine.console.playground import FILE_NAME, Playground, PlaygroundRefused
 from engine.mapping.findings import MappingError, MappingsFolderError
 from engine.mapping.load import load_mappings, mapping_files
 from engine.mapping.validate import find_fixtures
@@ -370,12 +370,12 @@ class Console:
     async def download(self, request: Request, session: Session, form: dict[str, str]) -> Response:
         """The edited file, back to the browser as a download: the playground never writes to the mappings."""
         name = form.get("file", "")
-        if not name or "/" in name or "\\" in name or name.startswith("."):
+        if not FILE_NAME.fullmatch(name):  # a mapping's name, or none: a quote or a line end would end the header
             name = "mapping.yaml"
         return Response(
             form.get("text", ""),
             media_type="application/x-yaml; charset=utf-8",
-            headers={"content-disposition": f'attachment; filename="{name}"'.encode("ascii", "replace").decode()},
+            headers={"content-disposition": f'attachment; filename="{name}"'},
         )
 
     async def _dead_count(self, request: Request) -> int | None:
