@@ -27,6 +27,8 @@ POST /_control with any of:
 - `{"ceiling": 10000}`, `{"ignore_range": true}` (from/to ignored, as an API that does not filter),
   `{"cap_total": true}` (meta.total says no more than the ceiling) and `{"no_total": true}` (no meta.total);
 - `{"fail_after": 5}`: every request after the 5th answers 500 (an outage that outlasts the retries);
+- `{"retry_after": "99999999999"}` (429s say it) and `{"reset_header": "99999999999"}` (every answer's
+  X-AircallApi-Reset): answers no client should take at their word;
 - `{"stall_after": 7}`: the 8th list request and those after it hang (until a reset), so a test can kill the
   client in the middle of a page;
 - `{"tag_calls": "follow-up"}`: every call gains that tag, as agents do after the fact.
@@ -138,6 +140,8 @@ class State:
         self.served: dict[str, int] = {name: 0 for name in TEMPLATES}
         self.distinct: dict[str, set[int]] = {name: set() for name in TEMPLATES}
         self.webhooks: list[dict] = []
+        self.retry_after: str | None = None  # a Retry-After of its own on 429s ("99999999999": a broken proxy)
+        self.reset_header: str | None = None  # X-AircallApi-Reset as given, instead of the window's end
 
     def now(self) -> float:
         return time.time() + self.offset
@@ -173,11 +177,14 @@ class PretendClock(Clock):
 
 
 def _quota_headers() -> dict[str, str]:
-    return {
+    headers = {
         "X-AircallApi-Limit": str(STATE.limit),
         "X-AircallApi-Remaining": str(max(STATE.limit - STATE.used, 0)),
-        "X-AircallApi-Reset": str(int(STATE.window_start + STATE.window + 0.999)),
+        "X-AircallApi-Reset": STATE.reset_header or str(int(STATE.window_start + STATE.window + 0.999)),
     }
+    if STATE.retry_after is not None and STATE.used >= STATE.limit:
+        headers["Retry-After"] = STATE.retry_after
+    return headers
 
 
 def _roll_window() -> None:
@@ -319,7 +326,8 @@ async def control(request: Request) -> Response:
     if order.get("reset"):
         STATE.release.set()  # stalled requests end
         STATE = State()
-    settable = ("limit", "window", "fail_after", "stall_after", "ceiling", "ignore_range", "cap_total", "no_total")
+    settable = ("limit", "window", "fail_after", "stall_after", "ceiling", "ignore_range", "cap_total", "no_total",
+                "retry_after", "reset_header")  # fmt: skip
     for name in (*settable, "others"):
         if name in order:
             setattr(STATE, name, order[name])

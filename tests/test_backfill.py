@@ -414,3 +414,16 @@ def test_users_come_as_v1_from_a_mappings_folder_without_the_v2_events(aircall, 
     assert run.code == 0, run.err
     assert "users\tfetched 3\tqueued 6\tskipped 0" in run.out
     assert counts(db) == {"user.created": 6}
+
+
+@pytest.mark.parametrize("order", [{"retry_after": "99999999999"}, {"reset_header": "99999999999"},
+                                   {"reset_header": "1e999"}, {"reset_header": "nan"}])  # fmt: skip
+def test_a_wait_an_answer_asks_for_is_capped_and_said_in_a_plain_line(aircall, backfill, db, order):
+    aircall.control(calls=200, start=START, spacing=600, limit=2, **order)  # 4 pages: a 429 after two requests
+    clock = PretendClock(aircall)
+    run = backfill("--since", "2023-11-15", "--until", "2023-11-17", "--resources", "calls", clock=clock)
+    assert run.code == 0, run.err
+    assert "calls\tfetched 200\tqueued 200" in run.out
+    assert clock.waits and max(clock.waits) <= 301  # five minutes at most, whatever was asked
+    # A line of its own: stderr is not a terminal here, as in a log.
+    assert re.search(r"^waiting [15] min 0[01] s for Aircall's rate limit$", run.err, re.M), run.err

@@ -28,6 +28,9 @@ from engine import LIBRARY_NAME, __version__
 MINUTE = 60.0
 RESET_MARGIN = 1.0  # seconds past Aircall's reset before asking again: its clock and ours differ a little
 PACE_MARGIN = 0.5  # seconds past a minute since the request `rate` requests ago: requests take a while to arrive
+# The longest wait an answer can ask for. Aircall's window is a minute; a Retry-After or a reset an hour or a
+# century away (99999999999) is a mistake of someone's, waited as this and said, never slept as asked.
+MAX_WAIT = 300.0
 
 
 class AircallError(Exception):
@@ -200,16 +203,21 @@ class AircallClient:
             self._remaining = int(remaining)
         if reset is not None:
             with contextlib.suppress(ValueError):
-                self._reset_at = self._moment(float(reset))
+                self._reset_at = self._capped(self._moment(float(reset)))
 
     def _moment(self, reset: float) -> float:
         """X-AircallApi-Reset is a unix time; a small number would be seconds from now, and is read so."""
         return reset if reset > 1_000_000_000 else self.clock.now() + reset
 
+    def _capped(self, moment: float) -> float:
+        """`moment`, or MAX_WAIT from now when it is later (or no number at all)."""
+        latest = self.clock.now() + MAX_WAIT
+        return moment if moment <= latest else latest  # NaN and infinity compare false: the latest
+
     def _retry_at(self, response: requests.Response) -> float:
         retry_after = response.headers.get("Retry-After", "").strip()
         if retry_after.isdigit():
-            return self.clock.now() + float(retry_after)
+            return self._capped(self.clock.now() + float(retry_after))
         if response.headers.get("X-AircallApi-Reset") is not None and self._reset_at > self.clock.now():
             return self._reset_at
         return self.clock.now() + MINUTE  # no word on when: Aircall's window is a minute

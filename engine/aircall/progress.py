@@ -87,9 +87,12 @@ class BackfillDisplay:
             self._say(self.line(walk))
 
     def waiting(self, seconds: float) -> None:
-        """The client is about to wait; a live line says so for the while."""
+        """The client is about to wait: a live line says so for the while; in a log, a line of its own (a
+        backfill may wait minutes in all, and a log that says nothing looks like a hang)."""
         if self.live and self._walk is not None:
             self._draw(f"{self.line(self._walk)}; waiting {duration(seconds)} for the rate limit")
+        elif not self.live:
+            self._say(f"waiting {duration(seconds)} for Aircall's rate limit")
 
     def finish(self, walk: Walk) -> None:
         self._say(self.line(walk, final=True))
