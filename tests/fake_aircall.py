@@ -27,6 +27,8 @@ POST /_control with any of:
 - `{"ceiling": 10000}`, `{"ignore_range": true}` (from/to ignored, as an API that does not filter),
   `{"cap_total": true}` (meta.total says no more than the ceiling) and `{"no_total": true}` (no meta.total);
 - `{"fail_after": 5}`: every request after the 5th answers 500 (an outage that outlasts the retries);
+- `{"garbage": "html"}` (or `cut`, `list`, `strings`): the next list request is answered that, with a 200;
+  `{"garbage": "huge_total"}`: the next page says 10**15 objects match;
 - `{"retry_after": "99999999999"}` (429s say it) and `{"reset_header": "99999999999"}` (every answer's
   X-AircallApi-Reset): answers no client should take at their word;
 - `{"stall_after": 7}`: the 8th list request and those after it hang (until a reset), so a test can kill the
@@ -140,6 +142,7 @@ class State:
         self.served: dict[str, int] = {name: 0 for name in TEMPLATES}
         self.distinct: dict[str, set[int]] = {name: set() for name in TEMPLATES}
         self.webhooks: list[dict] = []
+        self.garbage: str | None = None  # the next list request's answer: html, cut, list, strings, huge_total
         self.retry_after: str | None = None  # a Retry-After of its own on 429s ("99999999999": a broken proxy)
         self.reset_header: str | None = None  # X-AircallApi-Reset as given, instead of the window's end
 
@@ -224,6 +227,9 @@ def _listing(key: str):  # type: ignore[no-untyped-def]
         if refused is not None:
             return refused
         STATE.list_requests += 1
+        if STATE.garbage is not None and STATE.garbage != "huge_total":
+            garbage, STATE.garbage = STATE.garbage, None
+            return _garbage(garbage, key)
         if STATE.stall_after is not None and STATE.list_requests > STATE.stall_after:
             STATE.stalled += 1
             release = STATE.release
@@ -268,6 +274,9 @@ def _listing(key: str):  # type: ignore[no-untyped-def]
         }
         if STATE.no_total:
             del meta["total"]
+        if STATE.garbage == "huge_total":
+            STATE.garbage = None
+            meta["total"] = 10**15
         objects = [listing.materialize(moment, ident, STATE.extra_tags) for moment, ident in shown]
         headers = _quota_headers()
         STATE.used = min(STATE.used + STATE.others, STATE.limit)  # after the answer: its headers are out of date
@@ -316,6 +325,17 @@ async def webhooks(request: Request) -> Response:
     return JSONResponse({"webhooks": STATE.webhooks, "meta": meta}, headers=_quota_headers())
 
 
+def _garbage(kind: str, key: str) -> Response:
+    """What a proxy, a cut connection or a broken deployment can give instead of a page, with a 200."""
+    if kind == "html":
+        return Response("<html><body>502 Bad Gateway</body></html>", media_type="text/html", headers=_quota_headers())
+    if kind == "cut":
+        return Response('{"' + key + '": [{"id": 1, "sta', media_type="application/json", headers=_quota_headers())
+    if kind == "list":
+        return JSONResponse([{"id": 1}], headers=_quota_headers())
+    return JSONResponse({key: ["a call", None], "meta": {"total": 2}}, headers=_quota_headers())  # strings
+
+
 def _specs(value: Any) -> list[dict[str, int]]:
     return value if isinstance(value, list) else [value]
 
@@ -327,7 +347,7 @@ async def control(request: Request) -> Response:
         STATE.release.set()  # stalled requests end
         STATE = State()
     settable = ("limit", "window", "fail_after", "stall_after", "ceiling", "ignore_range", "cap_total", "no_total",
-                "retry_after", "reset_header")  # fmt: skip
+                "retry_after", "reset_header", "garbage")  # fmt: skip
     for name in (*settable, "others"):
         if name in order:
             setattr(STATE, name, order[name])

@@ -427,3 +427,17 @@ def test_a_wait_an_answer_asks_for_is_capped_and_said_in_a_plain_line(aircall, b
     assert clock.waits and max(clock.waits) <= 301  # five minutes at most, whatever was asked
     # A line of its own: stderr is not a terminal here, as in a log.
     assert re.search(r"^waiting [15] min 0[01] s for Aircall's rate limit$", run.err, re.M), run.err
+
+
+@pytest.mark.parametrize("garbage", ["html", "cut", "list", "strings", "huge_total"])
+def test_a_page_that_is_not_a_page_is_one_line_and_the_same_command_continues(aircall, backfill, db, garbage):
+    aircall.control(calls=400, start=START, spacing=300, garbage=garbage)  # 8 pages; the first answer broken
+    args = ("--since", "2023-11-15", "--until", "2023-11-17", "--resources", "calls")
+    broken = backfill(*args)
+    assert broken.code == 2, broken.err
+    [line] = [text for text in broken.err.splitlines() if text.startswith("engine: ")]
+    assert "Traceback" not in broken.err and "continues at the next page" in line
+    again = backfill(*args)
+    assert again.code == 0, again.err
+    events = outbox_events(db)
+    assert len(events) == len(set(events)) == 400  # every call of the two days, each once

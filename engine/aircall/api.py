@@ -121,7 +121,8 @@ class AircallClient:
 
     # -- requests ------------------------------------------------------------------------------------------
 
-    def request(self, method: str, path_or_url: str, **kwargs: Any) -> dict[str, Any]:
+    def request(self, method: str, path_or_url: str, **kwargs: Any) -> Any:
+        """The JSON answer (an object, for every endpoint the engine reads, but not checked here)."""
         url = path_or_url if path_or_url.startswith("http") else f"{self.api_url.rstrip('/')}/{path_or_url.lstrip('/')}"
         failures = throttled = 0
         while True:
@@ -164,24 +165,31 @@ class AircallClient:
                 raise AircallError(
                     f"Aircall API answered {response.status_code}: {response.text[:300]}", response.status_code
                 )
-            return response.json() if response.content else {}
+            if not response.content:
+                return {}
+            try:
+                return response.json()
+            except ValueError:  # a proxy's error page, a body cut off: not an answer of Aircall's API
+                raise AircallError(
+                    f"Aircall API's answer to {method} {url.split('?')[0]} is not JSON (status {response.status_code})"
+                ) from None
 
     def list_page(self, path: str, key: str, params: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """One page of a list endpoint: its objects and its `meta` (count, total, next_page_link, ...)."""
         document = self.request("GET", path, params=params)
-        objects = document.get(key)
-        meta = document.get("meta")
-        return (objects if isinstance(objects, list) else []), (meta if isinstance(meta, dict) else {})
+        return _objects(document, key, path), _meta(document)
 
     def pages(self, path: str, key: str, params: dict[str, Any]) -> Iterator[tuple[list[dict[str, Any]], dict]]:
         """Each page of a list endpoint, following `meta.next_page_link`."""
         document = self.request("GET", path, params=params)
         while True:
-            meta = document.get("meta") or {}
-            yield document.get(key) or [], meta
+            meta = _meta(document)
+            yield _objects(document, key, path), meta
             link = meta.get("next_page_link")
             if not link:
                 return
+            if not isinstance(link, str):
+                raise AircallError(f"Aircall API's {path} listing gave a next page that is no link")
             document = self.request("GET", link)
 
     def seconds_for(self, requests_: int) -> float:
@@ -252,7 +260,26 @@ class AircallClient:
 
     def create_webhook(self, url: str, events: list[str], name: str) -> dict[str, Any]:
         body = {"custom_name": name, "url": url, "events": events}
-        return self.request("POST", "webhooks", json=body).get("webhook") or {}
+        answer = self.request("POST", "webhooks", json=body)
+        webhook = answer.get("webhook") if isinstance(answer, dict) else None
+        return webhook if isinstance(webhook, dict) else {}
 
     def numbers(self) -> list[dict[str, Any]]:
         return [n for page, _ in self.pages("numbers", "numbers", {"per_page": 50}) for n in page]
+
+
+def _meta(document: Any) -> dict[str, Any]:
+    meta = document.get("meta") if isinstance(document, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _objects(document: Any, key: str, path: str) -> list[dict[str, Any]]:
+    """The objects of a listing's page; AircallError when the answer is not one (a list, strings, nulls)."""
+    if not isinstance(document, dict):
+        raise AircallError(f"Aircall API's {path} listing answered a {type(document).__name__}, not an object")
+    objects = document.get(key)
+    if objects is None:
+        return []
+    if not isinstance(objects, list) or not all(isinstance(obj, dict) for obj in objects):
+        raise AircallError(f"Aircall API's {path} listing holds something other than {key} objects in '{key}'")
+    return objects
