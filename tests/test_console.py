@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -216,6 +217,8 @@ def test_playground_refuses_runaway_templates_and_the_server_keeps_answering(con
         )  # fmt: skip
         return answer.status_code, answer.json()
 
+    temporary = Path(tempfile.gettempdir())
+    leftovers = set(temporary.glob("console-playground-*"))
     status, answer = check("\"{{ 'x' * 10**9 }}\"")  # a gigabyte: over the child's memory limit
     assert status == 200 and "stopped" in answer, answer
     started = time.monotonic()
@@ -226,6 +229,8 @@ def test_playground_refuses_runaway_templates_and_the_server_keeps_answering(con
     status, answer = check("call.finished")
     assert status == 200 and answer["findings"] == [] and '"event":"call.finished"' in answer["messages"][0]["exact"]
     assert check("x", file="../outside.yaml")[0] == 400
+    # The two children killed left no folder behind: only the live child's own is there.
+    assert len(set(temporary.glob("console-playground-*")) - leftovers) <= 1
     after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (console.folder / "mappings").iterdir()}
     assert after == before  # the playground never writes to the mappings
 

@@ -13,7 +13,9 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ class PlaygroundRefused(ValueError):
 class Playground:
     def __init__(self) -> None:
         self._child: asyncio.subprocess.Process | None = None
+        self._scratch: str | None = None  # the child's temporary folder (its TMPDIR), removed with the child
         self._lock = asyncio.Lock()
 
     async def warm(self) -> None:
@@ -78,19 +81,26 @@ class Playground:
     async def _running(self) -> asyncio.subprocess.Process:
         if self._child is None or self._child.returncode is not None:
             environment = {name: os.environ[name] for name in _KEPT_ENVIRONMENT if name in os.environ}
+            # A child killed for time or memory cannot clean up after itself: the folders it makes go in one
+            # of the server's, removed when the child is.
+            self._scratch = tempfile.mkdtemp(prefix="console-playground-")
             self._child = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "engine.console.playground_worker",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                env=environment | {"PYTHONUNBUFFERED": "1"}, cwd=Path.cwd(), limit=16 * 1024 * 1024,
+                env=environment | {"PYTHONUNBUFFERED": "1", "TMPDIR": self._scratch}, cwd=Path.cwd(),
+                limit=16 * 1024 * 1024,
             )  # fmt: skip
         return self._child
 
     async def _kill(self) -> None:
         child, self._child = self._child, None
+        scratch, self._scratch = self._scratch, None
         if child is not None and child.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 child.kill()
             await child.wait()
+        if scratch is not None:
+            await asyncio.to_thread(shutil.rmtree, scratch, True)
 
     async def close(self) -> None:
         async with self._lock:
