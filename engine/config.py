@@ -192,6 +192,8 @@ def load_settings(
     if path is not None and path.is_file():
         config.file_values = read_env_file(path)
     elif path is not None and required:
+        if path.is_dir():
+            raise ConfigError(f"settings file {path} is a folder; name the file in it")
         raise ConfigError(f"settings file {path} not found")
 
     def optional(name: str) -> str | None:

@@ -129,3 +129,9 @@ def test_connect_and_webhooks_read_the_events_from_the_mappings_not_their_file_n
     assert not {"my_custom", "call.ended.old"} & set(webhook["events"])
     listing = engine("aircall", "webhooks", env=settings)
     assert "not mapped" not in listing.out  # everything it subscribed is mapped
+
+
+def test_webhooks_of_an_account_without_any_says_so(engine, env):
+    run = engine("aircall", "webhooks", env=env)
+    assert (run.code, run.out) == (0, "")
+    assert run.err == "no webhook on this account: engine aircall connect --url URL creates one\n"

@@ -210,3 +210,8 @@ def test_transcripts_belong_to_the_number_their_call_was_on_when_numbers_are_giv
     assert answers("111") == [inactive, inactive, None]
     # Digits only: these events name their number by id, which cannot be told from digits here: they pass.
     assert answers("+49 30 1234567") == [None, None, None]
+
+
+def test_a_settings_file_that_is_a_folder_says_so(engine, tmp_path):
+    run = engine("--env-file", str(tmp_path), "outbox", "status")
+    assert (run.code, run.err) == (2, f"engine: settings file {tmp_path} is a folder; name the file in it\n")

@@ -142,7 +142,10 @@ def _mapped_events(settings: Settings) -> frozenset[str]:
 def _aircall_webhooks(args: argparse.Namespace) -> int:
     settings, client = _aircall_client(args)
     mapped = _mapped_events(settings)
-    for webhook in client.webhooks():
+    webhooks = client.webhooks()
+    if not webhooks:
+        print("no webhook on this account: engine aircall connect --url URL creates one", file=sys.stderr)
+    for webhook in webhooks:
         state = "active" if webhook.get("active", True) else "inactive"
         ident = webhook.get("webhook_id") or webhook.get("id")
         events = webhook.get("events") or []

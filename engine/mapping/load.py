@@ -126,7 +126,7 @@ class CompiledMapping:
     fields: tuple[TemplateField, ...]
     _build: Callable[[Mapping[str, Any]], list[dict[str, Any]]]
     _env: MappingEnvironment = field(repr=False)
-    # The templates that run on Jinja's runtime (engine.pycompile does not translate them), and why.
+    # The templates that run on Jinja's runtime (engine.mapping.compiler does not translate them), and why.
     on_jinja: tuple[tuple[TemplateField, Fallback], ...] = ()
     _compile_value: Callable[..., Callable[[Mapping[str, Any]], Any]] = field(default=compile_value, repr=False)
     _build_webhook: Callable[[Webhook], list[dict[str, Any]]] | None = field(default=None, repr=False)
@@ -228,7 +228,7 @@ class UnknownEvent(LookupError):
 def load_mappings(directory: Path, runtime: str = "python") -> Mappings:
     """Load and compile every mapping in `directory`; raise MappingError listing every finding.
 
-    `runtime`: "python" (the default) compiles each mapping to one Python function (engine.pycompile); "jinja"
+    `runtime`: "python" (the default) compiles each mapping to one Python function (engine.mapping.compiler); "jinja"
     runs it on Jinja's runtime, which the compiled functions are tested against.
     """
     mappings, findings = inspect_mappings(directory, runtime)
