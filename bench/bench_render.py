@@ -22,7 +22,6 @@ import sys
 import time
 import timeit
 from dataclasses import replace
-from numbers import Number
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,8 +88,8 @@ def plain_call_properties(d: dict) -> dict:
         "tags": pluck(d.get("tags"), "name"),
         "ivr_options": pluck(d.get("ivr_options_selected"), "title"),
         "participants_count": len(pluck(participants, "type")),
-        "participant_user_ids": [i for i in pluck(participants, "id") if isinstance(i, Number)],
-        "external_participants_count": sum(1 for t in pluck(participants, "type") if t == "external"),
+        "participant_user_ids": pluck(participants, "id", type="user"),
+        "external_participants_count": len(pluck(participants, "type", type="external")),
     }
 
 

@@ -176,10 +176,23 @@ def e164(value: Any) -> str | None:
     return normalize_digits(str(value)) or None
 
 
-def pluck(items: Any, key: str) -> list[Any]:
-    """`data.tags | pluck('name')`: one field of each object of a list; [] for a missing list."""
+def pluck(items: Any, key: str, **where: Any) -> list[Any]:
+    """`data.tags | pluck('name')`: one field of each object of a list; [] for a missing list.
+
+    `data.participants | pluck('id', type='user')`: of the objects whose fields have these values only (a
+    filter the compiled mapping calls directly, where `select` and `selectattr` go through Jinja's tests).
+    """
     if not isinstance(items, list) or not items:  # often empty (no tags, no teams): no comprehension then
         return []
+    if len(where) == 1:  # the common case, without a generator per object
+        [(field, wanted)] = where.items()
+        return [item.get(key) for item in items if type(item) is dict and item.get(field) == wanted]
+    if where:
+        return [
+            item.get(key)
+            for item in items
+            if type(item) is dict and all(item.get(field) == value for field, value in where.items())
+        ]
     return [item.get(key) if type(item) is dict else None for item in items]
 
 
