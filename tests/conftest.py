@@ -73,6 +73,23 @@ def segment(segment_process):
     return segment_process
 
 
+@pytest.fixture(scope="module")
+def aircall_process(tmp_path_factory):
+    """The fake Aircall REST API (tests/fake_aircall.py), one per test module."""
+    from tests.harness import FakeAircall
+
+    fake = FakeAircall(tmp_path_factory.mktemp("aircall"))
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def aircall(aircall_process):
+    """The fake Aircall API, emptied for the test: one number, a quota of 1,000 requests a minute."""
+    aircall_process.control(reset=True, limit=1000, window=60)
+    return aircall_process
+
+
 @pytest.fixture
 def engine_server(tmp_path, segment):
     """start(workers=1, with_segment=True, **settings) -> a running `engine serve`, stopped after the test."""

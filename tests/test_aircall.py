@@ -9,20 +9,6 @@ import requests
 
 from engine.aircall.events import catalogue, known_events
 from tests.conftest import MAPPINGS
-from tests.harness import FakeAircall
-
-
-@pytest.fixture(scope="module")
-def aircall_process(tmp_path_factory):
-    fake = FakeAircall(tmp_path_factory.mktemp("aircall"))
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def aircall(aircall_process):
-    aircall_process.control(reset=True, limit=1000, window=60)
-    return aircall_process
 
 
 @pytest.fixture

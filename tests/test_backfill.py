@@ -33,19 +33,6 @@ START = 1_700_006_400  # 2023-11-15T00:00:00Z
 SINCE_2025 = 1_735_689_600  # 2025-01-01T00:00:00Z
 
 
-@pytest.fixture(scope="module")
-def aircall_process(tmp_path_factory):
-    fake = FakeAircall(tmp_path_factory.mktemp("aircall"))
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def aircall(aircall_process):
-    aircall_process.control(reset=True, limit=1000, window=60)
-    return aircall_process
-
-
 @pytest.fixture
 def db(tmp_path):
     return tmp_path / "outbox.sqlite3"

@@ -101,22 +101,26 @@ def test_item_outside_a_message_with_each_is_refused_on_its_line(engine, tmp_pat
     )
 
 
-def test_each_that_is_not_a_list_is_a_finding_that_says_so(engine, tmp_path):
-    mappings = folder(tmp_path, HEAD + EACH.replace("data.utterances | split_long('text', 100)", "data.call_id"))
+def validate_on_a_sample(engine, tmp_path: Path, text: str):
+    """`engine validate` of a folder holding this mapping, against one sample webhook with one utterance."""
+    mappings = folder(tmp_path, text)
     samples = tmp_path / "samples"
     samples.mkdir()
     webhook_file(samples, [{"text": "hello"}])
-    run = engine("validate", str(mappings), "--fixtures", str(samples))
+    return engine("validate", str(mappings), "--fixtures", str(samples))
+
+
+def test_each_that_is_not_a_list_is_a_finding_that_says_so(engine, tmp_path):
+    text = HEAD + EACH.replace("data.utterances | split_long('text', 100)", "data.call_id")
+    run = validate_on_a_sample(engine, tmp_path, text)
     assert run.code == 1
     assert "transcription.created.yaml: also[0].each rendered a int, not a list" in run.out
 
 
 def test_split_long_with_a_size_too_small_is_a_finding_not_a_traceback(engine, tmp_path):
-    mappings = folder(tmp_path, HEAD + EACH.replace("split_long('text', 100)", "split_long('text', 3)"))
-    samples = tmp_path / "samples"
-    samples.mkdir()
-    webhook_file(samples, [{"text": "hello"}])
-    run = engine("validate", str(mappings), "--fixtures", str(samples))
+    run = validate_on_a_sample(
+        engine, tmp_path, HEAD + EACH.replace("split_long('text', 100)", "split_long('text', 3)")
+    )
     assert run.code == 1 and "Traceback" not in run.out + run.err
     assert "split_long: max_bytes must be a whole number of at least 64" in run.out
 

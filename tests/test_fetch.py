@@ -7,25 +7,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from tests.conftest import run_engine
-from tests.harness import FakeAircall, metric, sample, wait_for
+from tests.harness import metric, sample, wait_for
 
 TRANSCRIPT = sample("transcription.created--long_call")["data"]["content"]
-
-
-@pytest.fixture(scope="module")
-def aircall_process(tmp_path_factory):
-    fake = FakeAircall(tmp_path_factory.mktemp("aircall"))
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def aircall(aircall_process):
-    aircall_process.control(reset=True, limit=1000, window=60)
-    return aircall_process
 
 
 def announcement(call_id: object = 2187654321) -> dict:
