@@ -142,6 +142,7 @@ class State:
         self.served: dict[str, int] = {name: 0 for name in TEMPLATES}
         self.distinct: dict[str, set[int]] = {name: set() for name in TEMPLATES}
         self.webhooks: list[dict] = []
+        self.transcript_padding = 0  # bytes added to every transcription answer
         self.garbage: str | None = None  # the next list request's answer: html, cut, list, strings, huge_total
         self.retry_after: str | None = None  # a Retry-After of its own on 429s ("99999999999": a broken proxy)
         self.reset_header: str | None = None  # X-AircallApi-Reset as given, instead of the window's end
@@ -298,6 +299,8 @@ async def transcription(request: Request) -> Response:
     STATE.served["transcriptions"] = STATE.served.get("transcriptions", 0) + 1
     body = {"id": TRANSCRIPT["id"], "call_id": int(call_id), "call_created_at": TRANSCRIPT.get("call_created_at"),
             "type": "call", "content": TRANSCRIPT["content"]}  # fmt: skip
+    if STATE.transcript_padding:  # a transcript no call has: what a broken API could send
+        body["padding"] = "x" * STATE.transcript_padding
     return JSONResponse({"transcription": body}, headers=_quota_headers())
 
 
@@ -347,7 +350,7 @@ async def control(request: Request) -> Response:
         STATE.release.set()  # stalled requests end
         STATE = State()
     settable = ("limit", "window", "fail_after", "stall_after", "ceiling", "ignore_range", "cap_total", "no_total",
-                "retry_after", "reset_header", "garbage")  # fmt: skip
+                "retry_after", "reset_header", "garbage", "transcript_padding")  # fmt: skip
     for name in (*settable, "others"):
         if name in order:
             setattr(STATE, name, order[name])

@@ -6,9 +6,12 @@ are no credentials or the API fails; a dead letter, with the reason, for what th
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import time
 
-from tests.conftest import run_engine
-from tests.harness import metric, sample, wait_for
+from tests.conftest import MAPPINGS, run_engine
+from tests.harness import expected_ids, metric, sample, wait_for
 
 TRANSCRIPT = sample("transcription.created--long_call")["data"]["content"]
 
@@ -97,3 +100,52 @@ def test_engine_render_does_not_read_the_api(engine, tmp_path):
     assert run.code == 0, run.err
     [outline] = run.json()  # nothing fetched: the outline of an unknown transcript, no utterance
     assert outline["properties"]["utterance_count"] == 0
+
+
+def test_an_api_that_hangs_holds_up_nothing_that_does_not_fetch(engine_server, segment, tmp_path):
+    hanging = socket.socket()
+    hanging.bind(("127.0.0.1", 0))
+    hanging.listen(64)  # connections are taken, and never answered
+    url = f"http://127.0.0.1:{hanging.getsockname()[1]}/v1"
+    try:
+        server = engine_server(AIRCALL_API_URL=url, AIRCALL_API_ID="api-id", AIRCALL_API_TOKEN="api-token")
+        for n in range(6):
+            assert server.post(announcement(call_id=2187654321 + n)).json() == {"status": "accepted"}
+        started = time.monotonic()
+        call = sample("call.ended")
+        assert server.post(call).json() == {"status": "accepted"}
+        segment.wait_for_ids(set(expected_ids(call)), timeout=20)
+        # One request's timeout (5 s) at most, not one per waiting transcript (6 x 15 s before).
+        assert time.monotonic() - started < 12
+        waiting = wait_for(lambda: server.health()["outbox"]["waiting_for_aircall_api"] == 6, what="six waiting")
+        assert waiting
+    finally:
+        hanging.close()
+
+
+def test_an_answer_larger_than_any_transcript_is_a_dead_letter_not_a_memory_blowup(engine_server, aircall):
+    aircall.control(transcript_padding=9 * 1024 * 1024)
+    server = engine_server(**aircall.settings())
+    server.post(announcement())
+    wait_for(lambda: server.health()["outbox"]["dead_letters"] == 1, timeout=30, what="a dead letter")
+    status = run_engine("outbox", "status", "--dead", "--json", env={"ENGINE_DB": str(server.db)}).json()
+    assert "Aircall API's answer is over 8,388,608 bytes" in status["dead"][0]["reason"]
+
+
+def test_a_fetch_path_missing_a_field_is_refused_without_a_request(engine_server, aircall, tmp_path):
+    mappings = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, mappings)
+    text = (mappings / "call.ended.yaml").read_text()
+    (mappings / "call.ended.yaml").write_text(
+        text + 'fetch:\n  call:\n    path: "/calls/{{ data.id }}/transcription"\n'
+    )
+    server = engine_server(ENGINE_MAPPINGS=str(mappings), **aircall.settings())
+    call = sample("call.ended")
+    del call["data"]["id"]
+    server.post(call)
+    wait_for(lambda: server.health()["outbox"]["dead_letters"] == 1, what="a dead letter")
+    status = run_engine("outbox", "status", "--dead", "--json", env={"ENGINE_DB": str(server.db)}).json()
+    assert status["dead"][0]["reason"] == (
+        "call.ended.yaml: fetch.call: the path rendered '/calls/None/transcription': a field it reads is missing"
+    )
+    assert aircall.stats()["requests"] == 0

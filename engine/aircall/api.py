@@ -14,6 +14,7 @@ Time comes from a `Clock`, so that tests and benchmarks can pretend to wait.
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import time
 from collections import deque
@@ -108,6 +109,7 @@ class AircallClient:
     max_throttled: int = 30  # 429s in a row, each followed by a wait for the reset
     clock: Clock = field(default_factory=Clock)
     log: RateLimitLog = field(default_factory=RateLimitLog)
+    max_answer_bytes: int | None = None  # a larger answer is refused (status 413), read no further
     on_wait: Callable[[float], None] | None = None  # told before each wait, with its length in seconds
 
     def __post_init__(self) -> None:
@@ -130,7 +132,9 @@ class AircallClient:
             if self.pacer is not None:
                 self.pacer.record(self.clock.now())
             try:
-                response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+                response = self.session.request(
+                    method, url, timeout=self.timeout, stream=self.max_answer_bytes is not None, **kwargs
+                )
             except requests.RequestException as exc:
                 failures += 1
                 if failures > self.max_retries:
@@ -165,14 +169,32 @@ class AircallClient:
                 raise AircallError(
                     f"Aircall API answered {response.status_code}: {response.text[:300]}", response.status_code
                 )
-            if not response.content:
+            try:
+                content = self._content(response)
+            except requests.RequestException as exc:  # the body broke off, or took too long to come
+                raise AircallError(f"Aircall API's answer to {method} broke off: {type(exc).__name__}") from None
+            if not content:
                 return {}
             try:
-                return response.json()
+                return json.loads(content)
             except ValueError:  # a proxy's error page, a body cut off: not an answer of Aircall's API
                 raise AircallError(
                     f"Aircall API's answer to {method} {url.split('?')[0]} is not JSON (status {response.status_code})"
                 ) from None
+
+    def _content(self, response: requests.Response) -> bytes:
+        """The body, read no further than max_answer_bytes and for no longer than twice the timeout."""
+        if self.max_answer_bytes is None:
+            return response.content
+        chunks, size, deadline = [], 0, time.monotonic() + 2 * self.timeout
+        for chunk in response.iter_content(64 * 1024):
+            size += len(chunk)
+            if size > self.max_answer_bytes or time.monotonic() > deadline:
+                response.close()
+                what = f"over {self.max_answer_bytes:,} bytes" if size > self.max_answer_bytes else "too slow to come"
+                raise AircallError(f"Aircall API's answer is {what}", 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def list_page(self, path: str, key: str, params: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """One page of a list endpoint: its objects and its `meta` (count, total, next_page_link, ...)."""

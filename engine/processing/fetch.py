@@ -25,9 +25,11 @@ from engine.config import Settings
 from engine.mapping.load import CompiledMapping
 
 NO_CREDENTIALS_RETRY = 300.0  # seconds: the server is restarted with them, or they stay missing
+TIMEOUT = 5.0  # seconds for an answer: a transcript is a few hundred KB; a slower API is taken to be down
+MAX_ANSWER_BYTES = 8 * 1024 * 1024  # a transcript of an hour is about 100 KB
 AUTH_RETRY = 300.0  # the credentials were refused: someone has to change them
 FAILURE_RETRY = 60.0  # the API down, or answering 5xx or 429 past its reset
-REFUSED = frozenset({400, 404, 410, 422})  # answers that asking again will not change
+REFUSED = frozenset({400, 404, 410, 413, 422})  # answers that asking again will not change (413: ours, too large)
 _PLAIN_PATH = re.compile(r"(?:/[A-Za-z0-9_-]{1,128}){1,8}\Z")
 
 
@@ -63,6 +65,10 @@ def fetch_for(mapping: CompiledMapping, webhook: Webhook, fetcher: Fetcher | Non
             path = fetch.path(variables)
         except Exception as exc:  # a template raises what its expression can
             raise FetchRefused(f"{mapping.path.name}: fetch.{fetch.name}: {type(exc).__name__}: {exc}") from None
+        if isinstance(path, str) and "/None/" in path + "/":  # a field the path reads is missing: null, as text
+            raise FetchRefused(
+                f"{mapping.path.name}: fetch.{fetch.name}: the path rendered {path!r}: a field it reads is missing"
+            )
         if not isinstance(path, str) or not _PLAIN_PATH.match(path):
             shown = repr(path) if len(repr(path)) < 120 else repr(path)[:119] + "…"
             raise FetchRefused(
@@ -82,32 +88,45 @@ def fetch_for(mapping: CompiledMapping, webhook: Webhook, fetcher: Fetcher | Non
 
 class AircallFetcher:
     """The processing worker's: one request at most per webhook and fetch, never a wait (a webhook that would
-    have to wait is put back instead), within `rate` requests a minute of Aircall's 60 for the account."""
+    have to wait is put back instead), within `rate` requests a minute of Aircall's 60 for the account.
+
+    Once the API has failed (down, hanging, refusing the credentials), it is not asked again until the webhook
+    that found it so is due: the rest of the batch, and the batches after, are put back at once rather than each
+    spending a timeout on it, so that the webhooks that fetch nothing are never held up behind them."""
 
     def __init__(self, client: AircallClient, retry_cap: float = FAILURE_RETRY) -> None:
         client.max_retries = 0
         client.max_throttled = 0
+        client.timeout = min(client.timeout, TIMEOUT)
+        client.max_answer_bytes = MAX_ANSWER_BYTES
         self.client = client
         self.failure_retry = min(FAILURE_RETRY, retry_cap)  # ENGINE_BACKOFF_CAP_SECONDS caps it, as for Segment
         self.auth_retry = min(AUTH_RETRY, retry_cap)
+        self._down: FetchWaits | None = None  # the API's last failure, while it is not to be asked again
 
     def get(self, path: str) -> dict[str, Any]:
+        down = self._down
+        if down is not None and time.time() < down.until:
+            raise FetchWaits(down.reason, down.until)
         delay = self.client.turn_delay()
         if delay > 0:
             raise FetchWaits(f"Aircall's rate limit: the next request in {delay:.0f} s", time.time() + delay)
         try:
             answer = self.client.request("GET", path)
         except AircallAuthError as exc:
-            raise FetchWaits(str(exc), time.time() + self.auth_retry) from None
+            raise self._failed(str(exc), self.auth_retry) from None
         except AircallError as exc:
             if exc.status in REFUSED:
                 raise FetchRefused(f"GET {path}: {exc}") from None
-            raise FetchWaits(f"GET {path}: {exc}", time.time() + self.failure_retry) from None
-        except ValueError:  # not JSON: a proxy's error page, a body cut off
-            raise FetchWaits(f"GET {path}: Aircall's answer is not JSON", time.time() + self.failure_retry) from None
+            raise self._failed(f"GET {path}: {exc}", self.failure_retry) from None
+        self._down = None
         if not isinstance(answer, dict):
             raise FetchRefused(f"GET {path}: Aircall answered {type(answer).__name__}, not a JSON object")
         return answer
+
+    def _failed(self, reason: str, retry: float) -> FetchWaits:
+        self._down = FetchWaits(reason, time.time() + retry)
+        return self._down
 
 
 class WaitingFetcher:
