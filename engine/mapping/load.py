@@ -482,9 +482,11 @@ def _compile(
         return dict_node(items)
 
     fetch_nodes = [
-        (name, parse(spec["path"], ("fetch", name, "path")), parse(spec["when"], ("fetch", name, "when")))
-        if "when" in spec
-        else (name, parse(spec["path"], ("fetch", name, "path")), None)
+        (
+            name,
+            parse(spec["path"], ("fetch", name, "path")),
+            parse(spec["when"], ("fetch", name, "when")) if "when" in spec else None,
+        )
         for name, spec in (document.get("fetch") or {}).items()
     ]
     plain: list[tuple[int, nodes.Dict]] = []

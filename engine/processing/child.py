@@ -26,10 +26,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.aircall.api import AircallClient
 from engine.config import Settings
 from engine.mapping.findings import MappingError
-from engine.processing.fetch import AircallFetcher
+from engine.processing.fetch import processing_fetcher
 from engine.server import logs
 
 log = logging.getLogger("engine.processing")
@@ -171,16 +170,6 @@ class SocketChannel:
             self._sock.sendall(f"{mapped} {dead} {new_messages}\n".encode())
 
 
-def api_fetcher(settings: Settings) -> AircallFetcher | None:
-    """What processing reads Aircall's REST API with (mappings that `fetch`), or None without credentials."""
-    if not (settings.aircall_api_id and settings.aircall_api_token):
-        return None
-    client = AircallClient(
-        settings.aircall_api_url, settings.aircall_api_id, settings.aircall_api_token, rate=settings.fetch_rate
-    )
-    return AircallFetcher(client, retry_cap=settings.backoff_cap_seconds)
-
-
 def main(argv: list[str] | None = None) -> int:
     from engine.mapping.load import load_mappings
     from engine.outbox import open_outbox
@@ -211,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         policy = ProcessingPolicy(lease_seconds=settings.lease_seconds)
-        work(outbox, mappings, policy, SocketChannel(sock), api_fetcher(settings))
+        work(outbox, mappings, policy, SocketChannel(sock), processing_fetcher(settings))
     finally:
         outbox.close()
         logs.write_directly()

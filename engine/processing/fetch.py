@@ -150,8 +150,20 @@ class WaitingFetcher:
         return answer
 
 
-def waiting_fetcher(settings: Settings) -> WaitingFetcher | None:
-    """The command line's fetcher, or None without API credentials."""
+def api_client(settings: Settings, rate: int | None = None) -> AircallClient | None:
+    """A client of Aircall's REST API with the settings' credentials, or None without them."""
     if not (settings.aircall_api_id and settings.aircall_api_token):
         return None
-    return WaitingFetcher(AircallClient(settings.aircall_api_url, settings.aircall_api_id, settings.aircall_api_token))
+    return AircallClient(settings.aircall_api_url, settings.aircall_api_id, settings.aircall_api_token, rate=rate)
+
+
+def waiting_fetcher(settings: Settings) -> WaitingFetcher | None:
+    """The command line's fetcher, or None without API credentials."""
+    client = api_client(settings)
+    return None if client is None else WaitingFetcher(client)
+
+
+def processing_fetcher(settings: Settings) -> AircallFetcher | None:
+    """What processing reads Aircall's REST API with (mappings that `fetch`), or None without credentials."""
+    client = api_client(settings, rate=settings.fetch_rate)
+    return None if client is None else AircallFetcher(client, retry_cap=settings.backoff_cap_seconds)
