@@ -235,6 +235,28 @@ def test_playground_refuses_runaway_templates_and_the_server_keeps_answering(con
     assert after == before  # the playground never writes to the mappings
 
 
+def test_playground_reports_templates_nested_too_deeply_as_findings_not_an_abnormal_end(console):
+    """Before: each of these ended the check's process with a traceback, and the page said "ended abnormally
+    (out of memory?)"."""
+    csrf = signed_in(console)
+    base = (MAPPINGS / "call.ended.yaml").read_text()
+
+    def check(value: str) -> dict:
+        text = base + f"  properties:\n    weird: {value}\n"  # line 6, column 12
+        answer = console.post(
+            "/console/api/playground",
+            json={"file": "call.ended.yaml", "text": text, "payload": json.dumps(sample("call.ended"))},
+            headers={"x-csrf-token": csrf},
+        )
+        assert answer.status_code == 200
+        return answer.json()
+
+    for template in ("data" + ".a" * 100, "(" * 70 + "1" + ")" * 70, "data.id" + " | string" * 200):
+        answer = check(f'"{{{{ {template} }}}}"')
+        assert "stopped" not in answer, answer
+        assert [(f["line"], "template nests" in f["message"]) for f in answer["findings"]] == [(6, True)], answer
+
+
 def test_download_gives_back_the_edited_file(console):
     csrf = signed_in(console)
     answer = console.post(

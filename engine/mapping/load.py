@@ -198,7 +198,9 @@ class CompiledMapping:
                 function = self._compile_value(self._env, part, names)
                 for values in tried:
                     try:
-                        function(values)
+                        result = function(values)
+                        if isinstance(result, Iterator):  # map(...) runs its filter only when encoded
+                            list(result)
                     except Exception as exc:
                         yield template, exc, part.lineno or 1
                         found = True

@@ -196,6 +196,11 @@ def pluck(items: Any, key: str, **where: Any) -> list[Any]:
     return [item.get(key) if type(item) is dict else None for item in items]
 
 
+# How deeply a template's expression may nest (lookups, filters, calls, operators, literals). Aircall's payloads
+# are a few levels deep and the deepest shipped template is 12; the bound keeps every template within what
+# Python's compiler takes (it refuses 200 nested parentheses, and a lookup compiles to two) and what Jinja's
+# parser recurses through, so a mistake is a finding on its line, not a traceback at start-up.
+MAX_TEMPLATE_DEPTH = 48
 SPLIT_LONG_DEFAULT_BYTES = 8000  # four parts fit one Segment message (32 KB) with room for other properties
 SPLIT_LONG_MIN_BYTES = 64
 
@@ -312,6 +317,8 @@ def parse_value(
         tree = env.parse(value)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(f"template syntax error: {exc.message}", exc.lineno or 1) from None
+    except RecursionError:  # Jinja's parser recurses a few frames per parenthesis: 70 of them are too many
+        raise TemplateProblem(_too_deep(None), 1) from None
     except ValueError:  # Python's refusal to read an integer past 4,300 digits, from Jinja's lexer
         raise TemplateProblem(NOT_A_SEGMENT_NUMBER, 1) from None
     # A base's templates come once per event file that extends it (_call.yaml's, 19 times): the checks below
@@ -340,7 +347,8 @@ def parse_value(
 
 
 def _check_tree(tree: nodes.Template, env: MappingEnvironment, names: frozenset[str]) -> None:
-    """The names it reads, and every constant it holds or Jinja would fold it to. Raises TemplateProblem."""
+    """Its depth, the names it reads, and every constant it holds or Jinja would fold it to. Raises TemplateProblem."""
+    _check_depth(tree)
     try:
         _check_names(tree, env, names)
         # Constants as written, and as Jinja folds them when it compiles ({{ 1e308 * 10 }}, {{ 'inf' | float }}).
@@ -348,9 +356,28 @@ def _check_tree(tree: nodes.Template, env: MappingEnvironment, names: frozenset[
     except ValueError:  # the same refusal, of a constant Jinja folds when it compiles: {{ 10 ** 5000 }}
         raise TemplateProblem(NOT_A_SEGMENT_NUMBER, 1) from None
     except RecursionError:  # thousands of operators in a row: {{ 1 + 1 + ... }}
-        raise TemplateProblem("template nested too deeply for Jinja to compile; split it", 1) from None
+        raise TemplateProblem(_too_deep(None), 1) from None
     for constant in itertools.chain(tree.find_all(nodes.Const), folded.find_all(nodes.Const)):
         _check_finite(constant.value, constant.lineno)
+
+
+def _check_depth(tree: nodes.Template) -> None:
+    """At most MAX_TEMPLATE_DEPTH levels of expression, walked without recursion (the tree may be deeper than
+    Python's own recursion limit allows a walk)."""
+    pending: list[tuple[nodes.Node, int]] = [(node, 1) for node in tree.body]
+    while pending:
+        node, depth = pending.pop()
+        if depth > MAX_TEMPLATE_DEPTH:
+            raise TemplateProblem(_too_deep(MAX_TEMPLATE_DEPTH), node.lineno or 1)
+        pending.extend((child, depth + 1) for child in node.iter_child_nodes())
+
+
+def _too_deep(depth: int | None) -> str:
+    past = f"more than {depth} levels" if depth else "too deeply to parse"
+    return (
+        f"template nests {past} (lookups, filters, calls, parentheses); "
+        f"{MAX_TEMPLATE_DEPTH} at most: no Aircall payload needs more, so shorten it"
+    )
 
 
 def _check_names(tree: nodes.Template, env: MappingEnvironment, names: frozenset[str]) -> None:

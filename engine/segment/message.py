@@ -139,5 +139,10 @@ def _jsonable(value: Any) -> Any:
         # Jinja's own explanation, e.g. access to attribute 'append' of 'list' object is unsafe.
         raise RenderError(value._undefined_message or "a template produced an undefined value")
     if isinstance(value, Iterator):  # `map(...)` without `| list`: what the author meant is the list
-        return list(value)
+        try:
+            return list(value)
+        except RenderError:
+            raise
+        except Exception as exc:  # the filter it maps runs only now: `map('round', 'x')` fails here, not before
+            raise RenderError(f"{type(exc).__name__}: {exc}") from None
     raise RenderError(f"a template produced a {type(value).__name__}, which JSON cannot carry")
