@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 from starlette.testclient import TestClient
 
 from engine.outbox import SqliteOutbox
@@ -303,3 +304,46 @@ def test_download_of_a_name_that_is_no_mappings_gives_a_plain_one(console, name)
     assert answer.status_code == 200 and answer.text == "x: 1\n"
     assert answer.headers["content-disposition"] == 'attachment; filename="mapping.yaml"'
     assert "s=1" not in answer.headers.get("set-cookie", "")
+
+
+def _browser(server_url: str) -> tuple[requests.Session, str]:
+    """A signed-in session of a real server, and its CSRF token."""
+    browser = requests.Session()
+    form = browser.get(f"{server_url}/console/sign-in", timeout=10)
+    answer = browser.post(
+        f"{server_url}/console/sign-in",
+        data={"csrf": csrf_of(form.text), "token": CONSOLE_TOKEN},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert answer.status_code == 303 and answer.headers["location"] == "/console/"
+    return browser, csrf_of(browser.get(f"{server_url}/console/", timeout=10).text)
+
+
+def _opens_console(server_url: str, cookies: dict[str, str]) -> bool:
+    answer = requests.get(f"{server_url}/console/", cookies=cookies, allow_redirects=False, timeout=10)
+    return answer.status_code == 200 and 'data-testid="console-status"' in answer.text
+
+
+def test_signing_out_ends_the_session_so_a_copied_cookie_no_longer_opens_the_console_in_any_worker(engine_server):
+    """Before: the cookie, signed and not stored, still opened the console for 12 hours after signing out."""
+    server = engine_server(workers=2, ENGINE_CONSOLE_TOKEN=CONSOLE_TOKEN)
+    browser, csrf = _browser(server.url)
+    copied = browser.cookies.get_dict()
+    other, _ = _browser(server.url)
+    assert _opens_console(server.url, copied)
+    answer = browser.post(f"{server.url}/console/sign-out", data={"csrf": csrf}, allow_redirects=False, timeout=10)
+    assert (answer.status_code, answer.headers["location"]) == (303, "/console/sign-in")
+    # Several requests: each lands on either worker process, and neither may let the copy in.
+    assert not any(_opens_console(server.url, copied) for _ in range(8))
+    api = requests.get(f"{server.url}/console/api/status", cookies=copied, timeout=10)
+    assert api.status_code == 401
+    assert all(_opens_console(server.url, other.cookies.get_dict()) for _ in range(4))  # only that session ended
+
+    # "Sign out everywhere" ends every session begun before it, and a sign-in after it works.
+    third, csrf = _browser(server.url)
+    third.post(f"{server.url}/console/sign-out", data={"csrf": csrf, "everywhere": "1"}, timeout=10)
+    assert not any(_opens_console(server.url, other.cookies.get_dict()) for _ in range(4))
+    assert not _opens_console(server.url, third.cookies.get_dict())
+    fresh, _ = _browser(server.url)
+    assert all(_opens_console(server.url, fresh.cookies.get_dict()) for _ in range(4))

@@ -33,7 +33,7 @@ from engine.console.playground import FILE_NAME, Playground, PlaygroundRefused
 from engine.mapping.findings import MappingError, MappingsFolderError
 from engine.mapping.load import load_mappings, mapping_files
 from engine.mapping.validate import find_fixtures
-from engine.outbox import OutboxRefused, OutboxUnavailable
+from engine.outbox import ALL_SESSIONS, OutboxRefused, OutboxUnavailable
 from engine.processing.replay import replay_dead_letters
 
 log = logging.getLogger("engine.console")
@@ -65,6 +65,8 @@ def page(handler: Handler) -> Callable[[Console, Request], Awaitable[Response]]:
         if session is None or not session.signed_in:
             return RedirectResponse(f"{_base(request)}/sign-in", status_code=303)
         try:
+            if await self.ended(session):
+                return self._signed_out(request)
             return await handler(self, request, session)
         except UNREADABLE as exc:
             log.error("console: outbox unreadable: %s", exc)
@@ -85,6 +87,8 @@ def api(handler: Handler) -> Callable[[Console, Request], Awaitable[Response]]:
         if request.method == "POST" and not csrf_matches(session, request.headers.get(CSRF_HEADER)):
             return JSONResponse({"error": "missing or wrong CSRF token"}, status_code=403)
         try:
+            if await self.ended(session):
+                return JSONResponse({"error": "sign in first"}, status_code=401)
             return await handler(self, request, session)
         except UNREADABLE as exc:
             log.error("console: outbox unreadable: %s", exc)
@@ -104,6 +108,12 @@ def action(handler: Callable[[Console, Request, Session, dict[str, str]], Awaita
         form = await _form(request)
         if form is None or not csrf_matches(session, form.get(CSRF_FIELD)):
             return PlainTextResponse("Forbidden: missing or wrong CSRF token", status_code=403)
+        try:
+            if await self.ended(session):
+                return self._signed_out(request)
+        except UNREADABLE as exc:
+            log.error("console: outbox unreadable: %s", exc)
+            return PlainTextResponse(f"The outbox cannot be read now: {exc}", status_code=503)
         return await handler(self, request, session, form)
 
     return guarded
@@ -216,6 +226,19 @@ class Console:
 
     @action
     async def sign_out(self, request: Request, session: Session, form: dict[str, str]) -> Response:
+        """Ends this session (or, with `everywhere`, every session begun until now) in the outbox, so that a copy
+        of the cookie stops working too, then forgets the cookie."""
+        runtime = request.state.runtime
+        everywhere = form.get("everywhere") == "1"
+        key = ALL_SESSIONS if everywhere else session.key
+        await runtime.committer.call(runtime.outbox.end_console_session, key, time.time())
+        log.info("console signed out everywhere=%s client=%s", everywhere, _client(request))
+        return self._signed_out(request)
+
+    async def ended(self, session: Session) -> bool:
+        return bool(await self.reads("console_session_ended", session.key, session.begun_at))
+
+    def _signed_out(self, request: Request) -> Response:
         response = RedirectResponse(f"{_base(request)}/sign-in", status_code=303)
         self.gate.forget(response, request)
         return response

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from engine.outbox.base import (
     ACTIVITY_EXACT_ROWS,
+    ALL_SESSIONS,
+    CONSOLE_SESSION_SECONDS,
     CONSOLE_SLACK_SECONDS,
     DEAD_LETTER_COLUMNS,
     UNMAPPED_SHOWN,
@@ -66,6 +68,8 @@ def open_outbox(
 
 __all__ = [
     "ACTIVITY_EXACT_ROWS",
+    "ALL_SESSIONS",
+    "CONSOLE_SESSION_SECONDS",
     "CONSOLE_SLACK_SECONDS",
     "DEAD_LETTER_COLUMNS",
     "SCHEMA_VERSION",

@@ -323,6 +323,19 @@ class Outbox(Protocol):
         """Dead letters created since `since`, replayed ones too, oldest first."""
         ...
 
+    # -- console sessions: signed cookies, ended here so that a copied cookie stops working at sign-out --
+    def end_console_session(self, session: str, at: float) -> None:
+        """Record that the session `session` ended at `at`; ALL_SESSIONS ends every session begun before `at`."""
+        ...
+
+    def console_session_ended(self, session: str, begun_at: float) -> bool:
+        """Whether this session was ended, or every session begun before a moment after `begun_at`."""
+        ...
+
+
+ALL_SESSIONS = "*"  # end_console_session's key for "every session begun before this"
+CONSOLE_SESSION_SECONDS = 12 * 3600  # a console session's lifetime: what is ended is remembered as long
+
 
 def sqlite_path(setting: str) -> Path:
     """ENGINE_DB: a file path, or sqlite:///relative/path and sqlite:////absolute/path."""

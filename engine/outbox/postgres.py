@@ -19,6 +19,8 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from engine.outbox import (
+    ALL_SESSIONS,
+    CONSOLE_SESSION_SECONDS,
     CONSOLE_SLACK_SECONDS,
     DEAD_LETTER_COLUMNS,
     UNMAPPED_SHOWN,
@@ -42,7 +44,7 @@ from engine.outbox import (
 
 T = TypeVar("T")
 _CONNECTION_ERRORS = (PoolTimeout, psycopg.OperationalError)
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _NOW = "extract(epoch from clock_timestamp())"
 
 
@@ -112,6 +114,8 @@ _MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE webhooks ADD COLUMN unmapped_event TEXT",
         "CREATE INDEX webhooks_unmapped ON webhooks (unmapped_event) WHERE unmapped_event IS NOT NULL",
     ],
+    # Console sessions ended by signing out (see engine.outbox.sqlite, version 7).
+    6: ["CREATE TABLE console_signouts (session TEXT PRIMARY KEY, at DOUBLE PRECISION NOT NULL)"],
 }
 
 
@@ -422,6 +426,7 @@ class PostgresOutbox:
                 f"DELETE FROM dead_letters WHERE replayed_at IS NOT NULL AND replayed_at < {_NOW} - %s",
                 (older_than_seconds,),
             )
+            conn.execute(f"DELETE FROM console_signouts WHERE at < {_NOW} - %s", (CONSOLE_SESSION_SECONDS,))
             conn.execute(
                 f"DELETE FROM webhooks WHERE received_at < {_NOW} - %s AND processed_at IS NOT NULL AND NOT EXISTS "
                 "(SELECT 1 FROM messages m WHERE m.webhook_key = webhooks.key)",
@@ -446,6 +451,23 @@ class PostgresOutbox:
         self._write(
             lambda conn: conn.execute(f"UPDATE dead_letters SET replayed_at = {_NOW} WHERE id = ANY(%s)", (ids,))
         )
+
+    def end_console_session(self, session: str, at: float) -> None:
+        self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO console_signouts (session, at) VALUES (%s, %s) "
+                "ON CONFLICT (session) DO UPDATE SET at = GREATEST(console_signouts.at, excluded.at)",
+                (session, at),
+            )
+        )
+
+    def console_session_ended(self, session: str, begun_at: float) -> bool:
+        rows = self._write(  # the reads use the same transaction helper (engine.outbox.postgres's reads)
+            lambda conn: conn.execute(
+                "SELECT session, at FROM console_signouts WHERE session IN (%s, %s)", (session, ALL_SESSIONS)
+            ).fetchall()
+        )
+        return any(key == session or at > begun_at for key, at in rows)
 
     def discard_dead_letters(self, ids: Sequence[int] | None) -> list[DeadLetter]:
         def work(conn: psycopg.Connection) -> list[DeadLetter]:
