@@ -309,3 +309,22 @@ def test_an_id_past_any_rows_is_a_usage_error_not_a_traceback(engine, tmp_path, 
         run = engine("outbox", *command, "--id", given, env={"ENGINE_DB": str(tmp_path / "o.sqlite3")})
         assert run.code == 2 and "Traceback" not in run.err
         assert f"argument --id: '{given}' is not a dead letter's id (a whole number, 1 or more)" in run.err
+
+
+def test_each_postgresql_connection_problem_is_named_by_libpqs_reason_once(engine, postgres_cluster):
+    """Before, all of these read "pool initialization incomplete after 3.0 sec", with the URL printed twice."""
+    port = postgres_cluster.port
+    closed = free_port()
+    cases = {
+        f"postgresql://postgres@127.0.0.1:{port}/no_such_database": 'database "no_such_database" does not exist',
+        f"postgresql://nobody@127.0.0.1:{port}/postgres": 'role "nobody" does not exist',
+        f"postgresql://postgres@127.0.0.1:{closed}/postgres": "Connection refused",
+        "postgresql://postgres@no-such-host.invalid/postgres": "no-such-host.invalid",
+        f"postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=bogus": 'invalid sslmode value: "bogus"',
+    }
+    for url, reason in cases.items():
+        run = engine("outbox", "status", env={"ENGINE_DB": url})
+        assert run.code == 2 and "Traceback" not in run.err, run.err
+        assert reason in run.err, (url, run.err)
+        assert "pool initialization" not in run.err and run.err.count(url.split("?")[0]) == 1, run.err
+        assert run.err.count("\n") == 1

@@ -164,11 +164,16 @@ class PostgresOutbox:
             open=False,
             check=ConnectionPool.check_connection,
         )
+        # One plain connection first: libpq's reason at once, where the pool would wait out its timeout and
+        # say only "pool initialization incomplete after 3.0 sec".
+        reason = _why_no_connection(url, connect_timeout)
+        if reason is not None:
+            raise OutboxUnavailable(f"cannot connect to PostgreSQL: {reason}")
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
         except _CONNECTION_ERRORS as exc:
             self._pool.close()
-            raise OutboxUnavailable(f"cannot connect to PostgreSQL at {self.path}: {exc}") from None
+            raise OutboxUnavailable(f"cannot connect to PostgreSQL: {_first_line(exc)}") from None
         try:
             self._write(self._check_schema if read_only else self._migrate)
         except BaseException:
@@ -715,6 +720,17 @@ _per_minute = functools.partial(per_minute, mark="%s", minute="floor(({column} -
 
 
 # -- end of console reads: helpers ------------------------------------------------------------------------------
+
+
+def _why_no_connection(url: str, timeout: float) -> str | None:
+    """libpq's own reason (no such database or role, unknown host, refused, bad sslmode...), which the pool keeps
+    to its log and replaces with "pool initialization incomplete after 3.0 sec"; None if a connection opens."""
+    try:
+        psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(timeout))).close()
+    except psycopg.Error as exc:
+        # Its lines: the failure, then libpq's hint ("Is the server running on that host...?"), one line here.
+        return " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip()) or None
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
