@@ -6,6 +6,7 @@ Secrets (tokens, write key, API token) are never part of an error message.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,11 +130,25 @@ def _plain(number: float) -> str:
 CONSOLE_TOKEN_MIN_LENGTH = 16
 
 
+CONSOLE_TOKEN_MIN_BITS = 64  # what 16 hex digits carry
+
+
 def _console_token(value: str | None) -> str | None:
-    """ENGINE_CONSOLE_TOKEN: unset keeps the console off; set, it must be long enough not to be guessed."""
-    if value is not None and len(value) < CONSOLE_TOKEN_MIN_LENGTH:
+    """ENGINE_CONSOLE_TOKEN: unset keeps the console off; set, it must be long and varied enough not to be guessed.
+
+    Varied: its length times log2 of the number of distinct characters it uses, a generous estimate of what it
+    carries (exact for random hex), at least CONSOLE_TOKEN_MIN_BITS: sixteen 'a's carry nothing.
+    """
+    if value is None:
+        return None
+    if len(value) < CONSOLE_TOKEN_MIN_LENGTH:
         raise ConfigError(
             f"ENGINE_CONSOLE_TOKEN: must be at least {CONSOLE_TOKEN_MIN_LENGTH} characters "
+            "(`openssl rand -hex 16` makes one)"
+        )
+    if len(value) * math.log2(max(len(set(value)), 1)) < CONSOLE_TOKEN_MIN_BITS:
+        raise ConfigError(
+            f"ENGINE_CONSOLE_TOKEN: too easy to guess: it repeats {len(set(value))} different characters "
             "(`openssl rand -hex 16` makes one)"
         )
     return value

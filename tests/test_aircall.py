@@ -51,7 +51,7 @@ def test_connect_refuses_a_settings_file_it_could_not_write_before_creating_anyt
 def test_numbers_lists_ids_and_digits(engine, env):
     run = engine("aircall", "numbers", env=env)
     assert run.code == 0
-    assert run.out.strip() == "745821\t+33 1 76 36 06 95\tParis Support\tFR"
+    assert run.out.splitlines() == ["id\tdigits\tname\tcountry", "745821\t+33 1 76 36 06 95\tParis Support\tFR"]
 
 
 def test_bad_or_missing_credentials_are_a_clear_error(engine, env):
@@ -96,7 +96,8 @@ def test_webhooks_names_what_an_aircall_webhook_sends_that_no_mapping_maps(engin
     requests.post(f"{settings['AIRCALL_API_URL']}/webhooks", json=body, auth=auth, timeout=10).raise_for_status()
     run = engine("aircall", "webhooks", env=env)
     assert run.code == 0, run.err
-    lines = run.out.splitlines()
+    header, *lines = run.out.splitlines()
+    assert header == "id\tstate\tevents\turl"
     assert lines[0].startswith("wh-1\tactive\t2 events\t")
     assert lines[1] == "  not mapped (held until a mapping exists): call.some_future_event.v3"
 

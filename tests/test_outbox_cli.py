@@ -328,3 +328,15 @@ def test_each_postgresql_connection_problem_is_named_by_libpqs_reason_once(engin
         assert reason in run.err, (url, run.err)
         assert "pool initialization" not in run.err and run.err.count(url.split("?")[0]) == 1, run.err
         assert run.err.count("\n") == 1
+
+
+def test_engine_db_naming_a_folder_or_a_bare_scheme_says_what_to_name_instead(engine, tmp_path):
+    """Before: a folder was "disk I/O error", and `sqlite://` came back as "ENGINE_DB: ... ENGINE_DB: 'sqlite://'"."""
+    for command in (["outbox", "status"], ["serve", "--port", str(free_port())]):
+        run = engine(*command, env={"ENGINE_DB": str(tmp_path), "AIRCALL_WEBHOOK_TOKEN": "t"}, timeout=30)
+        assert run.code == 2 and "Traceback" not in run.err, run.err
+        assert f"{tmp_path} is a folder: name a file, such as {tmp_path / 'outbox.sqlite3'}" in run.err
+        assert "disk I/O" not in run.err
+        run = engine(*command, env={"ENGINE_DB": "sqlite://", "AIRCALL_WEBHOOK_TOKEN": "t"}, timeout=30)
+        assert run.code == 2 and run.err.count("ENGINE_DB") == 1, run.err
+        assert "neither a SQLite file (a path, or sqlite:///relative/path" in run.err

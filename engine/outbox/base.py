@@ -342,7 +342,10 @@ def sqlite_path(setting: str) -> Path:
     if setting.startswith("sqlite:///"):
         return Path(setting.removeprefix("sqlite:///"))
     if "://" in setting:
-        raise ValueError(f"ENGINE_DB: {describe_db(setting)!r} is neither a SQLite path nor a postgresql:// URL")
+        raise ValueError(
+            "neither a SQLite file (a path, or sqlite:///relative/path or sqlite:////absolute/path) "
+            "nor a postgresql:// URL"
+        )
     return Path(setting)
 
 

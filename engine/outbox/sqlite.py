@@ -163,6 +163,10 @@ class SqliteOutbox:
         self.read_only = read_only
         self.migrate = migrate and not read_only
         self.create = create and not read_only
+        if self.path.is_dir():  # SQLite would say only "disk I/O error"
+            raise OutboxRefused(
+                f"{self.path} is a folder: name a file, such as {self.path / 'outbox.sqlite3'} (created if missing)"
+            )
         if self.create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         elif not self.path.exists():
