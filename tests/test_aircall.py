@@ -30,6 +30,20 @@ def test_connect_creates_the_webhook_prints_its_token_then_finds_it(engine, env,
     assert listing.code == 0 and url in listing.out and "2 events" in listing.out and token not in listing.out
 
 
+def test_connect_turns_back_on_a_webhook_aircall_disabled_keeping_its_token(engine, env, aircall):
+    url = "https://bridge.example.com/webhooks/aircall"
+    token = engine("aircall", "connect", "--url", url, env=env).out.strip()
+    aircall.control(disable_webhooks=True)  # deliveries kept failing
+    assert "\tinactive\t" in engine("aircall", "webhooks", env=env).out
+    again = engine("aircall", "connect", "--url", url, env=env)
+    assert (again.code, again.out.strip()) == (0, token)
+    assert "re-enabled webhook wh-1: Aircall had disabled it after failed deliveries" in again.err
+    assert aircall.stats()["enabled"] == 1 and aircall.stats()["webhooks"] == 1
+    assert "\tactive\t" in engine("aircall", "webhooks", env=env).out
+    assert "re-enabled" not in engine("aircall", "connect", "--url", url, env=env).err  # on: nothing to do
+    assert aircall.stats()["enabled"] == 1
+
+
 def test_connect_writes_the_token_to_the_settings_file_keeping_the_old_one(engine, env, tmp_path):
     settings = tmp_path / "bridge.env"
     settings.write_text("SEGMENT_WRITE_KEY=wk\nAIRCALL_WEBHOOK_TOKEN=old-token\n")

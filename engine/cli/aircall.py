@@ -99,7 +99,16 @@ def _aircall_connect(args: argparse.Namespace) -> int:
     if not token:
         raise UsageError("Aircall did not return the webhook's token")
     verb = "found" if existing else "created"
-    print(f"{verb} webhook {webhook.get('webhook_id') or webhook.get('id')} for {args.url}", file=sys.stderr)
+    ident = webhook.get("webhook_id") or webhook.get("id")
+    print(f"{verb} webhook {ident} for {args.url}", file=sys.stderr)
+    if existing and existing.get("active") is False:
+        # Aircall turns off a webhook whose deliveries keep failing, and sends nothing more until it is on again.
+        client.enable_webhook(str(ident))
+        print(
+            f"re-enabled webhook {ident}: Aircall had disabled it after failed deliveries; what it did not "
+            "deliver meanwhile can be fetched with engine backfill",
+            file=sys.stderr,
+        )
     if existing and sorted(existing.get("events") or []) != sorted(events):
         print("note: its events differ from the ones asked for; change them in the Aircall dashboard", file=sys.stderr)
     if args.write_env:
