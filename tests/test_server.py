@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import shutil
 import time
 
+from engine import __version__
 from engine.aircall.envelope import webhook_from_json
 from engine.aircall.events import known_events
 from engine.mapping.load import load_mappings
@@ -295,21 +297,61 @@ def test_no_write_key_keeps_messages_then_sends_them_after_restart_with_one(engi
     wait_for(lambda: restarted.health()["outbox"]["pending"] == 0, what="drained")
 
 
-def test_json_logs_give_one_object_per_line_with_each_webhooks_outcome(engine_server):
+def test_json_logs_give_each_field_its_own_key_with_its_json_type(engine_server, segment):
     server = engine_server(ENGINE_LOG_FORMAT="json")
+    assert server.post(sample("call.ended")).json() == {"status": "accepted"}
+    assert server.post(sample("call.ended")).json() == {"status": "accepted", "duplicate": True}
+    assert server.post({**sample("call.ended"), "token": "wrong"}).status_code == 401
+    assert server.post({**sample("call.ended"), "event": "call.some_future_event.v3"}).status_code == 200
+    segment.wait_for_ids(set(expected_ids(sample("call.ended"))))
+    wait_for(lambda: server.health()["outbox"]["unmapped"] == 1, what="the new event's webhook held")
+    server.stop()  # the writer thread empties its queue before the process ends
+    lines = [json.loads(line) for line in server.process.log.splitlines()]  # uvicorn's lines too: JSON throughout
+    assert {"uvicorn.error", "engine.server", "engine.webhook"} <= {line["logger"] for line in lines}
+    assert {line["level"] for line in lines} <= {"info", "warning"}
+    assert lines[-1]["message"].startswith("Finished server process")
+
+    webhooks = [line for line in lines if line["logger"] == "engine.webhook"]
+    assert all(line["message"] == "webhook" and line["client"] == "127.0.0.1" for line in webhooks)
+    assert all(type(line["ms"]) is float and line["ms"] >= 0 for line in webhooks)
+    key = webhooks[0]["webhook_key"]
+    assert isinstance(key, str) and len(key) == 32
+    other = {"time", "level", "logger", "message", "ms", "client"}
+    assert [{k: v for k, v in line.items() if k not in other} for line in webhooks] == [
+        {"event": "call.ended", "status": 200, "outcome": "accepted", "webhook_key": key, "duplicate": False},
+        {"event": "call.ended", "status": 200, "outcome": "accepted", "webhook_key": key, "duplicate": True},
+        {"event": "call.ended", "status": 401, "outcome": "unauthorized", "reason": "wrong token"},
+        {"event": "other", "status": 200, "outcome": "accepted", "webhook_key": webhooks[3]["webhook_key"],
+         "duplicate": False},
+    ]  # fmt: skip
+
+    # Processing's line about the held webhook names it by the key of the gateway's line, and by its row id.
+    [held] = [line for line in lines if line["logger"] == "engine.processing"]
+    assert held["message"] == "webhook held: no mapping maps its event yet"
+    assert (held["event"], held["outcome"]) == ("call.some_future_event.v3", "held")
+    assert held["webhook_key"] == webhooks[3]["webhook_key"] and type(held["webhook_id"]) is int
+
+    [delivery] = [line for line in lines if line["logger"] == "engine.delivery"]
+    assert (delivery["message"], delivery["outcome"], delivery["status"]) == ("delivery", "delivered", 200)
+    assert delivery["messages"] == len(expected_ids(sample("call.ended"))) and type(delivery["ms"]) is float
+
+    [started] = [line for line in lines if line["message"] == "started"]
+    assert type(started["mappings"]) is int and started["segment_configured"] is True
+    assert started["version"] == __version__
+
+
+def test_plain_logs_put_the_same_fields_after_the_message_as_key_value(engine_server):
+    server = engine_server()
     assert server.post(sample("call.ended")).status_code == 200
     assert server.post({**sample("call.ended"), "token": "wrong"}).status_code == 401
-    server.stop()  # the writer thread empties its queue before the process ends
-    ours = [json.loads(line) for line in server.process.log.splitlines()]  # uvicorn's lines too: JSON throughout
-    assert {"uvicorn.error", "engine.server", "engine.webhook"} <= {line["logger"] for line in ours}
-    webhooks = [line["message"] for line in ours if line["logger"] == "engine.webhook"]
-    assert [m.split(" ms=")[0] for m in webhooks] == [
-        "webhook event=call.ended status=200 outcome=accepted stored",
-        "webhook event=call.ended status=401 outcome=unauthorized wrong token",
+    server.stop()
+    webhooks = [line.split(" engine.webhook ", 1)[1] for line in server.process.log.splitlines()
+                if " engine.webhook " in line]  # fmt: skip
+    masked = [re.sub(r"=[0-9a-f]{32} ", "=KEY ", re.sub(r" ms=[\d.]+ ", " ms=MS ", line)) for line in webhooks]
+    assert masked == [
+        "webhook event=call.ended status=200 outcome=accepted webhook_key=KEY duplicate=false ms=MS client=127.0.0.1",
+        'webhook event=call.ended status=401 outcome=unauthorized reason="wrong token" ms=MS client=127.0.0.1',
     ]
-    assert all(m.endswith(" client=127.0.0.1") for m in webhooks)
-    assert {line["level"] for line in ours} <= {"info", "warning"}
-    assert ours[-1]["message"].startswith("Finished server process")
 
 
 def test_restart_with_a_backlog_drains_it(engine_server, segment):
