@@ -57,7 +57,7 @@ def test_without_api_credentials_it_waits_and_is_delivered_once_they_are_set(eng
     assert health["outbox"]["dead_letters"] == 0 and health["aircall_api_configured"] is False
     assert "AIRCALL_API_ID and AIRCALL_API_TOKEN are not set" in health["warning"]
     assert segment.received()["messages"] == []
-    assert metric(server.metrics(), "outbox_waiting_for_api_webhooks") == 1
+    assert metric(server.metrics(), "aircall_segment_outbox_waiting_for_api_webhooks") == 1
     server.stop()
     restarted = engine_server(**aircall.settings())  # the operator adds the credentials and restarts
     wait_for(lambda: len(utterances(segment, 2187654321)) >= 200, timeout=30, what="the utterances at Segment")
