@@ -216,10 +216,10 @@ class Console:
         if form is None or not csrf_matches(session, form.get(CSRF_FIELD)):
             return PlainTextResponse("Forbidden: missing or wrong CSRF token", status_code=403)
         if not self.gate.token_matches(form.get("token", "")):
-            log.warning("console sign-in refused: wrong token client=%s", _client(request))
+            log.warning("console sign-in refused: wrong token", extra={"fields": {"client": _client(request)}})
             await asyncio.sleep(WRONG_TOKEN_DELAY)
             return self._sign_in_page(request, None, wrong=True)
-        log.info("console signed in client=%s", _client(request))
+        log.info("console signed in", extra={"fields": {"client": _client(request)}})
         response = RedirectResponse(f"{_base(request)}/", status_code=303)
         self.gate.keep(response, request, self.gate.new_session(signed_in=True))  # a new CSRF token too
         return response
@@ -301,7 +301,10 @@ class Console:
         report = await runtime.committer.call(replay_dead_letters, runtime.outbox, mappings, ids)
         if report.messages:
             runtime.delivery.wake()
-        log.info("console replayed dead letters=%s messages=%d", report.replayed, report.messages)
+        log.info(
+            "console replayed dead letters",
+            extra={"fields": {"dead_letter_ids": report.replayed, "messages": report.messages}},
+        )
         text = f"Replayed {len(report.replayed)} dead letter(s): {report.messages} message(s) queued again."
         for letter_id, reason in report.failed[:3]:
             text += f" Dead letter #{letter_id} still fails: {reason}."
@@ -317,7 +320,7 @@ class Console:
         if ids == []:
             return self._after(request, session, "No dead letter was chosen.")
         discarded = await runtime.committer.call(runtime.outbox.discard_dead_letters, ids)
-        log.info("console discarded dead letters=%s", [letter.id for letter in discarded])
+        log.info("console discarded dead letters", extra={"fields": {"dead_letter_ids": [d.id for d in discarded]}})
         text = f"Discarded {len(discarded)} dead letter(s)."
         if ids and not discarded:
             text = f"No dead letter #{ids[0]} to discard (replayed or discarded already?)."

@@ -142,15 +142,16 @@ def create_app(env_file: str | None = None) -> ASGIApp:
             log.error("cannot start: %s", exc)
             raise
         await runtime.start()
-        log.info(
-            "started: %d mappings, events enabled: %s, outbox %s, Segment %s",
-            len(runtime.mappings), settings.events.describe(), describe_db(settings.db),
-            settings.segment_api_url if settings.segment_write_key else "NOT CONFIGURED (SEGMENT_WRITE_KEY unset)",
-        )  # fmt: skip
+        started = {"version": __version__, "mappings": len(runtime.mappings), "events": settings.events.describe()}
+        started |= {"outbox": describe_db(settings.db), "segment_configured": bool(settings.segment_write_key)}
+        if settings.segment_write_key:
+            started["segment_api_url"] = settings.segment_api_url
+        log.info("started", extra={"fields": started})
         for event in unknown_listed_events(settings, runtime.mappings):
             log.warning(
                 "AIRCALL_EVENTS names %s, which is neither an Aircall event of the catalogue nor mapped: a typo? "
                 "Its webhooks will be held unmapped until mappings/%s.yaml exists", event, event,
+                extra={"fields": {"event": event}},
             )  # fmt: skip
         if not settings.webhook_tokens:
             log.warning("AIRCALL_WEBHOOK_TOKEN is not set: every webhook is refused with 401")
