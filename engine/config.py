@@ -72,6 +72,8 @@ class Settings:
     aircall_api_token: str | None = field(default=None, repr=False)
     aircall_api_url: str = "https://api.aircall.io/v1"
     fetch_rate: int = 10  # requests a minute each server process may make to read what webhooks refer to
+    # Seconds between two looks at the account's webhooks (engine.aircall.watch); 0: no look.
+    aircall_watch_seconds: float = 300.0
     max_body_bytes: int = 1024 * 1024
     body_timeout_seconds: float = 10.0
     segment_timeout_seconds: float = 10.0
@@ -276,6 +278,7 @@ def load_settings(
         aircall_api_token=optional("AIRCALL_API_TOKEN"),
         aircall_api_url=url("AIRCALL_API_URL", Settings.aircall_api_url),
         fetch_rate=int(number("ENGINE_FETCH_RATE", Settings.fetch_rate, 1, 60, integer=True)),
+        aircall_watch_seconds=number("AIRCALL_WATCH_SECONDS", Settings.aircall_watch_seconds, 0, 86400),
         max_body_bytes=int(number("ENGINE_MAX_BODY_BYTES", Settings.max_body_bytes, 1024, 100 * 2**20, integer=True)),
         body_timeout_seconds=number("ENGINE_BODY_TIMEOUT_SECONDS", Settings.body_timeout_seconds, 0.1, 3600),
         segment_timeout_seconds=number("SEGMENT_TIMEOUT_SECONDS", Settings.segment_timeout_seconds, 0.1, 3600),

@@ -6,6 +6,7 @@ import re
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from engine.aircall.watch import WebhookWatch
 from engine.outbox import OutboxStats
 from engine.segment.client import Answer, Outcome
 from engine.server.metrics import Metrics
@@ -72,6 +73,7 @@ def exposed_metrics() -> dict[str, str]:
     metrics.webhook("call.ended", "accepted", 0.01)
     metrics.processed(1, 0, 1)
     metrics.delivery("request", 1, Answer(Outcome.DELIVERED, 200, "ok"))
+    metrics.aircall_webhook(WebhookWatch("active", 1.0, "on"))
     exposed = {}
     for family in text_string_to_metric_families(metrics.render().decode()):
         if family.name.endswith("_created"):  # prometheus-client's own series: when each counter began
@@ -99,5 +101,6 @@ def test_readmes_renamed_metrics_lead_to_metrics_that_exist_and_no_old_name_is_l
     assert set(renamed.values()) <= exposed.keys()
     assert not set(renamed) & exposed.keys()
     ours = {name for name in exposed if name.startswith("aircall_segment_")}
-    new = {"aircall_segment_build_info", "aircall_segment_processes"}
+    new = {"aircall_segment_build_info", "aircall_segment_processes", "aircall_segment_aircall_webhook_state",
+           "aircall_segment_aircall_webhook_checked_timestamp_seconds"}  # fmt: skip
     assert set(renamed.values()) == ours - new, "a metric of ours is missing from the renamed table"

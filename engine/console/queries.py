@@ -121,6 +121,9 @@ async def status(runtime: Runtime, reads: Reads) -> Status:
 def _problems(runtime: Runtime, stats: Any, now: float) -> list[str]:
     """What a person should act on, most pressing first; none means everything flows."""
     problems = []
+    watched = runtime.aircall_webhook()
+    if watched is not None and watched.problem:  # Aircall sends nothing: the most pressing of all
+        problems.append(watched.problem)
     if runtime.delivery.client is None:
         problems.append("SEGMENT_WRITE_KEY is not set: messages are kept in the outbox, not sent")
     paused = runtime.delivery.state.paused_until

@@ -48,8 +48,12 @@ async def healthz(request: Request) -> Response:
         "processing": {"running": runtime.processor.alive, "restarts": runtime.processor.restarts},
         "mappings": len(runtime.mappings),
         "events_enabled": runtime.settings.events.describe(),
+        # With API credentials: whether Aircall still sends (it disables a webhook whose deliveries keep failing).
+        "aircall_webhook": watched.as_dict() if (watched := runtime.aircall_webhook()) else None,
     }
-    if runtime.delivery.client is None:
+    if watched is not None and watched.problem:
+        body["warning"] = watched.problem
+    elif runtime.delivery.client is None:
         body["warning"] = "SEGMENT_WRITE_KEY is not set: messages are kept in the outbox, not sent"
     elif stats.waiting_for_api and not body["aircall_api_configured"]:
         body["warning"] = (

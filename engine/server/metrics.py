@@ -36,6 +36,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from engine import __version__
+from engine.aircall.watch import STATES as WATCH_STATES
+from engine.aircall.watch import WebhookWatch
 from engine.outbox import OutboxStats
 from engine.segment.client import Answer
 
@@ -181,6 +183,31 @@ def _bounded(counts: dict[str, int], total: int, limit: int) -> dict[str, int]:
     return kept
 
 
+class AircallWebhookGauge(Collector):
+    """The last look at the Aircall webhook (engine.aircall.watch), one series a state, the current one 1. Each
+    process looks for itself, so the answering process's own look is as true as any."""
+
+    def __init__(self) -> None:
+        self.latest: WebhookWatch | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        latest = self.latest
+        if latest is None:  # not watched (no API credentials), or not looked at yet
+            return
+        state = GaugeMetricFamily(
+            PREFIX + "aircall_webhook_state",
+            "Aircall's webhook for this server at the last look: active, disabled (Aircall stopped sending), "
+            "missing (no webhook carries the token) or unknown (the API did not answer)",
+            labels=["state"],
+        )
+        for name in WATCH_STATES:
+            state.add_metric([name], 1.0 if latest.state == name else 0.0)
+        yield state
+        yield GaugeMetricFamily(
+            PREFIX + "aircall_webhook_checked_timestamp_seconds", "When it was last looked at", latest.checked_at
+        )
+
+
 class Metrics:
     def __init__(self) -> None:
         # Only the environment can switch it on: prometheus-client chooses file-backed values when it is imported.
@@ -189,6 +216,8 @@ class Metrics:
         self.gauges = OutboxGauges()
         self.registry.register(self.gauges)
         self.registry.register(BuildInfo())
+        self.watch = AircallWebhookGauge()
+        self.registry.register(self.watch)
         self.registry.register(ServerProcesses())
         PlatformCollector(registry=self.registry)  # python_info
         if multiprocess_dir:
@@ -256,6 +285,9 @@ class Metrics:
 
     def outbox(self, stats: OutboxStats) -> None:
         self.gauges.stats = stats
+
+    def aircall_webhook(self, found: WebhookWatch) -> None:
+        self.watch.latest = found
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
