@@ -27,7 +27,7 @@ from engine.aircall.envelope import (
     parse_json,
     without_urls,
 )
-from engine.segment.message import RenderError, encode, encode_stdlib
+from engine.mapping.message import RenderError, encode, encode_stdlib
 from tests.conftest import fixture_paths
 
 floats = st.one_of(
@@ -180,7 +180,7 @@ def test_under_the_playgrounds_memory_limit_a_message_too_big_to_encode_is_an_er
     program = (
         "from engine.console.playground_worker import confine\n"
         "confine()\n"
-        "from engine.segment.message import RenderError, encode\n"
+        "from engine.mapping.message import RenderError, encode\n"
         "text = 'x' * (300 << 20)\n"
         "try:\n"
         "    encode({'type': 'track', 'event': 'e', 'properties': {'text': text}})\n"

@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engine.aircall.watch import WebhookWatch
 from engine.outbox import OutboxStats
-from engine.segment.client import Answer, Outcome
+from engine.segment.destination import Answer, Outcome
 from engine.server.metrics import Metrics
 from tests.conftest import ROOT
 

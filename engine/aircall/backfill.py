@@ -31,10 +31,10 @@ from engine.aircall.envelope import Webhook
 from engine.aircall.selection import Selection
 from engine.config import EventChoice
 from engine.mapping.load import Mappings
-from engine.mapping.templating import parse_iso
 from engine.outbox import Outbox, stored_webhook
 from engine.processing.fetch import Fetcher
 from engine.processing.mapper import process
+from engine.values import parse_iso
 
 PER_PAGE = 50  # Aircall's largest page
 CEILING = 10_000  # Aircall lists no further than this many objects for one query, however it is paged

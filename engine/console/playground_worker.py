@@ -79,8 +79,8 @@ def check(
     from engine.aircall.envelope import EnvelopeError, parse_webhook
     from engine.mapping.findings import MappingsFolderError
     from engine.mapping.load import inspect_mappings, mapping_files
+    from engine.mapping.message import RenderError
     from engine.mapping.validate import validate
-    from engine.segment.message import RenderError
 
     started = time.perf_counter()
     source = Path(mappings)

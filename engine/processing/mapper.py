@@ -10,9 +10,9 @@ import logging
 
 from engine.aircall.envelope import EnvelopeError, Webhook, parse_json, webhook_from_json
 from engine.mapping.load import Mappings
+from engine.mapping.message import RenderError
 from engine.outbox import NewMessage, PendingWebhook, Processed, StoredWebhook
 from engine.processing.fetch import Fetcher, FetchRefused, FetchWaits, fetch_for
-from engine.segment.message import RenderError
 
 log = logging.getLogger("engine.processing")
 

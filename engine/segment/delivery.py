@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from engine.outbox import Claimed, OutboxUnavailable, new_owner
 from engine.outbox.committer import Committer
-from engine.segment.client import Answer, Outcome, SegmentClient, split_batches
+from engine.segment.destination import Answer, Destination, Outcome, split_batches
 
 log = logging.getLogger("engine.delivery")
 
@@ -58,7 +58,7 @@ class Delivery:
     def __init__(
         self,
         committer: Committer,
-        client: SegmentClient | None,
+        client: Destination | None,
         policy: DeliveryPolicy,
         observe: Callable[[str, int, Answer | None], None] | None = None,
     ) -> None:
@@ -116,7 +116,7 @@ class Delivery:
             self.client.close()
 
     async def _deliver(self, claimed: list[Claimed]) -> None:
-        runs = split_batches([len(c.body) for c in claimed])
+        runs = split_batches([len(c.body) for c in claimed], self.client.max_batch_bytes)
         for position, run in enumerate(runs):
             if self._stopping.is_set():
                 await self._postpone([c for r in runs[position:] for c in claimed[r]], 0.0)

@@ -39,7 +39,7 @@ from engine import __version__
 from engine.aircall.watch import STATES as WATCH_STATES
 from engine.aircall.watch import WebhookWatch
 from engine.outbox import OutboxStats
-from engine.segment.client import Answer
+from engine.segment.destination import Answer
 
 MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own name for it
 PREFIX = "aircall_segment_"

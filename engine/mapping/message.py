@@ -12,7 +12,7 @@ from jinja2.runtime import Undefined
 
 from engine import LIBRARY_NAME, __version__, fastjson
 from engine.aircall.envelope import Webhook, content_fingerprint
-from engine.mapping.templating import iso8601, stable_id, uuid5
+from engine.values import iso8601, stable_id, uuid5
 
 _MESSAGE_ID_NAMESPACE = uuid.UUID("0b7f2f4c-4f0e-4c43-8d0e-2f1a9a3c6e11")
 MAX_MESSAGE_BYTES = 32 * 1024  # Segment refuses a message over 32 KB with a 400
