@@ -40,6 +40,7 @@ def app_in(folder: Path, **settings: str) -> TestClient:
         "ENGINE_MAPPINGS": str(mappings),
         "ENGINE_DB": str(folder / "outbox.sqlite3"),
         "SEGMENT_API_URL": "http://127.0.0.1:9",  # nothing listens: messages stay pending
+        "AIRCALL_WATCH_SECONDS": "0",  # the API credentials below are fake: no look at Aircall's webhooks
         **SECRETS,
         **settings,
     }
