@@ -401,3 +401,21 @@ def test_processing_maps_with_the_settings_file_and_the_mappings_the_server_star
         server.send_signal(signal.SIGTERM)
         server.wait(30)
         log.close()
+
+
+def test_the_processing_process_runs_below_the_gateways_priority(engine_server, segment):
+    """During a burst the CPU goes to answering Aircall first; mapping catches up after (bench/RESULTS.md)."""
+    import os
+
+    from engine.processing.child import PROCESSING_NICENESS
+    from tests.harness import children_of
+
+    server = engine_server()
+    [child] = children_of(server.process.proc.pid)
+    gateway = os.getpriority(os.PRIO_PROCESS, server.process.proc.pid)
+    lowered = min(gateway + PROCESSING_NICENESS, 19)
+    wait_for(lambda: os.getpriority(os.PRIO_PROCESS, child) == lowered, what="the child's lower priority")
+    server.post(call_webhook(7))  # and it maps at that priority, with every thread it started
+    wait_for(lambda: server.health()["outbox"]["pending"] + server.health()["outbox"]["delivered"] >= 1, what="mapped")
+    threads = os.listdir(f"/proc/{child}/task")
+    assert all(os.getpriority(os.PRIO_PROCESS, int(thread)) == lowered for thread in threads)
