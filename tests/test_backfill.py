@@ -7,6 +7,7 @@ engine's time and the fake's together, so an hour of rate-limited backfill takes
 
 from __future__ import annotations
 
+import email.utils
 import functools
 import io
 import json
@@ -422,7 +423,8 @@ def test_users_come_as_v1_from_a_mappings_folder_without_the_v2_events(aircall, 
 @pytest.mark.parametrize("order", [{"retry_after": "99999999999"}, {"reset_header": "99999999999"},
                                    {"reset_header": "1e999"}, {"reset_header": "nan"}])  # fmt: skip
 def test_a_wait_an_answer_asks_for_is_capped_and_said_in_a_plain_line(aircall, backfill, db, order):
-    aircall.control(calls=200, start=START, spacing=600, limit=2, **order)  # 4 pages: a 429 after two requests
+    # 4 pages, and another integration spending a request after each of ours: 429s, each saying `order`.
+    aircall.control(calls=200, start=START, spacing=600, limit=2, others=1, **order)
     clock = PretendClock(aircall)
     run = backfill("--since", "2023-11-15", "--until", "2023-11-17", "--resources", "calls", clock=clock)
     assert run.code == 0, run.err
@@ -430,6 +432,17 @@ def test_a_wait_an_answer_asks_for_is_capped_and_said_in_a_plain_line(aircall, b
     assert clock.waits and max(clock.waits) <= 301  # five minutes at most, whatever was asked
     # A line of its own: stderr is not a terminal here, as in a log.
     assert re.search(r"^waiting [15] min 0[01] s for Aircall's rate limit$", run.err, re.M), run.err
+
+
+def test_a_retry_after_given_as_an_http_date_is_honoured(aircall, backfill, db):
+    """RFC 9110 allows either form; only delta-seconds were read, and a date fell back to the window's reset."""
+    clock = PretendClock(aircall)
+    when = email.utils.formatdate(clock.now() + 120, usegmt=True)
+    # Another integration spends a request after each of ours: the second is answered 429, with that date.
+    aircall.control(calls=200, start=START, spacing=600, limit=2, others=1, retry_after=when)
+    run = backfill("--since", "2023-11-15", "--until", "2023-11-17", "--resources", "calls", clock=clock)
+    assert run.code == 0, run.err
+    assert [wait for wait in clock.waits if wait >= 1] and 110 <= max(clock.waits) <= 121
 
 
 @pytest.mark.parametrize("garbage", ["html", "cut", "list", "strings", "huge_total"])

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 STAGE_MODULES = ["engine.outbox.sqlite", "engine.outbox.committer", "engine.segment.delivery", "engine.segment.client",
+                 "engine.retry",
                  "engine.values"]  # fmt: skip
 
 

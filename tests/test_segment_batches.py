@@ -5,7 +5,8 @@ from __future__ import annotations
 import email.utils
 import json
 
-from engine.segment.client import MAX_BATCH_BYTES, batch_body, retry_after
+from engine.retry import retry_after
+from engine.segment.client import MAX_BATCH_BYTES, batch_body
 from engine.segment.destination import split_batches
 
 

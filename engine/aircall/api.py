@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from typing import Any
 import requests
 
 from engine import LIBRARY_NAME, __version__
+from engine.retry import backoff, retry_after
 
 MINUTE = 60.0
 RESET_MARGIN = 1.0  # seconds past Aircall's reset before asking again: its clock and ours differ a little
@@ -245,9 +245,9 @@ class AircallClient:
         return moment if moment <= latest else latest  # NaN and infinity compare false: the latest
 
     def _retry_at(self, response: requests.Response) -> float:
-        retry_after = response.headers.get("Retry-After", "").strip()
-        if retry_after.isdigit():
-            return self._capped(self.clock.now() + float(retry_after))
+        wait = retry_after(response.headers.get("Retry-After"), now=self.clock.now())
+        if wait is not None:
+            return self._capped(self.clock.now() + wait)
         if response.headers.get("X-AircallApi-Reset") is not None and self._reset_at > self.clock.now():
             return self._reset_at
         return self.clock.now() + MINUTE  # no word on when: Aircall's window is a minute
@@ -273,7 +273,7 @@ class AircallClient:
             self.clock.sleep(delay)
 
     def _backoff(self, failures: int) -> None:
-        self.clock.sleep(min(30.0, 0.5 * 2 ** (failures - 1)) * random.uniform(0.5, 1.0))
+        self.clock.sleep(backoff(failures - 1, 0.5, 30.0))
 
     # -- resources -----------------------------------------------------------------------------------------
 

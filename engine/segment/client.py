@@ -7,12 +7,12 @@ decoding and encoding them again.
 
 from __future__ import annotations
 
-import email.utils
 import time
 
 import requests
 
 from engine import LIBRARY_NAME, __version__
+from engine.retry import retry_after
 from engine.segment.destination import Answer, Outcome
 from engine.values import iso8601
 
@@ -60,20 +60,6 @@ class SegmentClient:
 
     def close(self) -> None:
         self.session.close()
-
-
-def retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After in seconds, from delta-seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(moment.timestamp() - (time.time() if now is None else now), 0.0)
 
 
 def _since(started: float) -> float:

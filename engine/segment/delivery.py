@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.outbox import Claimed, OutboxUnavailable, new_owner
 from engine.outbox.committer import Committer
+from engine.retry import backoff
 from engine.segment.destination import Answer, Destination, Outcome, split_batches
 
 log = logging.getLogger("engine.delivery")
@@ -39,9 +39,7 @@ class DeliveryPolicy:
     retention_seconds: float = 7 * 24 * 3600.0
 
     def backoff(self, attempts: int) -> float:
-        """Exponential, capped, with 'equal jitter': between half and all of the step."""
-        step = min(self.backoff_cap, self.backoff_base * 2 ** min(attempts, 30))
-        return step / 2 + random.uniform(0, step / 2)
+        return backoff(attempts, self.backoff_base, self.backoff_cap)
 
 
 @dataclass
