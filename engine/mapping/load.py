@@ -240,17 +240,41 @@ def load_mappings(directory: Path, runtime: str = "python") -> Mappings:
 
 
 def inspect_mappings(directory: Path, runtime: str = "python") -> tuple[Mappings, list[Finding]]:
-    """Compile what can be compiled, and every finding on the way."""
+    """Compile what can be compiled in the folder, and every finding on the way."""
+    directory = Path(directory)
+    texts: dict[str, bytes | OSError] = {}
+    for path in mapping_files(directory):
+        try:
+            texts[path.name] = path.read_bytes()
+        except OSError as exc:
+            texts[path.name] = exc
+    return inspect_texts(directory, texts, runtime)
+
+
+def load_texts(directory: Path, texts: Mapping[str, bytes], runtime: str = "python") -> Mappings:
+    """load_mappings of files given by name and content (what the server read at start-up, handed to the
+    processing process): no folder is read, and none is written."""
+    mappings, findings = inspect_texts(directory, texts, runtime)
+    if findings:
+        raise MappingError(findings)
+    return mappings
+
+
+def inspect_texts(
+    directory: Path, texts: Mapping[str, bytes | OSError], runtime: str = "python"
+) -> tuple[Mappings, list[Finding]]:
+    """Compile the files `texts` names (file name: its bytes, or why it could not be read), as the files of
+    `directory`, which is what findings name."""
     if runtime not in ("python", "jinja"):
         raise ValueError(f"runtime must be 'python' or 'jinja', not {runtime!r}")
     directory = Path(directory)
     findings: list[Finding] = []
     sources: dict[str, SourceFile] = {}
     claimed: set[str] = set()
-    for path in mapping_files(directory):
-        source = _read(path, findings, claimed)
+    for name in sorted(texts):
+        source = _read(directory / name, texts[name], findings, claimed)
         if source is not None:
-            sources[path.name] = source
+            sources[name] = source
     env = MappingEnvironment()
     compiled: dict[str, CompiledMapping] = {}
     for name, source in sources.items():
@@ -306,9 +330,11 @@ def mapping_files(directory: Path) -> list[Path]:
     return sorted(directory / n for n in names if n.endswith((".yaml", ".yml")) and not n.startswith("."))
 
 
-def _read(path: Path, findings: list[Finding], claimed: set[str]) -> SourceFile | None:
+def _read(path: Path, content: bytes | OSError, findings: list[Finding], claimed: set[str]) -> SourceFile | None:
     try:
-        text = path.read_text(encoding="utf-8")
+        if isinstance(content, OSError):
+            raise content
+        text = content.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         findings.append(Finding(path, 1, 1, f"cannot read file: {exc}"))
         return None

@@ -22,10 +22,8 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 from engine.config import Settings
 from engine.mapping.findings import MappingError
@@ -180,7 +178,7 @@ PROCESSING_NICENESS = 10  # Linux: a weight of 110 against the gateway's 1024 wh
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.mapping.load import load_mappings
+    from engine.mapping.load import load_texts
     from engine.outbox import open_outbox
     from engine.processing.worker import ProcessingPolicy, work
 
@@ -200,10 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     settings, files = pickle.loads(sys.stdin.buffer.read())
     logs.configure(settings.log_format, settings.log_level)
     try:
-        with tempfile.TemporaryDirectory(prefix="engine-mappings-") as folder:
-            for name, content in files.items():
-                (Path(folder) / name).write_bytes(content)
-            mappings = load_mappings(Path(folder))
+        mappings = load_texts(settings.mappings_dir, files)
         # Not synced: a commit of this stage that a power cut loses (messages and the processed mark, together)
         # leaves its webhooks unprocessed, and they map again to the same messageIds. The gateway's commits of
         # the webhooks themselves stay synced; this saves two flushes a batch, which the gateway would wait for.
