@@ -116,6 +116,11 @@ class OutboxStats:
     waiting_for_api: int = 0  # webhooks whose mapping reads Aircall's REST API, put back until it can answer
     unmapped_total: int = 0  # held webhooks, of every event
     unmapped_events: int = 0  # how many events they are of
+    # Readiness (engine.server.health) reads these: a dead letter that is new says dead letters grow, and a
+    # webhook stored at all says the first one has come. Both from the outbox, so every replica and every
+    # `--workers` process gives the same answer.
+    newest_dead_letter_age: float | None = None  # seconds since the newest dead letter not replayed
+    newest_webhook_age: float | None = None  # seconds since the newest stored webhook; None: none stored
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -129,6 +134,8 @@ class OutboxStats:
             "due": self.due,
             "delivered": self.delivered,
             "dead_letters": self.dead_letters,
+            "newest_dead_letter_age_seconds": _rounded(self.newest_dead_letter_age),
+            "newest_webhook_age_seconds": _rounded(self.newest_webhook_age),
             "oldest_pending_age_seconds": _rounded(self.oldest_pending_age),
             "last_error": self.last_error,
         }

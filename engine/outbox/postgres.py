@@ -468,7 +468,12 @@ class PostgresOutbox:
                 "FROM messages WHERE delivered_at IS NULL"
             ).fetchone()
             delivered = conn.execute("SELECT COUNT(*) FROM messages WHERE delivered_at IS NOT NULL").fetchone()[0]
-            dead = conn.execute("SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL").fetchone()[0]
+            dead, newest_dead = conn.execute(
+                f"SELECT COUNT(*), {_NOW} - MAX(created_at) FROM dead_letters WHERE replayed_at IS NULL"
+            ).fetchone()
+            newest_webhook = conn.execute(
+                f"SELECT {_NOW} - received_at FROM webhooks ORDER BY id DESC LIMIT 1"
+            ).fetchone()
             last = conn.execute(
                 "SELECT last_error FROM messages WHERE delivered_at IS NULL AND last_error IS NOT NULL "
                 "ORDER BY due_at DESC LIMIT 1"
@@ -494,6 +499,8 @@ class PostgresOutbox:
                 pending, due, delivered, dead, None if oldest_age is None else max(oldest_age, 0.0),
                 last[0] if last else None, unprocessed, None if lag is None else max(lag[0], 0.0), unmapped,
                 waiting, held, held_events,
+                newest_dead_letter_age=None if newest_dead is None else max(newest_dead, 0.0),
+                newest_webhook_age=None if newest_webhook is None else max(newest_webhook[0], 0.0),
             )  # fmt: skip
 
         return self._write(work)

@@ -569,7 +569,11 @@ class SqliteOutbox:
             (now,),
         ).fetchone()
         delivered = conn.execute("SELECT COUNT(*) FROM messages WHERE delivered_at IS NOT NULL").fetchone()[0]
-        dead = conn.execute("SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL").fetchone()[0]
+        # The count reads every dead letter anyway: the newest's time comes with it.
+        dead, newest_dead = conn.execute(
+            "SELECT COUNT(*), MAX(created_at) FROM dead_letters WHERE replayed_at IS NULL"
+        ).fetchone()
+        newest_webhook = conn.execute("SELECT received_at FROM webhooks ORDER BY id DESC LIMIT 1").fetchone()
         last_error = conn.execute(
             "SELECT last_error FROM messages WHERE delivered_at IS NULL AND last_error IS NOT NULL "
             "ORDER BY due_at DESC LIMIT 1"
@@ -605,6 +609,8 @@ class SqliteOutbox:
             dead_letters=dead,
             oldest_pending_age=None if oldest is None else max(now - oldest, 0.0),
             last_error=last_error[0] if last_error else None,
+            newest_dead_letter_age=None if newest_dead is None else max(now - newest_dead, 0.0),
+            newest_webhook_age=None if newest_webhook is None else max(now - newest_webhook[0], 0.0),
         )
 
     def next_due(self) -> float | None:

@@ -18,6 +18,7 @@ from engine.outbox.committer import Committer
 from engine.processing.child import ProcessingProcess
 from engine.segment.client import SegmentClient
 from engine.segment.delivery import Delivery, DeliveryPolicy
+from engine.server.health import MappingsOnDisk
 from engine.server.metrics import Metrics
 
 log = logging.getLogger("engine.server")
@@ -37,6 +38,7 @@ class Runtime:
     metrics: Metrics
     token_digests: tuple[bytes, ...]
     known_events: frozenset[str]
+    mappings_on_disk: MappingsOnDisk  # readiness: whether the folder still loads as it is now
     _reader: Outbox
     _stats: tuple[float, OutboxStats] | None = None
     _stats_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -89,7 +91,10 @@ def unknown_listed_events(settings: Settings, mappings: Mappings) -> list[str]:
 
 def build_runtime(settings: Settings) -> Runtime:
     """Load and check everything; raise ConfigError or MappingError with a message naming what is wrong."""
+    on_disk = MappingsOnDisk(settings.mappings_dir)
+    before = on_disk.signature()  # before loading: an edit made meanwhile is looked at again
     mappings = load_server_mappings(settings)
+    on_disk.loaded(before)
     # The files as they were loaded: the processing process maps with these very files, whatever is edited on
     # disk while the server runs (an edit takes effect at the next restart, as for the server).
     files = {path.name: path.read_bytes() for path in mapping_files(settings.mappings_dir)}
@@ -139,6 +144,7 @@ def build_runtime(settings: Settings) -> Runtime:
         token_digests=tuple(hashlib.sha256(t.encode()).digest() for t in settings.webhook_tokens),
         known_events=known_events() | mappings.by_event.keys(),
         _reader=_open(settings.db),
+        mappings_on_disk=on_disk,
     )
 
 
