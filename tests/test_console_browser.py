@@ -268,3 +268,27 @@ def test_replaying_a_dead_letter_from_the_page_delivers_it(page, server, segment
     expect(page.get_by_test_id("dead-letter-row").filter(has_text=ids[0])).to_have_count(0)
     # /healthz's counts may be a second old
     wait_for(lambda: requests.get(f"{server.url}/healthz", timeout=5).json()["outbox"]["dead_letters"] == 0)
+
+
+def test_a_new_server_waits_for_its_first_webhook_and_ticks_the_set_up_as_it_comes(browser, engine_server, tmp_path):
+    fresh = engine_server(with_segment=False, ENGINE_CONSOLE_TOKEN=CONSOLE_TOKEN)  # a first run: no write key
+    context = browser.new_context(viewport=VIEWPORT, base_url=fresh.url)
+    page = context.new_page()
+    try:
+        sign_in(page)
+        headline = page.get_by_test_id("headline")
+        expect(headline).to_contain_text("Waiting for the first webhook")
+        expect(page.locator("#sample-command")).to_contain_text(f"curl -s -X POST {fresh.url}/webhooks/aircall")
+        assert "Flowing" not in page.get_by_test_id("console-status").inner_text()
+        received = page.get_by_test_id("set-up").locator("li").filter(has_text="A webhook received")
+        expect(received).to_have_attribute("data-done", "no")
+        expect(page.get_by_test_id("set-up")).to_contain_text("Setting up: 0 of 5 done")
+        shot(page, tmp_path, "status-first-run", docs="console-first-run.png")
+        assert fresh.post(sample("call.ended")).status_code == 200
+        expect(received).to_have_attribute("data-done", "yes", timeout=15_000)  # the panel refreshes itself
+        expect(headline).to_contain_text("Degraded", timeout=15_000)  # the message waits: no write key
+        expect(headline).to_contain_text("SEGMENT_WRITE_KEY is not set")
+        expect(page.get_by_test_id("set-up")).to_contain_text("Setting up: 1 of 5 done")
+        shot(page, tmp_path, "status-first-webhook")
+    finally:
+        context.close()

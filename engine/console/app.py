@@ -26,6 +26,7 @@ from starlette.routing import Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
+from engine.aircall.webhook import PATH
 from engine.console import queries
 from engine.console.auth import CSRF_FIELD, CSRF_HEADER, Gate, Session, csrf_matches
 from engine.console.pages import STATIC, Pages
@@ -233,7 +234,10 @@ class Console:
         return self.pages.render(request, "status_panel.html", {"status": status})
 
     async def _status(self, request: Request) -> queries.Status:
-        status = await queries.status(request.state.runtime, self.reads)
+        # Where the sample webhook goes, as this browser reaches the server (a signed-in page: not echoed to anyone
+        # else). Behind a proxy that rewrites paths it may differ; the README's Set-up says the same command.
+        webhook_url = f"{request.url.scheme}://{request.url.netloc}{PATH}"
+        status = await queries.status(request.state.runtime, self.reads, webhook_url)
         self._badge = (time.monotonic(), status.stats.dead_letters)
         return status
 

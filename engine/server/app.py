@@ -161,6 +161,8 @@ def create_app(env_file: str | None = None) -> ASGIApp:
             )  # fmt: skip
         if not settings.webhook_tokens:
             log.warning("AIRCALL_WEBHOOK_TOKEN is not set: every webhook is refused with 401")
+        if settings.console_token:  # the first run's next step: where to look (the token is never logged)
+            log.info("web console at /console/ on this server: sign in with ENGINE_CONSOLE_TOKEN")
         try:
             yield {"runtime": runtime}
         finally:
