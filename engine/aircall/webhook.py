@@ -50,6 +50,7 @@ async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
     runtime: Runtime = scope["state"]["runtime"]
     started = time.perf_counter()
     event = "unknown"
+    named: str | None = None  # the event's name as sent, once the token matched: the console may show it then
     status, outcome, extra = 200, "accepted", ()
     payload: dict[str, object] = {"status": "accepted"}
     try:
@@ -63,6 +64,7 @@ async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
             raise Refusal(400, "bad_request", str(exc)) from None
         event = runtime.event_label(_text_field(document, "event"))  # a known event's name, else "other"
         _authenticate(runtime, document)
+        named = _text_field(document, "event") or "(no event name)"
         try:
             webhook = webhook_from_json(document)  # its errors may quote the body: only once authenticated
         except EnvelopeError as exc:
@@ -82,11 +84,21 @@ async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
         status, outcome, extra = refusal.status, refusal.outcome, tuple((refusal.headers or {}).items())
         payload = {"status": "error", "reason": refusal.reason}
     except _Gone:
-        _note(scope, started, event, 400, "bad_request", "client disconnected before the body was complete")
+        gone = "client disconnected before the body was complete"
+        _note(scope, started, event, 400, "bad_request", gone)
+        _keep_refused(scope, 400, "bad_request", gone, named)
         return
     detail = payload.get("reason") or ("duplicate" if payload.get("duplicate") else "stored")
     _note(scope, started, event, status, outcome, detail)
+    if outcome != "accepted":
+        _keep_refused(scope, status, outcome, str(detail), named)
     await _answer(send, status, payload, extra)
+
+
+def _keep_refused(scope: Scope, status: int, outcome: str, reason: str, named: str | None) -> None:
+    """For the console's list of what was not stored (engine.aircall.refused): in memory, never a write."""
+    client = scope.get("client")
+    scope["state"]["runtime"].refused.note(status, outcome, reason, named, client[0] if client else None)
 
 
 def _authenticate(runtime: Runtime, document: object) -> None:

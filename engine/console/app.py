@@ -247,7 +247,9 @@ class Console:
     async def webhooks(self, request: Request, session: Session) -> Response:
         before = _int(request.query_params.get("before"))
         listed = await queries.recent_webhooks(self.reads, before)
-        return await self._render(request, session, "webhooks.html", {"webhooks": listed, "before": before})
+        refused = queries.refused(request.state.runtime)
+        context = {"webhooks": listed, "before": before, "refused": refused}
+        return await self._render(request, session, "webhooks.html", context)
 
     @page
     async def webhook(self, request: Request, session: Session) -> Response:

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from engine.aircall.refused import RECENT, Refused
 from engine.console.charts import Chart, bar_chart
 from engine.outbox import (
     DeadLetter,
@@ -142,6 +143,9 @@ def _problems(runtime: Runtime, stats: Any, now: float) -> list[str]:
     """What a person should look at though data flows (what stops it is the health's reasons), most pressing
     first."""
     problems = []
+    refused = _refused_lately(runtime, now)
+    if refused:
+        problems.append(refused)
     paused = runtime.delivery.state.paused_until
     if paused and paused > now:
         problems.append(f"Delivery is paused for {paused - now:.0f} s after an error from Segment")
@@ -165,6 +169,22 @@ def _problems(runtime: Runtime, stats: Any, now: float) -> list[str]:
         plural = "dead letter waits" if stats.dead_letters == 1 else "dead letters wait"
         problems.append(f"{stats.dead_letters:,} {plural} for a replay or a discard")
     return problems
+
+
+REFUSED_RECENT_SECONDS = 15 * 60  # 401s this recent make the status page point at the token
+
+
+def _refused_lately(runtime: Runtime, now: float) -> str | None:
+    """A wrong token, diagnosed on the page: webhooks refused with 401 lately by the process that answers."""
+    lately = [r for r in runtime.refused.newest() if r.status == 401 and now - r.at < REFUSED_RECENT_SECONDS]
+    if not lately:
+        return None
+    reasons = ", ".join(sorted({r.reason for r in lately}))
+    return (
+        f"{len(lately)} webhook(s) refused with 401 in the last 15 minutes ({reasons}), the newest from "
+        f"{lately[0].client or 'an unknown address'}: is AIRCALL_WEBHOOK_TOKEN the token of Aircall's webhook? "
+        "Webhooks lists them"
+    )
 
 
 def _steps(runtime: Runtime, stats: Any, health: Health) -> list[Step]:
@@ -251,6 +271,21 @@ async def recent_webhooks(reads: Reads, before: int | None = None) -> Webhooks:
         rows.append(WebhookRow(summary, outcome, messages, delivered))
     older = summaries[-1].id if len(summaries) == RECENT_WEBHOOKS else None
     return Webhooks(rows, complete, older)
+
+
+@dataclass
+class RefusedList:
+    """What the gateway answered without storing it, as the process serving the page kept it."""
+
+    rows: list[Refused]
+    counts: dict[str, int]  # by outcome, since `since`
+    since: float  # when this process started
+    kept: int  # how many it keeps
+
+
+def refused(runtime: Runtime) -> RefusedList:
+    kept = runtime.refused
+    return RefusedList(kept.newest(), dict(sorted(kept.counts.items())), kept.started, RECENT)
 
 
 @dataclass

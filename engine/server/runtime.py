@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from engine.aircall.events import known_events
+from engine.aircall.refused import RecentRefusals
 from engine.aircall.selection import Selection
 from engine.config import ConfigError, Settings
 from engine.mapping.findings import MappingsFolderError
@@ -40,6 +41,8 @@ class Runtime:
     known_events: frozenset[str]
     mappings_on_disk: MappingsOnDisk  # readiness: whether the folder still loads as it is now
     _reader: Outbox
+    # What the gateway answered without storing (refused, ignored), for the console: this process's, in memory.
+    refused: RecentRefusals = field(default_factory=RecentRefusals)
     _stats: tuple[float, OutboxStats] | None = None
     _stats_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
