@@ -17,8 +17,10 @@ from engine.aircall.refused import RECENT, Refused
 from engine.console.charts import Chart, bar_chart
 from engine.outbox import (
     DeadLetter,
+    FoundWebhooks,
     Outbox,
     StoredMessage,
+    WebhookFilter,
     WebhookSummary,
     open_outbox,
     stored_key,
@@ -246,12 +248,14 @@ class Webhooks:
     rows: list[WebhookRow]
     complete: bool  # False: too many messages since the oldest row to count them all
     older: int | None  # `before` for the next page
+    searched_down_to: int | None = None  # the lowest id the page read (a filtered page reads a bounded window)
 
 
-async def recent_webhooks(reads: Reads, before: int | None = None) -> Webhooks:
-    summaries: list[WebhookSummary] = await reads("recent_webhooks", RECENT_WEBHOOKS, before)
+async def recent_webhooks(reads: Reads, before: int | None = None, found: WebhookFilter | None = None) -> Webhooks:
+    page: FoundWebhooks = await reads("find_webhooks", found or WebhookFilter(), RECENT_WEBHOOKS, before)
+    summaries = page.rows
     if not summaries:
-        return Webhooks([], True, None)
+        return Webhooks([], True, page.next_before, page.searched_down_to)
     oldest = min(s.received_at for s in summaries)
     counts, complete = await reads("message_counts", [s.key for s in summaries], oldest, COUNT_SCAN_LIMIT)
     letters: list[DeadLetter] = await reads("dead_letters_since", oldest, DEAD_LETTERS_SCANNED)
@@ -269,8 +273,7 @@ async def recent_webhooks(reads: Reads, before: int | None = None) -> Webhooks:
         else:
             outcome = "mapped"
         rows.append(WebhookRow(summary, outcome, messages, delivered))
-    older = summaries[-1].id if len(summaries) == RECENT_WEBHOOKS else None
-    return Webhooks(rows, complete, older)
+    return Webhooks(rows, complete, page.next_before, page.searched_down_to)
 
 
 @dataclass

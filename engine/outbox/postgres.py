@@ -39,6 +39,7 @@ from engine.outbox import (
     first_id,
     per_minute,
 )
+from engine.outbox.base import FoundWebhooks, WebhookColumns, WebhookFilter, find_webhooks
 
 T = TypeVar("T")
 _CONNECTION_ERRORS = (PoolTimeout, psycopg.OperationalError)
@@ -632,6 +633,9 @@ class PostgresOutbox:
 
         return [_dead_letter(row) for row in self._write(work)]
 
+    def find_webhooks(self, found: WebhookFilter, limit: int, before: int | None = None) -> FoundWebhooks:
+        return self._write(lambda conn: find_webhooks(conn, found, limit, before, _FIND_COLUMNS))
+
     # -- end of console reads ------------------------------------------------------------------------------
 
     # -- backfill progress ---------------------------------------------------------------------------------
@@ -692,6 +696,22 @@ class PostgresOutbox:
 _SUMMARY_COLUMNS = "id, key, event, received_at, processed_at, unmapped_event IS NOT NULL"
 _MESSAGE_COLUMNS = "id, message_id, event, body, created_at, attempts, last_error, delivered_at"
 _NO_ID = 2**63 - 1
+_FIND_COLUMNS = WebhookColumns(
+    mark="%s",
+    tables="webhooks",
+    summary=_SUMMARY_COLUMNS,
+    id="id",
+    event="event",
+    received="received_at",
+    processed="processed_at",
+    unmapped="unmapped_event",
+    body="body",
+    body_contains="position(convert_to(%s, 'UTF8') in body) > 0",  # a quick test before the JSON is parsed
+    # json, not jsonb: jsonb refuses a \u0000 that JSON (and a webhook) may hold
+    body_field="(convert_from(body, 'UTF8')::json #>> %s::text[])",
+    call_id_path="{data,id}",
+    related_call_path="{data,call_id}",
+)
 
 
 # The shared helpers (engine.outbox.base) in PostgreSQL's dialect.

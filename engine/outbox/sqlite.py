@@ -29,6 +29,7 @@ from engine.outbox.base import (
     Activity,
     Claimed,
     DeadLetter,
+    FoundWebhooks,
     NewMessage,
     OutboxRefused,
     OutboxStats,
@@ -37,7 +38,10 @@ from engine.outbox.base import (
     Processed,
     StoredMessage,
     StoredWebhook,
+    WebhookColumns,
+    WebhookFilter,
     WebhookSummary,
+    find_webhooks,
     first_id,
     per_minute,
 )
@@ -828,6 +832,9 @@ class SqliteOutbox:
 
         return self._snapshot(work)
 
+    def find_webhooks(self, found: WebhookFilter, limit: int, before: int | None = None) -> FoundWebhooks:
+        return self._snapshot(lambda conn: find_webhooks(conn, found, limit, before, _FIND_COLUMNS))
+
     # -- end of console reads ------------------------------------------------------------------------------
 
 
@@ -837,6 +844,22 @@ _SUMMARY_COLUMNS = "w.id, w.key, w.event, w.received_at, s.processed_at, s.unmap
 _SUMMARY_TABLES = "webhooks w JOIN webhook_state s ON s.id = w.id"
 _MESSAGE_COLUMNS = "id, message_id, event, body, created_at, attempts, last_error, delivered_at"  # StoredMessage
 _NO_ID = 2**63 - 1  # above every id: "before" nothing
+_BODY_TEXT = "CAST(w.body AS TEXT)"  # stored as a BLOB: SQLite's JSON functions would read a BLOB as JSONB
+_FIND_COLUMNS = WebhookColumns(
+    mark="?",
+    tables=_SUMMARY_TABLES,
+    summary=_SUMMARY_COLUMNS,
+    id="w.id",
+    event="w.event",
+    received="w.received_at",
+    processed="s.processed_at",
+    unmapped="s.unmapped_event",
+    body="w.body",
+    body_contains=f"instr({_BODY_TEXT}, ?) > 0",  # a quick test before the JSON is parsed
+    body_field=f"CAST(json_extract({_BODY_TEXT}, ?) AS TEXT)",
+    call_id_path="$.data.id",
+    related_call_path="$.data.call_id",
+)
 
 
 # The shared helpers (engine.outbox.base) in SQLite's dialect.
