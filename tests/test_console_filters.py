@@ -106,6 +106,8 @@ def test_the_webhooks_page_filters_from_its_query_string_and_refuses_a_bad_value
         page = client.get("/console/webhooks", params={"event": "user.created"}).text
         assert page.count('data-testid="webhook-row"') == 1 and "<code>user.created</code>" in page
         assert 'value="user.created"' in page  # the form keeps the filter: a filtered page can be linked
+        page = client.get("/console/webhooks", params={"event": "user.*"}).text
+        assert page.count('data-testid="webhook-row"') == 1 and "<code>user.created</code>" in page
         call = str(sample("call.ended")["data"]["id"])
         page = client.get("/console/webhooks", params={"call": call}).text
         assert page.count('data-testid="webhook-row"') == 1 and "<code>call.ended</code>" in page

@@ -451,7 +451,9 @@ class FilterError(ValueError):
 def _webhook_filter(asked: dict[str, str]) -> tuple[WebhookFilter, int | None]:
     """The query string's filters (empty: any), and the page's `before`; FilterError for a value that is wrong."""
     event, outcome, call = asked["event"] or None, asked["outcome"] or None, asked["call"] or None
-    if event is not None and not is_event_name(event.removesuffix("*").removesuffix(".")):
+    prefix = event.removesuffix("*") if event is not None else ""
+    # A prefix (call.*, call.end*) is a name's beginning: with a letter after it, it is a name.
+    if event is not None and not is_event_name(prefix + ("x" if event.endswith(".*") else "")):
         raise FilterError(f"event: {event[:100]!r} is not an event name (like call.ended, or call.* for them all)")
     if outcome is not None and outcome not in WEBHOOK_OUTCOMES:
         raise FilterError(f"outcome: {outcome[:100]!r} is not one of {', '.join(WEBHOOK_OUTCOMES)}")
