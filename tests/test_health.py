@@ -109,3 +109,16 @@ def test_the_outbox_tells_readiness_the_newest_webhook_and_dead_letter_on_each_b
     assert 0 <= outbox.stats().newest_dead_letter_age < 60
     outbox.mark_replayed([letter.id for letter in outbox.dead_letters()])  # a replayed one no longer counts
     assert outbox.stats().newest_dead_letter_age is None
+
+
+def test_replicas_on_postgresql_give_the_same_answer_whichever_stored_the_webhook(engine_server, segment, postgres_url):
+    envelope = call_webhook(3)
+    segment.control(reject_message_ids=expected_ids(envelope)[:1])
+    first, second = engine_server(ENGINE_DB=postgres_url), engine_server(ENGINE_DB=postgres_url)
+    assert first.post(envelope).status_code == 200
+    for replica in (second, first):  # the one that did not store it says so too: the outbox is shared
+        degraded_saying(replica, "dead letters grow: the newest came")
+    discarded = run_engine("outbox", "discard", "--all", env={"ENGINE_DB": postgres_url})
+    assert discarded.code == 0, discarded.err
+    for replica in (first, second):
+        wait_for(lambda r=replica: ready(r) == (200, {"status": "ready"}), what="ready once discarded")
