@@ -63,6 +63,7 @@ def test_the_headline_is_degraded_with_the_reasons_readyz_gives(tmp_path):
             assert reason[1:].replace("`", "") in text
         assert "<code>engine outbox status --dead</code>" in page
         assert "Dead letters grow: the newest came" in text
+        assert "dead letter waits for a replay" not in text  # said once, not again as a note
 
 
 def test_a_token_of_the_accounts_own_ticks_aircall_connected_and_no_write_key_is_left_to_do(tmp_path):

@@ -69,6 +69,7 @@ def test_readmes_first_command_serves_the_console_where_the_sample_webhook_shows
     server = engine_server(with_segment=False, **settings)  # no write key yet, as on a first run
     assert "--data @tests/fixtures/call.ended.json" in shell_blocks()[1]
     assert server.post(sample("call.ended")).json() == {"status": "accepted"}
+    assert "web console at /console/" in server.process.log and console_token not in server.process.log
 
     browser = requests.Session()
     form = browser.get(f"{server.url}/console/sign-in", timeout=5).text

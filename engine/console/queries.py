@@ -25,7 +25,7 @@ from engine.outbox import (
     open_outbox,
     stored_key,
 )
-from engine.server.health import Health, readiness
+from engine.server.health import DEAD_LETTER_WINDOW_SECONDS, Health, readiness
 
 if TYPE_CHECKING:
     from engine.server.runtime import Runtime
@@ -167,7 +167,8 @@ def _problems(runtime: Runtime, stats: Any, now: float) -> list[str]:
             f"{stats.unmapped_total:,} webhooks are held because no mapping maps their event ({events}): add the "
             "mapping and restart the server, and they are mapped"
         )
-    if stats.dead_letters:
+    growing = stats.newest_dead_letter_age is not None and stats.newest_dead_letter_age < DEAD_LETTER_WINDOW_SECONDS
+    if stats.dead_letters and not growing:  # growing: readiness says so already, with the count
         plural = "dead letter waits" if stats.dead_letters == 1 else "dead letters wait"
         problems.append(f"{stats.dead_letters:,} {plural} for a replay or a discard")
     return problems
