@@ -18,40 +18,6 @@ def test_ci_runs_the_readmes_test_command():
     assert test_command in (ROOT / ".ci" / "run").read_text()
 
 
-def named_blocks() -> list[tuple[str, str]]:
-    """(path, text) of each code block that README introduces with a line naming a file: "`mappings/x.yaml`:"."""
-    return re.findall(r"^`((?:[\w.-]+/)+[\w.-]+)`[^\n`]*:\n\n```\w*\n(.*?)```", README, re.S | re.M)
-
-
-def test_readme_shows_the_files_it_names_as_they_are():
-    blocks = named_blocks()
-    assert {"mappings/call.ended.yaml", "mappings/user.created.yaml"} <= dict(blocks).keys()
-    for path, text in blocks:
-        assert (ROOT / path).is_file(), f"README shows {path}, which does not exist"
-        assert text == (ROOT / path).read_text(), f"README's {path} is not the file"
-
-
-def test_readme_mapping_example_validates_and_renders(engine, mappings_copy):
-    example = re.search(r"could read:\n\n```yaml\n(.*?)```", README, re.S).group(1)
-    (mappings_copy / "call.ended.yaml").write_text(example)
-    run = engine("validate", str(mappings_copy))
-    assert run.code == 0, run.out
-    messages = engine("render", "tests/fixtures/call.ended.json", "--mappings", str(mappings_copy)).json()
-    assert [m["type"] for m in messages] == ["track", "identify"]
-    assert messages[0]["properties"]["minutes"] == 3.3
-    assert messages[0]["properties"]["call_id"] == 2187654321  # inherited from _call.yaml
-
-
-def test_readmes_table_of_events_is_what_engine_events_prints(engine):
-    begin, end = "<!-- engine events: begin", "<!-- engine events: end -->"
-    table = README[README.index("\n", README.index(begin)) + 1 : README.index(end)]
-    run = engine("events")
-    assert run.code == 0, run.err
-    assert table == run.out, "README's table of events is stale: run `engine events` and paste its output"
-    for row in ("| `user.created.v2` | track `user.created`; identify |", "| `transcription.created` |"):
-        assert row in table
-
-
 def test_readmes_first_command_serves_the_console_where_the_sample_webhook_shows(engine_server):
     """The newcomer's minute: the first command's settings, the sample the next block sends, then the console
     with the token the command set, showing the webhook and what is left to set up."""
@@ -87,3 +53,37 @@ def test_readmes_first_command_serves_the_console_where_the_sample_webhook_shows
         what="the status page past its first webhook",
     )
     assert "Setting up: 1 of 5 done" in status and "Set SEGMENT_WRITE_KEY" in status
+
+
+def named_blocks() -> list[tuple[str, str]]:
+    """(path, text) of each code block that README introduces with a line naming a file: "`mappings/x.yaml`:"."""
+    return re.findall(r"^`((?:[\w.-]+/)+[\w.-]+)`[^\n`]*:\n\n```\w*\n(.*?)```", README, re.S | re.M)
+
+
+def test_readme_shows_the_files_it_names_as_they_are():
+    blocks = named_blocks()
+    assert {"mappings/call.ended.yaml", "mappings/user.created.yaml"} <= dict(blocks).keys()
+    for path, text in blocks:
+        assert (ROOT / path).is_file(), f"README shows {path}, which does not exist"
+        assert text == (ROOT / path).read_text(), f"README's {path} is not the file"
+
+
+def test_readme_mapping_example_validates_and_renders(engine, mappings_copy):
+    example = re.search(r"could read:\n\n```yaml\n(.*?)```", README, re.S).group(1)
+    (mappings_copy / "call.ended.yaml").write_text(example)
+    run = engine("validate", str(mappings_copy))
+    assert run.code == 0, run.out
+    messages = engine("render", "tests/fixtures/call.ended.json", "--mappings", str(mappings_copy)).json()
+    assert [m["type"] for m in messages] == ["track", "identify"]
+    assert messages[0]["properties"]["minutes"] == 3.3
+    assert messages[0]["properties"]["call_id"] == 2187654321  # inherited from _call.yaml
+
+
+def test_readmes_table_of_events_is_what_engine_events_prints(engine):
+    begin, end = "<!-- engine events: begin", "<!-- engine events: end -->"
+    table = README[README.index("\n", README.index(begin)) + 1 : README.index(end)]
+    run = engine("events")
+    assert run.code == 0, run.err
+    assert table == run.out, "README's table of events is stale: run `engine events` and paste its output"
+    for row in ("| `user.created.v2` | track `user.created`; identify |", "| `transcription.created` |"):
+        assert row in table

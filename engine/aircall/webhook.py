@@ -72,6 +72,7 @@ async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
         skip = runtime.selection.skip_reason(webhook)
         if skip is not None:
             outcome, payload = "ignored", {"status": "ignored", "reason": skip}
+            _keep_refused(scope, 200, outcome, skip, named)
         else:
             try:
                 new = await runtime.committer.append(stored_webhook(webhook, body))
@@ -83,20 +84,18 @@ async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
     except Refusal as refusal:
         status, outcome, extra = refusal.status, refusal.outcome, tuple((refusal.headers or {}).items())
         payload = {"status": "error", "reason": refusal.reason}
+        _keep_refused(scope, status, outcome, refusal.reason, named)
     except _Gone:
-        gone = "client disconnected before the body was complete"
-        _note(scope, started, event, 400, "bad_request", gone)
-        _keep_refused(scope, 400, "bad_request", gone, named)
+        _note(scope, started, event, 400, "bad_request", "client disconnected before the body was complete")
         return
     detail = payload.get("reason") or ("duplicate" if payload.get("duplicate") else "stored")
     _note(scope, started, event, status, outcome, detail)
-    if outcome != "accepted":
-        _keep_refused(scope, status, outcome, str(detail), named)
     await _answer(send, status, payload, extra)
 
 
 def _keep_refused(scope: Scope, status: int, outcome: str, reason: str, named: str | None) -> None:
-    """For the console's list of what was not stored (engine.aircall.refused): in memory, never a write."""
+    """For the console's list of what was answered and not stored (engine.aircall.refused): in memory, never a
+    write. A sender that hung up mid-body got no answer: it is in the log and the metrics only."""
     client = scope.get("client")
     scope["state"]["runtime"].refused.note(status, outcome, reason, named, client[0] if client else None)
 
