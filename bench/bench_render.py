@@ -37,8 +37,8 @@ from engine.aircall.envelope import (  # noqa: E402
     parse_webhook,
 )
 from engine.mapping.load import load_mappings  # noqa: E402
+from engine.mapping.message import Encoded, encode, encode_stdlib, finish  # noqa: E402
 from engine.mapping.templating import e164, iso8601, pluck, stable_id  # noqa: E402
-from engine.segment.message import Encoded, encode, encode_stdlib, finish  # noqa: E402
 
 
 def plain_call_properties(d: dict) -> dict:

@@ -105,9 +105,13 @@ def ingest(total: int) -> None:
     finally:
         stop(engine)
         stop(bare)
-    group = [line for line in metrics.splitlines() if line.startswith("outbox_commit_webhooks_")]
-    count = float(next(line for line in group if line.startswith("outbox_commit_webhooks_count")).split()[1])
-    total_webhooks = float(next(line for line in group if line.startswith("outbox_commit_webhooks_sum")).split()[1])
+    group = [line for line in metrics.splitlines() if line.startswith("aircall_segment_outbox_commit_webhooks_")]
+    count = float(
+        next(line for line in group if line.startswith("aircall_segment_outbox_commit_webhooks_count")).split()[1]
+    )
+    total_webhooks = float(
+        next(line for line in group if line.startswith("aircall_segment_outbox_commit_webhooks_sum")).split()[1]
+    )
     print(f"# ingest, {machine()}; one uvicorn process each; client on the same machine, concurrency 32")
     print(f"{'server':<34}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
     for name, label in (("bare", "bare Starlette (parse JSON, 200)"), ("engine", "engine (durable commit, mapping)")):
@@ -243,7 +247,7 @@ def end_to_end(seconds: int, workers: int) -> None:
             load = run_wrk(port, template, 1, seconds)
             load_seconds = time.perf_counter() - began
             time.sleep(0.5)  # requests still in flight when wrk stopped are answered (and counted) meanwhile
-            accepted = metric(port, 'aircall_webhooks_total{event="call.ended",outcome="accepted"}')
+            accepted = metric(port, 'aircall_segment_webhooks_total{event="call.ended",outcome="accepted"}')
             wait_for(lambda: fake_count(segment) >= accepted, 600, 0.05, what="every acknowledged webhook delivered")
             total_seconds = time.perf_counter() - began
             time.sleep(2)  # anything delivered twice would arrive now
@@ -298,13 +302,23 @@ def catch_up(seconds: int) -> None:
     try:
         stored = backlog(1)
         during = paced_p99(port, 10**8)
-        left = metric(port, "outbox_unprocessed_webhooks")
-        wait_for(lambda: metric(port, "outbox_unprocessed_webhooks") == 0, 600, 0.05, what="the backlog mapped")
+        left = metric(port, "aircall_segment_outbox_unprocessed_webhooks")
+        wait_for(
+            lambda: metric(port, "aircall_segment_outbox_unprocessed_webhooks") == 0,
+            600,
+            0.05,
+            what="the backlog mapped",
+        )
         after = paced_p99(port, 2 * 10**8)
         disk = paced_p99(durable_port, 3 * 10**8)
         second = backlog(10**7)
         began = time.perf_counter()
-        wait_for(lambda: metric(port, "outbox_unprocessed_webhooks") == 0, 600, 0.02, what="the backlog mapped")
+        wait_for(
+            lambda: metric(port, "aircall_segment_outbox_unprocessed_webhooks") == 0,
+            600,
+            0.02,
+            what="the backlog mapped",
+        )
         mapping_rate = second / (time.perf_counter() - began)
     finally:
         stop(engine)

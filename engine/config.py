@@ -6,6 +6,7 @@ Secrets (tokens, write key, API token) are never part of an error message.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,8 @@ class Settings:
     aircall_api_token: str | None = field(default=None, repr=False)
     aircall_api_url: str = "https://api.aircall.io/v1"
     fetch_rate: int = 10  # requests a minute each server process may make to read what webhooks refer to
+    # Seconds between two looks at the account's webhooks (engine.aircall.watch); 0: no look.
+    aircall_watch_seconds: float = 300.0
     max_body_bytes: int = 1024 * 1024
     body_timeout_seconds: float = 10.0
     segment_timeout_seconds: float = 10.0
@@ -133,11 +136,25 @@ def _plain(number: float) -> str:
 CONSOLE_TOKEN_MIN_LENGTH = 16
 
 
+CONSOLE_TOKEN_MIN_BITS = 64  # what 16 hex digits carry
+
+
 def _console_token(value: str | None) -> str | None:
-    """ENGINE_CONSOLE_TOKEN: unset keeps the console off; set, it must be long enough not to be guessed."""
-    if value is not None and len(value) < CONSOLE_TOKEN_MIN_LENGTH:
+    """ENGINE_CONSOLE_TOKEN: unset keeps the console off; set, it must be long and varied enough not to be guessed.
+
+    Varied: its length times log2 of the number of distinct characters it uses, a generous estimate of what it
+    carries (exact for random hex), at least CONSOLE_TOKEN_MIN_BITS: sixteen 'a's carry nothing.
+    """
+    if value is None:
+        return None
+    if len(value) < CONSOLE_TOKEN_MIN_LENGTH:
         raise ConfigError(
             f"ENGINE_CONSOLE_TOKEN: must be at least {CONSOLE_TOKEN_MIN_LENGTH} characters "
+            "(`openssl rand -hex 16` makes one)"
+        )
+    if len(value) * math.log2(max(len(set(value)), 1)) < CONSOLE_TOKEN_MIN_BITS:
+        raise ConfigError(
+            f"ENGINE_CONSOLE_TOKEN: too easy to guess: it repeats {len(set(value))} different characters "
             "(`openssl rand -hex 16` makes one)"
         )
     return value
@@ -265,6 +282,7 @@ def load_settings(
         aircall_api_token=optional("AIRCALL_API_TOKEN"),
         aircall_api_url=url("AIRCALL_API_URL", Settings.aircall_api_url),
         fetch_rate=int(number("ENGINE_FETCH_RATE", Settings.fetch_rate, 1, 60, integer=True)),
+        aircall_watch_seconds=number("AIRCALL_WATCH_SECONDS", Settings.aircall_watch_seconds, 0, 86400),
         max_body_bytes=int(number("ENGINE_MAX_BODY_BYTES", Settings.max_body_bytes, 1024, 100 * 2**20, integer=True)),
         body_timeout_seconds=number("ENGINE_BODY_TIMEOUT_SECONDS", Settings.body_timeout_seconds, 0.1, 3600),
         segment_timeout_seconds=number("SEGMENT_TIMEOUT_SECONDS", Settings.segment_timeout_seconds, 0.1, 3600),

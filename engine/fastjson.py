@@ -42,6 +42,19 @@ def _refuse(value: Any) -> Any:
     raise TypeError
 
 
+_enabled = True
+
+
+def stdlib_only() -> None:
+    """From now on in this process, every call answers Unlike: the standard library does all the work.
+
+    For a process under a memory limit (the console playground's): when an allocation fails, orjson and msgspec
+    end the process with a segmentation fault, where the standard library raises MemoryError.
+    """
+    global _enabled
+    _enabled = False
+
+
 def dumps(value: Any) -> bytes:
     """`json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()`, or Unlike."""
     return _checked(value, _WRITE_OPTIONS)
@@ -54,6 +67,8 @@ def dumps_sorted(value: Any) -> bytes:
 
 def loads(body: bytes | str) -> Any:
     """`json.loads(body)` for what msgspec decodes; Unlike for the rest (errors included)."""
+    if not _enabled:
+        raise Unlike
     try:
         return _JSON_DECODER.decode(body)
     except (msgspec.DecodeError, RecursionError, ValueError, UnicodeDecodeError):
@@ -61,6 +76,8 @@ def loads(body: bytes | str) -> Any:
 
 
 def _checked(value: Any, options: int) -> bytes:
+    if not _enabled:
+        raise Unlike
     try:
         text = orjson.dumps(value, default=_refuse, option=options)
         packed = _MSGPACK.encode(value)

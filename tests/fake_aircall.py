@@ -142,6 +142,7 @@ class State:
         self.served: dict[str, int] = {name: 0 for name in TEMPLATES}
         self.distinct: dict[str, set[int]] = {name: set() for name in TEMPLATES}
         self.webhooks: list[dict] = []
+        self.enabled = 0  # webhooks turned back on (PUT active: true)
         self.transcript_padding = 0  # bytes added to every transcription answer
         self.garbage: str | None = None  # the next list request's answer: html, cut, list, strings, huge_total
         self.retry_after: str | None = None  # a Retry-After of its own on 429s ("99999999999": a broken proxy)
@@ -328,6 +329,22 @@ async def webhooks(request: Request) -> Response:
     return JSONResponse({"webhooks": STATE.webhooks, "meta": meta}, headers=_quota_headers())
 
 
+async def webhook(request: Request) -> Response:
+    """PUT /v1/webhooks/{id}: what Aircall's update takes, `active` among it."""
+    refused = _gate(request)
+    if refused is not None:
+        return refused
+    found = next((w for w in STATE.webhooks if w["webhook_id"] == request.path_params["webhook_id"]), None)
+    if found is None:
+        return JSONResponse({"error": "Not found", "troubleshoot": "no such webhook"}, status_code=404)
+    body = await request.json()
+    if not isinstance(body, dict) or not set(body) <= {"active", "custom_name", "url", "events"}:
+        return JSONResponse({"error": "unknown fields"}, status_code=400)
+    found.update(body)
+    STATE.enabled += body.get("active") is True
+    return JSONResponse({"webhook": found}, headers=_quota_headers())
+
+
 def _garbage(kind: str, key: str) -> Response:
     """What a proxy, a cut connection or a broken deployment can give instead of a page, with a 200."""
     if kind == "html":
@@ -367,6 +384,12 @@ async def control(request: Request) -> Response:
     for name in TEMPLATES:
         if name in order and not isinstance(order[name], int):
             STATE.listings[name].fill(_specs(order[name]))
+    if "disable_webhooks" in order:  # what Aircall does to a webhook whose deliveries keep failing
+        for hook in STATE.webhooks:
+            hook["active"] = False
+    if "add_webhook" in order:  # one made in the dashboard: its token is the one given
+        STATE.webhooks.append({"webhook_id": f"wh-{len(STATE.webhooks) + 1}", "active": True, "events": [],
+                               "url": "https://bridge.example/webhooks/aircall", **order["add_webhook"]})  # fmt: skip
     if "tag_calls" in order:  # the calls change after the fact, as they do when agents tag them
         STATE.extra_tags.append({"id": 99, "name": order["tag_calls"]})
     return JSONResponse({"ok": True})
@@ -383,6 +406,7 @@ async def stats(request: Request) -> Response:
             "served": STATE.served,
             "distinct": {name: len(ids) for name, ids in STATE.distinct.items()},
             "webhooks": len(STATE.webhooks),
+            "enabled": STATE.enabled,
             "now": STATE.now(),
             "arrivals": STATE.arrivals,
         }
@@ -393,6 +417,7 @@ app = Starlette(
     routes=[
         *(Route(f"/v1/{name}", _listing(name)) for name in TEMPLATES),
         Route("/v1/webhooks", webhooks, methods=["GET", "POST"]),
+        Route("/v1/webhooks/{webhook_id}", webhook, methods=["PUT"]),
         Route("/v1/calls/{call_id}/transcription", transcription),
         Route("/_control", control, methods=["POST"]),
         Route("/_stats", stats),

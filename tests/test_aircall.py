@@ -30,6 +30,20 @@ def test_connect_creates_the_webhook_prints_its_token_then_finds_it(engine, env,
     assert listing.code == 0 and url in listing.out and "2 events" in listing.out and token not in listing.out
 
 
+def test_connect_turns_back_on_a_webhook_aircall_disabled_keeping_its_token(engine, env, aircall):
+    url = "https://bridge.example.com/webhooks/aircall"
+    token = engine("aircall", "connect", "--url", url, env=env).out.strip()
+    aircall.control(disable_webhooks=True)  # deliveries kept failing
+    assert "\tinactive\t" in engine("aircall", "webhooks", env=env).out
+    again = engine("aircall", "connect", "--url", url, env=env)
+    assert (again.code, again.out.strip()) == (0, token)
+    assert "re-enabled webhook wh-1: Aircall had disabled it after failed deliveries" in again.err
+    assert aircall.stats()["enabled"] == 1 and aircall.stats()["webhooks"] == 1
+    assert "\tactive\t" in engine("aircall", "webhooks", env=env).out
+    assert "re-enabled" not in engine("aircall", "connect", "--url", url, env=env).err  # on: nothing to do
+    assert aircall.stats()["enabled"] == 1
+
+
 def test_connect_writes_the_token_to_the_settings_file_keeping_the_old_one(engine, env, tmp_path):
     settings = tmp_path / "bridge.env"
     settings.write_text("SEGMENT_WRITE_KEY=wk\nAIRCALL_WEBHOOK_TOKEN=old-token\n")
@@ -51,7 +65,7 @@ def test_connect_refuses_a_settings_file_it_could_not_write_before_creating_anyt
 def test_numbers_lists_ids_and_digits(engine, env):
     run = engine("aircall", "numbers", env=env)
     assert run.code == 0
-    assert run.out.strip() == "745821\t+33 1 76 36 06 95\tParis Support\tFR"
+    assert run.out.splitlines() == ["id\tdigits\tname\tcountry", "745821\t+33 1 76 36 06 95\tParis Support\tFR"]
 
 
 def test_bad_or_missing_credentials_are_a_clear_error(engine, env):
@@ -96,7 +110,8 @@ def test_webhooks_names_what_an_aircall_webhook_sends_that_no_mapping_maps(engin
     requests.post(f"{settings['AIRCALL_API_URL']}/webhooks", json=body, auth=auth, timeout=10).raise_for_status()
     run = engine("aircall", "webhooks", env=env)
     assert run.code == 0, run.err
-    lines = run.out.splitlines()
+    header, *lines = run.out.splitlines()
+    assert header == "id\tstate\tevents\turl"
     assert lines[0].startswith("wh-1\tactive\t2 events\t")
     assert lines[1] == "  not mapped (held until a mapping exists): call.some_future_event.v3"
 

@@ -134,7 +134,9 @@ def test_a_total_capped_at_the_ceiling_still_splits(aircall, backfill, db):
     assert run.code == 0, run.err
     stats = aircall.stats()
     assert stats["past_ceiling"] == 0 and stats["distinct"]["calls"] == 10_400
-    assert "calls\tfetched 10400\tqueued 0\tskipped 10400" in run.out  # inactive number: listed, not rendered
+    assert (
+        "calls\tfetched 10400\tqueued 0\talready queued 0\tskipped 10400" in run.out
+    )  # inactive number: listed, not rendered
     assert stats["requests"] <= 10_400 / 50 + 4
 
 
@@ -272,7 +274,10 @@ def test_every_resource_arrives_as_its_final_event_stamped_with_its_own_time(air
     assert counts(db) == {"call.ended": 120, "contact.created": 4, "number.created": 1, "user.created.v2": 6}
     first_call = min(t for e, t in outbox_events(db) if e == "call.ended")
     assert first_call == "2023-11-15T00:02:00.000Z"  # the call's own end, not the time of the backfill
-    assert "calls\tfetched 120\tqueued 120\tskipped 0\tdead-lettered 0\trequests 3" in run.out
+    assert (
+        "calls\tfetched 120\tqueued 120\talready queued 0\tskipped 0\tdead-lettered 0\tmessages 120\trequests 3"
+        in run.out
+    )
     assert "rate limit: 0 waits, 0.0 s of 6 requests, 0 answered 429" in run.out
 
 
@@ -282,7 +287,9 @@ def test_twice_queues_nothing_twice(aircall, backfill, db):
     assert backfill(*args).code == 0
     aircall.control(tag_calls="follow-up")  # the calls have changed since: still the same events
     again = backfill(*args)
-    assert again.code == 0 and "calls\tfetched 48\tqueued 0" in again.out
+    # Said as what it is: every call listed again, each already queued (before: "queued 0, skipped 0").
+    assert again.code == 0 and "calls\tfetched 48\tqueued 0\talready queued 48\tskipped 0" in again.out
+    assert "\tmessages 0\t" in again.out
     assert len(outbox_events(db)) == 48
 
 
@@ -291,8 +298,8 @@ def test_selection_applies(aircall, backfill, db):
     run = backfill("--since", "2023-11-15", "--until", "2023-11-16",
                    AIRCALL_NUMBERS="1", AIRCALL_EVENTS="call.ended,user.created")  # fmt: skip
     assert run.code == 0, run.err
-    assert "calls\tfetched 10\tqueued 0\tskipped 10" in run.out  # number 745821 is not active
-    assert "contacts\tfetched 2\tqueued 0\tskipped 2" in run.out  # contact.created is not enabled
+    assert "calls\tfetched 10\tqueued 0\talready queued 0\tskipped 10" in run.out  # number 745821 is not active
+    assert "contacts\tfetched 2\tqueued 0\talready queued 0\tskipped 2" in run.out  # contact.created is not enabled
     # AIRCALL_EVENTS keeps the V1 user.created and not its V2: a team still on V1 gets its users as V1.
     assert {e for e, _ in outbox_events(db)} == {"user.created"}
 
@@ -301,7 +308,9 @@ def test_contacts_can_be_bounded_for_accounts_with_very_many(aircall, backfill, 
     aircall.control(contacts=[{"count": 30, "start": START - 30 * DAY, "spacing": DAY}])
     run = backfill("--since", "2023-11-15", "--resources", "contacts", "--contacts-since", "2023-11-01")
     assert run.code == 0, run.err
-    assert "contacts\tfetched 14\tqueued 28" in run.out  # those created from 2023-11-01 on
+    assert (
+        "contacts\tfetched 14\tqueued 14\talready queued 0\tskipped 0\tdead-lettered 0\tmessages 28" in run.out
+    )  # those created from 2023-11-01 on
     assert "backfill: contacts 14 (since 2023-11-01)" in run.err
 
 
@@ -316,10 +325,14 @@ def test_off_a_terminal_progress_is_plain_lines(aircall, backfill, db):
         "backfill: calls 120 (2023-11-15 to 2023-11-18), users 3, contacts 2, numbers 1",
         "about 6 requests, 4 made: under a minute at 45 requests a minute, leaving 955 of Aircall's 1000 a minute "
         "to the account's other integrations",
-        "calls: done: 120 listed; 3 requests; rate-limit waits 0 (0 s); 120 queued, 0 skipped, 0 dead-lettered",
-        "users: done: 3 listed; 1 requests; rate-limit waits 0 (0 s); 6 queued, 0 skipped, 0 dead-lettered",
-        "contacts: done: 2 listed; 1 requests; rate-limit waits 0 (0 s); 4 queued, 0 skipped, 0 dead-lettered",
-        "numbers: done: 1 listed; 1 requests; rate-limit waits 0 (0 s); 1 queued, 0 skipped, 0 dead-lettered",
+        "calls: done: 120 listed; 3 requests; rate-limit waits 0 (0 s); "
+        "120 queued, 0 already queued, 0 skipped, 0 dead-lettered",
+        "users: done: 3 listed; 1 request; rate-limit waits 0 (0 s); "
+        "3 queued, 0 already queued, 0 skipped, 0 dead-lettered",
+        "contacts: done: 2 listed; 1 request; rate-limit waits 0 (0 s); "
+        "2 queued, 0 already queued, 0 skipped, 0 dead-lettered",
+        "numbers: done: 1 listed; 1 request; rate-limit waits 0 (0 s); "
+        "1 queued, 0 already queued, 0 skipped, 0 dead-lettered",
     ]
 
 
@@ -339,7 +352,7 @@ def test_on_a_terminal_each_resource_has_a_live_line(aircall, backfill, db, monk
         "\rcalls: 50 of 300 listed; 1 of 6 requests; under a minute left; rate-limit waits 0 (0 s); 50 queued" in shown
     )
     assert shown.endswith("\x1b[K\r\x1b[Kcalls: done: 300 listed; 6 requests; rate-limit waits 0 (0 s); 300 queued, "
-                          "0 skipped, 0 dead-lettered\n")  # fmt: skip
+                          "0 already queued, 0 skipped, 0 dead-lettered\n")  # fmt: skip
 
 
 def test_bad_dates_resources_and_rates_are_one_line_errors(backfill, engine, env):
@@ -383,9 +396,12 @@ def test_users_backfilled_as_v1_then_again_as_v2_are_queued_once(aircall, backfi
     aircall.control(calls=10, start=START, spacing=600)
     args = ("--since", "2023-11-15", "--until", "2023-11-16", "--resources", "users")
     first = backfill(*args, AIRCALL_EVENTS="user.created")
-    assert first.code == 0 and "users\tfetched 3\tqueued 6" in first.out
+    assert (
+        first.code == 0
+        and "users\tfetched 3\tqueued 3\talready queued 0\tskipped 0\tdead-lettered 0\tmessages 6" in first.out
+    )
     again = backfill(*args)
-    assert again.code == 0 and "users\tfetched 3\tqueued 0" in again.out
+    assert again.code == 0 and "users\tfetched 3\tqueued 0\talready queued 3" in again.out
     assert counts(db) == {"user.created": 6}
 
 
@@ -399,7 +415,7 @@ def test_users_come_as_v1_from_a_mappings_folder_without_the_v2_events(aircall, 
     run = backfill("--since", "2023-11-15", "--until", "2023-11-16", "--resources", "users",
                    ENGINE_MAPPINGS=str(mappings))  # fmt: skip
     assert run.code == 0, run.err
-    assert "users\tfetched 3\tqueued 6\tskipped 0" in run.out
+    assert "users\tfetched 3\tqueued 3\talready queued 0\tskipped 0" in run.out
     assert counts(db) == {"user.created": 6}
 
 

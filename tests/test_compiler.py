@@ -22,8 +22,8 @@ from jinja2.runtime import Undefined
 from engine.aircall.envelope import Webhook, parse_webhook
 from engine.mapping.compiler import Unsupported, _Writer, compile_messages, compile_value
 from engine.mapping.load import load_mappings
+from engine.mapping.message import RenderError
 from engine.mapping.templating import MappingEnvironment, compile_expression, parse_value
-from engine.segment.message import RenderError
 from tests.conftest import MAPPINGS, fixture_paths
 
 COMPILED = load_mappings(MAPPINGS)

@@ -100,6 +100,11 @@ def test_console_is_off_unless_its_token_is_set_and_a_short_token_is_refused_une
     with pytest.raises(ConfigError, match=r"^ENGINE_CONSOLE_TOKEN: must be at least 16 characters") as refused:
         settings(tmp_path, ENGINE_CONSOLE_TOKEN="short-secret")
     assert "short-secret" not in str(refused.value)
+    for guessable in ("a" * 16, "ab" * 16, "abcabcabcabcabcabcab"):  # 0, 32 and 32 bits: long, not varied
+        with pytest.raises(ConfigError, match=r"^ENGINE_CONSOLE_TOKEN: too easy to guess") as refused:
+            settings(tmp_path, ENGINE_CONSOLE_TOKEN=guessable)
+        assert guessable not in str(refused.value)
+    assert settings(tmp_path, ENGINE_CONSOLE_TOKEN="Tr0ub4dor&3-horse").console_token  # 17 characters, 15 different
 
 
 # -- through the command line: every bad setting is one line on stderr and exit 2 ------------------------------

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 from starlette.testclient import TestClient
 
 from engine.outbox import SqliteOutbox
@@ -39,6 +40,7 @@ def app_in(folder: Path, **settings: str) -> TestClient:
         "ENGINE_MAPPINGS": str(mappings),
         "ENGINE_DB": str(folder / "outbox.sqlite3"),
         "SEGMENT_API_URL": "http://127.0.0.1:9",  # nothing listens: messages stay pending
+        "AIRCALL_WATCH_SECONDS": "0",  # the API credentials below are fake: no look at Aircall's real API
         **SECRETS,
         **settings,
     }
@@ -235,6 +237,28 @@ def test_playground_refuses_runaway_templates_and_the_server_keeps_answering(con
     assert after == before  # the playground never writes to the mappings
 
 
+def test_playground_reports_templates_nested_too_deeply_as_findings_not_an_abnormal_end(console):
+    """Before: each of these ended the check's process with a traceback, and the page said "ended abnormally
+    (out of memory?)"."""
+    csrf = signed_in(console)
+    base = (MAPPINGS / "call.ended.yaml").read_text()
+
+    def check(value: str) -> dict:
+        text = base + f"  properties:\n    weird: {value}\n"  # line 6, column 12
+        answer = console.post(
+            "/console/api/playground",
+            json={"file": "call.ended.yaml", "text": text, "payload": json.dumps(sample("call.ended"))},
+            headers={"x-csrf-token": csrf},
+        )
+        assert answer.status_code == 200
+        return answer.json()
+
+    for template in ("data" + ".a" * 100, "(" * 70 + "1" + ")" * 70, "data.id" + " | string" * 200):
+        answer = check(f'"{{{{ {template} }}}}"')
+        assert "stopped" not in answer, answer
+        assert [(f["line"], "template nests" in f["message"]) for f in answer["findings"]] == [(6, True)], answer
+
+
 def test_download_gives_back_the_edited_file(console):
     csrf = signed_in(console)
     answer = console.post(
@@ -281,3 +305,46 @@ def test_download_of_a_name_that_is_no_mappings_gives_a_plain_one(console, name)
     assert answer.status_code == 200 and answer.text == "x: 1\n"
     assert answer.headers["content-disposition"] == 'attachment; filename="mapping.yaml"'
     assert "s=1" not in answer.headers.get("set-cookie", "")
+
+
+def _browser(server_url: str) -> tuple[requests.Session, str]:
+    """A signed-in session of a real server, and its CSRF token."""
+    browser = requests.Session()
+    form = browser.get(f"{server_url}/console/sign-in", timeout=10)
+    answer = browser.post(
+        f"{server_url}/console/sign-in",
+        data={"csrf": csrf_of(form.text), "token": CONSOLE_TOKEN},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert answer.status_code == 303 and answer.headers["location"] == "/console/"
+    return browser, csrf_of(browser.get(f"{server_url}/console/", timeout=10).text)
+
+
+def _opens_console(server_url: str, cookies: dict[str, str]) -> bool:
+    answer = requests.get(f"{server_url}/console/", cookies=cookies, allow_redirects=False, timeout=10)
+    return answer.status_code == 200 and 'data-testid="console-status"' in answer.text
+
+
+def test_signing_out_ends_the_session_so_a_copied_cookie_no_longer_opens_the_console_in_any_worker(engine_server):
+    """Before: the cookie, signed and not stored, still opened the console for 12 hours after signing out."""
+    server = engine_server(workers=2, ENGINE_CONSOLE_TOKEN=CONSOLE_TOKEN)
+    browser, csrf = _browser(server.url)
+    copied = browser.cookies.get_dict()
+    other, _ = _browser(server.url)
+    assert _opens_console(server.url, copied)
+    answer = browser.post(f"{server.url}/console/sign-out", data={"csrf": csrf}, allow_redirects=False, timeout=10)
+    assert (answer.status_code, answer.headers["location"]) == (303, "/console/sign-in")
+    # Several requests: each lands on either worker process, and neither may let the copy in.
+    assert not any(_opens_console(server.url, copied) for _ in range(8))
+    api = requests.get(f"{server.url}/console/api/status", cookies=copied, timeout=10)
+    assert api.status_code == 401
+    assert all(_opens_console(server.url, other.cookies.get_dict()) for _ in range(4))  # only that session ended
+
+    # "Sign out everywhere" ends every session begun before it, and a sign-in after it works.
+    third, csrf = _browser(server.url)
+    third.post(f"{server.url}/console/sign-out", data={"csrf": csrf, "everywhere": "1"}, timeout=10)
+    assert not any(_opens_console(server.url, other.cookies.get_dict()) for _ in range(4))
+    assert not _opens_console(server.url, third.cookies.get_dict())
+    fresh, _ = _browser(server.url)
+    assert all(_opens_console(server.url, fresh.cookies.get_dict()) for _ in range(4))

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from engine.aircall.envelope import parse_webhook
 from engine.mapping.load import MAX_MESSAGES, load_mappings
+from engine.mapping.message import RenderError
 from engine.mapping.templating import split_long
-from engine.segment.message import RenderError
 
 HEAD = (
     "aircall_event: transcription.created\n"

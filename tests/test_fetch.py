@@ -57,7 +57,7 @@ def test_without_api_credentials_it_waits_and_is_delivered_once_they_are_set(eng
     assert health["outbox"]["dead_letters"] == 0 and health["aircall_api_configured"] is False
     assert "AIRCALL_API_ID and AIRCALL_API_TOKEN are not set" in health["warning"]
     assert segment.received()["messages"] == []
-    assert metric(server.metrics(), "outbox_waiting_for_api_webhooks") == 1
+    assert metric(server.metrics(), "aircall_segment_outbox_waiting_for_api_webhooks") == 1
     server.stop()
     restarted = engine_server(**aircall.settings())  # the operator adds the credentials and restarts
     wait_for(lambda: len(utterances(segment, 2187654321)) >= 200, timeout=30, what="the utterances at Segment")
@@ -71,7 +71,8 @@ def test_while_the_api_fails_it_waits_then_is_delivered_when_the_api_is_back(eng
     wait_for(lambda: aircall.stats()["requests"] >= 2, what="requests to the failing API")
     outbox = server.health()["outbox"]
     assert (outbox["dead_letters"], outbox["pending"]) == (0, 0)
-    assert "wait for Aircall's REST API, tried again later: GET /calls/2187654321/transcription" in (server.process.log)
+    line = next(line for line in server.process.log.splitlines() if "wait for Aircall's REST API" in line)
+    assert 'outcome=waiting webhooks=1 reason="GET /calls/2187654321/transcription: Aircall API answered 500' in line
     aircall.control(fail_after=None)
     wait_for(lambda: len(utterances(segment, 2187654321)) >= 200, timeout=30, what="the utterances at Segment")
     assert server.health()["outbox"]["dead_letters"] == 0

@@ -122,3 +122,28 @@ def test_replicas_on_postgresql_give_the_same_answer_whichever_stored_the_webhoo
     assert discarded.code == 0, discarded.err
     for replica in (first, second):
         wait_for(lambda r=replica: ready(r) == (200, {"status": "ready"}), what="ready once discarded")
+
+
+def test_a_webhook_aircall_disabled_is_degraded_and_aircall_no_longer_connected_on_the_console(engine_server, aircall):
+    import re
+
+    from tests.harness import TOKEN
+
+    aircall.control(add_webhook={"url": "https://bridge.test/webhooks/aircall", "token": TOKEN})
+    console_token = "health-console-token-0123456789"
+    server = engine_server(**aircall.settings(), AIRCALL_WATCH_SECONDS="0.3", ENGINE_CONSOLE_TOKEN=console_token)
+    wait_for(lambda: (server.health()["aircall_webhook"] or {}).get("state") == "active", what="a first look")
+    assert ready(server)[0] == 200
+    browser = requests.Session()
+    form = browser.get(f"{server.url}/console/sign-in", timeout=10).text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
+    browser.post(f"{server.url}/console/sign-in", data={"csrf": csrf, "token": console_token}, timeout=10)
+    connected = re.compile(
+        r'data-done="(yes|no)">\s*<span class="tick"[^>]*>[^<]*</span>\s*<span><strong>Aircall connected<'
+    )
+    assert connected.search(browser.get(f"{server.url}/console/", timeout=10).text).group(1) == "yes"
+
+    aircall.control(disable_webhooks=True)  # what Aircall does after failed deliveries
+    degraded_saying(server, "Aircall has disabled webhook wh-1 after failed deliveries")
+    page = wait_for(lambda: (p := browser.get(f"{server.url}/console/", timeout=10).text) and "Degraded" in p and p)
+    assert connected.search(page).group(1) == "no" and "Aircall has disabled webhook wh-1" in page

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
-from tests.conftest import FIXTURES
+from tests.conftest import ENGINE, FIXTURES, ROOT
 
 
 def render(engine, envelope: dict) -> list[dict]:
@@ -92,3 +94,21 @@ def test_strange_payload_types_do_not_crash_rendering(engine):
     envelope["data"].update(user="not an object", tags="VIP", teams=None, number=[1, 2], duration="12")
     [message] = render(engine, envelope)
     assert message["properties"]["tags"] == [] and message["properties"]["team_names"] == []
+
+
+def test_render_into_a_reader_that_stops_early_ends_quietly_as_a_piped_command_does(tmp_path):
+    """`engine render long.json | head` printed a BrokenPipeError traceback."""
+    webhook = sample("transcription.created")
+    utterance = webhook["data"]["content"]["utterances"][0]
+    webhook["data"]["content"]["utterances"] = [dict(utterance, text=utterance["text"] * 20) for _ in range(3000)]
+    (tmp_path / "long.json").write_text(json.dumps(webhook))
+    reader, writer = os.pipe()
+    child = subprocess.Popen(
+        [str(ENGINE), "render", str(tmp_path / "long.json")], stdout=writer, stderr=subprocess.PIPE, cwd=ROOT
+    )
+    os.close(writer)
+    assert os.read(reader, 10)  # what `head -c 10` reads, then it is gone
+    os.close(reader)
+    _, errors = child.communicate(timeout=60)
+    assert child.returncode == 141, errors.decode()  # as a shell reports a command SIGPIPE ended
+    assert errors == b""

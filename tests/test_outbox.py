@@ -406,3 +406,22 @@ def test_a_postgresql_outbox_of_schema_4_is_migrated_and_can_hold(postgres_url):
         assert [w.key for w in outbox.claim_webhooks(10, 60, "two")] == ["waiting"]
     finally:
         outbox.close()
+
+
+def test_an_ended_console_session_is_remembered_as_long_as_a_session_lives_and_no_longer(outbox):
+    from engine.outbox import ALL_SESSIONS, CONSOLE_SESSION_SECONDS
+
+    now = time.time()
+    assert not outbox.console_session_ended("a", now - 10)
+    outbox.end_console_session("a", now)
+    outbox.end_console_session("a", now - 5)  # a later sign-out of the same session moves nothing back
+    assert outbox.console_session_ended("a", now - 10)
+    assert not outbox.console_session_ended("b", now - 10)
+    outbox.end_console_session(ALL_SESSIONS, now)
+    assert outbox.console_session_ended("b", now - 10)  # begun before "everywhere"
+    assert not outbox.console_session_ended("c", now + 1)  # begun after it
+    outbox.prune(older_than_seconds=CONSOLE_SESSION_SECONDS * 10)  # the retention of webhooks has no say here
+    assert outbox.console_session_ended("a", now - 10)
+    outbox.end_console_session("old", now - CONSOLE_SESSION_SECONDS - 60)
+    outbox.prune(older_than_seconds=CONSOLE_SESSION_SECONDS * 10)
+    assert not outbox.console_session_ended("old", now + 1)  # its cookie has expired anyway

@@ -309,3 +309,34 @@ def test_an_id_past_any_rows_is_a_usage_error_not_a_traceback(engine, tmp_path, 
         run = engine("outbox", *command, "--id", given, env={"ENGINE_DB": str(tmp_path / "o.sqlite3")})
         assert run.code == 2 and "Traceback" not in run.err
         assert f"argument --id: '{given}' is not a dead letter's id (a whole number, 1 or more)" in run.err
+
+
+def test_each_postgresql_connection_problem_is_named_by_libpqs_reason_once(engine, postgres_cluster):
+    """Before, all of these read "pool initialization incomplete after 3.0 sec", with the URL printed twice."""
+    port = postgres_cluster.port
+    closed = free_port()
+    cases = {
+        f"postgresql://postgres@127.0.0.1:{port}/no_such_database": 'database "no_such_database" does not exist',
+        f"postgresql://nobody@127.0.0.1:{port}/postgres": 'role "nobody" does not exist',
+        f"postgresql://postgres@127.0.0.1:{closed}/postgres": "Connection refused",
+        "postgresql://postgres@no-such-host.invalid/postgres": "no-such-host.invalid",
+        f"postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=bogus": 'invalid sslmode value: "bogus"',
+    }
+    for url, reason in cases.items():
+        run = engine("outbox", "status", env={"ENGINE_DB": url})
+        assert run.code == 2 and "Traceback" not in run.err, run.err
+        assert reason in run.err, (url, run.err)
+        assert "pool initialization" not in run.err and run.err.count(url.split("?")[0]) == 1, run.err
+        assert run.err.count("\n") == 1
+
+
+def test_engine_db_naming_a_folder_or_a_bare_scheme_says_what_to_name_instead(engine, tmp_path):
+    """Before: a folder was "disk I/O error", and `sqlite://` came back as "ENGINE_DB: ... ENGINE_DB: 'sqlite://'"."""
+    for command in (["outbox", "status"], ["serve", "--port", str(free_port())]):
+        run = engine(*command, env={"ENGINE_DB": str(tmp_path), "AIRCALL_WEBHOOK_TOKEN": "t"}, timeout=30)
+        assert run.code == 2 and "Traceback" not in run.err, run.err
+        assert f"{tmp_path} is a folder: name a file, such as {tmp_path / 'outbox.sqlite3'}" in run.err
+        assert "disk I/O" not in run.err
+        run = engine(*command, env={"ENGINE_DB": "sqlite://", "AIRCALL_WEBHOOK_TOKEN": "t"}, timeout=30)
+        assert run.code == 2 and run.err.count("ENGINE_DB") == 1, run.err
+        assert "neither a SQLite file (a path, or sqlite:///relative/path" in run.err

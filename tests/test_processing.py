@@ -270,8 +270,8 @@ def test_accepted_webhooks_are_mapped_into_pending_messages_and_every_view_shows
     status = run_engine("outbox", "status", "--json", env={"ENGINE_DB": str(server.db)}).json()
     assert (status["unprocessed"], status["pending"]) == (0, 50)
     metrics = server.metrics()
-    assert 'webhooks_processed_total{outcome="mapped"} 50.0' in metrics
-    assert "outbox_oldest_unprocessed_age_seconds 0.0" in metrics
+    assert 'aircall_segment_webhooks_processed_total{outcome="mapped"} 50.0' in metrics
+    assert "aircall_segment_outbox_oldest_unprocessed_age_seconds 0.0" in metrics
 
 
 def test_webhooks_stored_but_not_mapped_before_a_stop_are_mapped_and_delivered_after_restart(

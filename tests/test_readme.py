@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import re
 
+from prometheus_client.parser import text_string_to_metric_families
+
+from engine.aircall.watch import WebhookWatch
+from engine.outbox import OutboxStats
+from engine.segment.destination import Answer, Outcome
+from engine.server.metrics import Metrics
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -87,3 +93,51 @@ def test_readmes_table_of_events_is_what_engine_events_prints(engine):
     assert table == run.out, "README's table of events is stale: run `engine events` and paste its output"
     for row in ("| `user.created.v2` | track `user.created`; identify |", "| `transcription.created` |"):
         assert row in table
+
+
+def readme_table(name: str) -> list[list[str]]:
+    """The cells of README's table between `<!-- NAME: begin -->` and `<!-- NAME: end -->`, header row left out."""
+    table = README[README.index(f"<!-- {name}: begin -->") : README.index(f"<!-- {name}: end -->")]
+    rows = [line.strip("|").split("|") for line in table.splitlines() if line.startswith("| `")]
+    return [[cell.strip() for cell in row] for row in rows]
+
+
+def exposed_metrics() -> dict[str, str]:
+    """Each metric /metrics declares, with its labels (`name{a,b}`, in alphabetical order), and its type: as the
+    server's Metrics render them, with a series of each labelled metric."""
+    metrics = Metrics()
+    metrics.outbox(OutboxStats(0, 0, 0, 0, None, None, unmapped={"call.x": 1}, unmapped_total=1))
+    metrics.webhook("call.ended", "accepted", 0.01)
+    metrics.processed(1, 0, 1)
+    metrics.delivery("request", 1, Answer(Outcome.DELIVERED, 200, "ok"))
+    metrics.aircall_webhook(WebhookWatch("active", 1.0, "on"))
+    exposed = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        if family.name.endswith("_created"):  # prometheus-client's own series: when each counter began
+            continue
+        name = family.name + "_total" if family.type == "counter" else family.name
+        labels = sorted({label for sample in family.samples for label in sample.labels if label != "le"})
+        exposed[name + ("{" + ",".join(labels) + "}" if labels else "")] = family.type
+    return exposed
+
+
+def _sorted_labels(metric: str) -> str:
+    name, _, labels = metric.rstrip("}").partition("{")
+    return name + ("{" + ",".join(sorted(labels.split(","))) + "}" if labels else "")
+
+
+def test_readme_lists_every_metric_with_its_type_and_labels():
+    listed = {_sorted_labels(row[0].strip("`")): row[1] for row in readme_table("metrics")}
+    assert listed == exposed_metrics()
+    assert all(name.startswith(("aircall_segment_", "process_", "python_")) for name in listed)
+
+
+def test_readmes_renamed_metrics_lead_to_metrics_that_exist_and_no_old_name_is_left():
+    renamed = {row[0].strip("`"): row[1].strip("`") for row in readme_table("renamed metrics")}
+    exposed = {name.split("{")[0]: kind for name, kind in exposed_metrics().items()}
+    assert set(renamed.values()) <= exposed.keys()
+    assert not set(renamed) & exposed.keys()
+    ours = {name for name in exposed if name.startswith("aircall_segment_")}
+    new = {"aircall_segment_build_info", "aircall_segment_processes", "aircall_segment_aircall_webhook_state",
+           "aircall_segment_aircall_webhook_checked_timestamp_seconds"}  # fmt: skip
+    assert set(renamed.values()) == ours - new, "a metric of ours is missing from the renamed table"

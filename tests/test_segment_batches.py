@@ -5,13 +5,14 @@ from __future__ import annotations
 import email.utils
 import json
 
-from engine.segment.client import MAX_BATCH_BYTES, batch_body, retry_after, split_batches
+from engine.segment.client import MAX_BATCH_BYTES, batch_body, retry_after
+from engine.segment.destination import split_batches
 
 
 def test_batches_stay_under_500_kb_and_keep_every_message_in_order():
     sizes = [30_000] * 40 + [200] * 3000 + [32_000] * 5
     bodies = [b'{"m":"' + b"x" * (size - 8) + b'"}' for size in sizes]
-    runs = split_batches([len(b) for b in bodies])
+    runs = split_batches([len(b) for b in bodies], MAX_BATCH_BYTES)
     assert [i for run in runs for i in range(len(sizes))[run]] == list(range(len(sizes)))
     for run in runs:
         request = batch_body(bodies[run], 1_700_000_000)

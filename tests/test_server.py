@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import platform
+import re
 import shutil
+import sys
 import time
 
+from engine import __version__
 from engine.aircall.envelope import webhook_from_json
 from engine.aircall.events import known_events
 from engine.mapping.load import load_mappings
@@ -15,6 +19,7 @@ from tests.conftest import MAPPINGS, run_engine
 from tests.harness import (
     TOKEN,
     call_webhook,
+    children_of,
     expected_ids,
     metric,
     readme_events,
@@ -52,7 +57,7 @@ def test_an_event_left_out_of_aircall_events_is_ignored_and_counted(engine_serve
     server = engine_server(AIRCALL_EVENTS="call.ended")
     unknown = {**sample("call.ended"), "event": "call.teleported"}
     assert server.post(unknown).json() == {"status": "ignored", "reason": "event not enabled (AIRCALL_EVENTS)"}
-    assert 'aircall_webhooks_total{event="other",outcome="ignored"} 1.0' in server.metrics()
+    assert 'aircall_segment_webhooks_total{event="other",outcome="ignored"} 1.0' in server.metrics()
     assert server.health()["outbox"]["unmapped"] == 0  # ignored: not stored, not held
 
 
@@ -66,7 +71,7 @@ def test_an_event_never_seen_is_held_then_delivered_once_a_mapping_for_it_is_add
     assert held == {"call.some_future_event.v3": 1}
     health = server.health()["outbox"]
     assert (health["unprocessed"], health["pending"], health["dead_letters"]) == (0, 0, 0)
-    assert metric(server.metrics(), "outbox_unmapped_webhooks", event="call.some_future_event.v3") == 1
+    assert metric(server.metrics(), "aircall_segment_outbox_unmapped_webhooks", event="call.some_future_event.v3") == 1
     server.stop()
 
     # The team writes its mapping (here: call.ended's, under the new name) and restarts the server.
@@ -275,8 +280,8 @@ def test_timeouts_and_connection_resets_are_retried(engine_server, segment):
     assert 1.0 <= delivered["time"] - hung["time"] < 3.0
     assert server.health()["delivery"]["last_error"] == "no answer within 1s"
     metrics = server.metrics()
-    assert 'segment_requests_total{status="error"} 2.0' in metrics
-    assert "segment_messages_retried_total 2.0" in metrics
+    assert 'aircall_segment_delivery_requests_total{status="error"} 2.0' in metrics
+    assert "aircall_segment_messages_retried_total 2.0" in metrics
 
 
 def test_no_write_key_keeps_messages_then_sends_them_after_restart_with_one(engine_server, segment):
@@ -295,21 +300,61 @@ def test_no_write_key_keeps_messages_then_sends_them_after_restart_with_one(engi
     wait_for(lambda: restarted.health()["outbox"]["pending"] == 0, what="drained")
 
 
-def test_json_logs_give_one_object_per_line_with_each_webhooks_outcome(engine_server):
+def test_json_logs_give_each_field_its_own_key_with_its_json_type(engine_server, segment):
     server = engine_server(ENGINE_LOG_FORMAT="json")
+    assert server.post(sample("call.ended")).json() == {"status": "accepted"}
+    assert server.post(sample("call.ended")).json() == {"status": "accepted", "duplicate": True}
+    assert server.post({**sample("call.ended"), "token": "wrong"}).status_code == 401
+    assert server.post({**sample("call.ended"), "event": "call.some_future_event.v3"}).status_code == 200
+    segment.wait_for_ids(set(expected_ids(sample("call.ended"))))
+    wait_for(lambda: server.health()["outbox"]["unmapped"] == 1, what="the new event's webhook held")
+    server.stop()  # the writer thread empties its queue before the process ends
+    lines = [json.loads(line) for line in server.process.log.splitlines()]  # uvicorn's lines too: JSON throughout
+    assert {"uvicorn.error", "engine.server", "engine.webhook"} <= {line["logger"] for line in lines}
+    assert {line["level"] for line in lines} <= {"info", "warning"}
+    assert lines[-1]["message"].startswith("Finished server process")
+
+    webhooks = [line for line in lines if line["logger"] == "engine.webhook"]
+    assert all(line["message"] == "webhook" and line["client"] == "127.0.0.1" for line in webhooks)
+    assert all(type(line["ms"]) is float and line["ms"] >= 0 for line in webhooks)
+    key = webhooks[0]["webhook_key"]
+    assert isinstance(key, str) and len(key) == 32
+    other = {"time", "level", "logger", "message", "ms", "client"}
+    assert [{k: v for k, v in line.items() if k not in other} for line in webhooks] == [
+        {"event": "call.ended", "status": 200, "outcome": "accepted", "webhook_key": key, "duplicate": False},
+        {"event": "call.ended", "status": 200, "outcome": "accepted", "webhook_key": key, "duplicate": True},
+        {"event": "call.ended", "status": 401, "outcome": "unauthorized", "reason": "wrong token"},
+        {"event": "other", "status": 200, "outcome": "accepted", "webhook_key": webhooks[3]["webhook_key"],
+         "duplicate": False},
+    ]  # fmt: skip
+
+    # Processing's line about the held webhook names it by the key of the gateway's line, and by its row id.
+    [held] = [line for line in lines if line["logger"] == "engine.processing"]
+    assert held["message"] == "webhook held: no mapping maps its event yet"
+    assert (held["event"], held["outcome"]) == ("call.some_future_event.v3", "held")
+    assert held["webhook_key"] == webhooks[3]["webhook_key"] and type(held["webhook_id"]) is int
+
+    [delivery] = [line for line in lines if line["logger"] == "engine.delivery"]
+    assert (delivery["message"], delivery["outcome"], delivery["status"]) == ("delivery", "delivered", 200)
+    assert delivery["messages"] == len(expected_ids(sample("call.ended"))) and type(delivery["ms"]) is float
+
+    [started] = [line for line in lines if line["message"] == "started"]
+    assert type(started["mappings"]) is int and started["segment_configured"] is True
+    assert started["version"] == __version__
+
+
+def test_plain_logs_put_the_same_fields_after_the_message_as_key_value(engine_server):
+    server = engine_server()
     assert server.post(sample("call.ended")).status_code == 200
     assert server.post({**sample("call.ended"), "token": "wrong"}).status_code == 401
-    server.stop()  # the writer thread empties its queue before the process ends
-    ours = [json.loads(line) for line in server.process.log.splitlines()]  # uvicorn's lines too: JSON throughout
-    assert {"uvicorn.error", "engine.server", "engine.webhook"} <= {line["logger"] for line in ours}
-    webhooks = [line["message"] for line in ours if line["logger"] == "engine.webhook"]
-    assert [m.split(" ms=")[0] for m in webhooks] == [
-        "webhook event=call.ended status=200 outcome=accepted stored",
-        "webhook event=call.ended status=401 outcome=unauthorized wrong token",
+    server.stop()
+    webhooks = [line.split(" engine.webhook ", 1)[1] for line in server.process.log.splitlines()
+                if " engine.webhook " in line]  # fmt: skip
+    masked = [re.sub(r"=[0-9a-f]{32} ", "=KEY ", re.sub(r" ms=[\d.]+ ", " ms=MS ", line)) for line in webhooks]
+    assert masked == [
+        "webhook event=call.ended status=200 outcome=accepted webhook_key=KEY duplicate=false ms=MS client=127.0.0.1",
+        'webhook event=call.ended status=401 outcome=unauthorized reason="wrong token" ms=MS client=127.0.0.1',
     ]
-    assert all(m.endswith(" client=127.0.0.1") for m in webhooks)
-    assert {line["level"] for line in ours} <= {"info", "warning"}
-    assert ours[-1]["message"].startswith("Finished server process")
 
 
 def test_restart_with_a_backlog_drains_it(engine_server, segment):
@@ -342,10 +387,10 @@ def test_two_workers_never_send_a_message_twice(engine_server, segment):
     delivered = len(received["messages"])
     for _ in range(8):
         metrics = server.metrics()
-        assert metric(metrics, "aircall_webhooks_total", event="call.ended", outcome="accepted") == 300
-        assert metric(metrics, "aircall_webhook_seconds_count") == 300
-        assert metric(metrics, "segment_messages_delivered_total") == delivered
-        assert metric(metrics, "outbox_pending_messages") == 0
+        assert metric(metrics, "aircall_segment_webhooks_total", event="call.ended", outcome="accepted") == 300
+        assert metric(metrics, "aircall_segment_webhook_duration_seconds_count") == 300
+        assert metric(metrics, "aircall_segment_messages_delivered_total") == delivered
+        assert metric(metrics, "aircall_segment_outbox_pending_messages") == 0
 
 
 def test_metrics_directory_of_the_operator_is_emptied_at_start(engine_server, segment, tmp_path):
@@ -354,12 +399,12 @@ def test_metrics_directory_of_the_operator_is_emptied_at_start(engine_server, se
     shared.mkdir()
     first = engine_server(workers=2, PROMETHEUS_MULTIPROC_DIR=str(shared))
     assert all(first.post(call_webhook(n)).status_code == 200 for n in range(6))
-    assert metric(first.metrics(), "aircall_webhooks_total", event="call.ended", outcome="accepted") == 6
+    assert metric(first.metrics(), "aircall_segment_webhooks_total", event="call.ended", outcome="accepted") == 6
     first.stop()
     second = engine_server(workers=2, PROMETHEUS_MULTIPROC_DIR=str(shared))
     assert all(second.post(call_webhook(n)).status_code == 200 for n in range(6, 8))
     for _ in range(4):
-        assert metric(second.metrics(), "aircall_webhooks_total", event="call.ended", outcome="accepted") == 2
+        assert metric(second.metrics(), "aircall_segment_webhooks_total", event="call.ended", outcome="accepted") == 2
 
 
 # -- a mapping that fails on a payload --------------------------------------------------------------------
@@ -405,17 +450,52 @@ def test_healthz_and_metrics(engine_server, segment):
     assert health["outbox"]["pending"] == 0 and health["outbox"]["oldest_pending_age_seconds"] is None
     metrics = server.metrics()
     for line in (
-        'aircall_webhooks_total{event="call.ended",outcome="accepted"} 1.0',
-        "segment_messages_enqueued_total 1.0",
-        "segment_messages_delivered_total 1.0",
-        'segment_requests_total{status="200"} 1.0',
-        "outbox_pending_messages 0.0",
-        "outbox_dead_letters 0.0",
-        "outbox_unprocessed_webhooks 0.0",
-        'webhooks_processed_total{outcome="mapped"} 1.0',
+        'aircall_segment_webhooks_total{event="call.ended",outcome="accepted"} 1.0',
+        "aircall_segment_messages_enqueued_total 1.0",
+        "aircall_segment_messages_delivered_total 1.0",
+        'aircall_segment_delivery_requests_total{status="200"} 1.0',
+        "aircall_segment_outbox_pending_messages 0.0",
+        "aircall_segment_outbox_dead_letters 0.0",
+        "aircall_segment_outbox_unprocessed_webhooks 0.0",
+        'aircall_segment_webhooks_processed_total{outcome="mapped"} 1.0',
     ):
         assert line in metrics
-    assert "segment_request_seconds_bucket" in metrics and "aircall_webhook_seconds_bucket" in metrics
+    assert "aircall_segment_delivery_request_duration_seconds_bucket" in metrics
+    assert "aircall_segment_webhook_duration_seconds_bucket" in metrics
+    assert metric(metrics, "aircall_segment_build_info", version=__version__, python=platform.python_version()) == 1
+    assert metric(metrics, "python_info", **PYTHON_INFO) == 1
+    # The process metrics count the processing child with the server: mapping's CPU is spent there.
+    assert metric(metrics, "aircall_segment_processes") == len(process_tree(server.process.proc.pid)) == 2
+    assert metric(metrics, "process_cpu_seconds_total") > 0 and metric(metrics, "process_resident_memory_bytes") > 0
+
+
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants, from /proc."""
+    return [pid, *(p for child in children_of(pid) for p in process_tree(child))]
+
+
+PYTHON_INFO = {
+    "implementation": platform.python_implementation(),
+    "major": str(sys.version_info.major),
+    "minor": str(sys.version_info.minor),
+    "patchlevel": str(sys.version_info.micro),
+    "version": platform.python_version(),
+}
+
+
+def test_process_metrics_are_the_whole_servers_whichever_worker_answers(engine_server):
+    """With --workers N, a scrape reaches any one worker: the process metrics must not jump from one to the other
+    (Prometheus would read a restart in each jump). They add up the server's processes: engine serve (uvicorn's
+    supervisor), its workers and their processing children."""
+    server = engine_server(workers=2)
+    supervisor = server.process.proc.pid
+    wait_for(lambda: len(process_tree(supervisor)) >= 5, what="two workers, each with its processing child")
+    processes = len(process_tree(supervisor))
+    scrapes = [server.metrics() for _ in range(8)]
+    assert {metric(text, "aircall_segment_processes") for text in scrapes} == {processes}
+    assert len({metric(text, "process_start_time_seconds") for text in scrapes}) == 1
+    cpu = [metric(text, "process_cpu_seconds_total") for text in scrapes]
+    assert cpu == sorted(cpu) and cpu[0] > 0
 
 
 def test_bad_setting_stops_start_up_naming_it(tmp_path):

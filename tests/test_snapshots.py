@@ -12,8 +12,8 @@ import pytest
 from engine.aircall.envelope import parse_webhook
 from engine.aircall.events import known_events
 from engine.mapping.load import load_mappings
+from engine.mapping.message import MAX_MESSAGE_BYTES
 from engine.schemas import segment_message_validator
-from engine.segment.message import MAX_MESSAGE_BYTES
 from tests.conftest import MAPPINGS, fixture_paths
 
 

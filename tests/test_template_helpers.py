@@ -9,7 +9,8 @@ import uuid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.mapping.templating import _ISO_FORMAT, e164, iso8601, stable_id, uuid5
+from engine.mapping.templating import stable_id
+from engine.values import _ISO_FORMAT, e164, iso8601, uuid5
 
 
 def iso_by_gmtime(seconds: int) -> str:

@@ -286,6 +286,12 @@ class AircallClient:
         webhook = answer.get("webhook") if isinstance(answer, dict) else None
         return webhook if isinstance(webhook, dict) else {}
 
+    def enable_webhook(self, webhook_id: str) -> dict[str, Any]:
+        """Turn a webhook Aircall disabled (after failed deliveries) back on; its events and token stay."""
+        answer = self.request("PUT", f"webhooks/{webhook_id}", json={"active": True})
+        webhook = answer.get("webhook") if isinstance(answer, dict) else None
+        return webhook if isinstance(webhook, dict) else {}
+
     def numbers(self) -> list[dict[str, Any]]:
         return [n for page, _ in self.pages("numbers", "numbers", {"per_page": 50}) for n in page]
 

@@ -31,10 +31,10 @@ from engine.aircall.envelope import Webhook
 from engine.aircall.selection import Selection
 from engine.config import EventChoice
 from engine.mapping.load import Mappings
-from engine.mapping.templating import parse_iso
 from engine.outbox import Outbox, stored_webhook
 from engine.processing.fetch import Fetcher
 from engine.processing.mapper import process
+from engine.values import parse_iso
 
 PER_PAGE = 50  # Aircall's largest page
 CEILING = 10_000  # Aircall lists no further than this many objects for one query, however it is paged
@@ -116,9 +116,13 @@ def now() -> int:
 
 @dataclass
 class Counts:
-    queued: int = 0  # messages committed to the outbox for the first time
+    """Objects, each counted once, by what became of them; and the messages that are new in the outbox."""
+
+    queued: int = 0  # objects whose messages are in the outbox now, and were not before
+    already: int = 0  # objects whose messages were all in the outbox already (an earlier run, a live webhook)
     skipped: int = 0  # objects whose event is disabled or whose number is inactive
     dead_lettered: int = 0
+    messages: int = 0  # messages committed to the outbox for the first time
 
 
 def queue_webhooks(
@@ -138,10 +142,16 @@ def queue_webhooks(
         if result.waiting_until is not None:  # a mapping that reads the API, which did not answer: not queued
             counts.skipped += 1
             continue
-        counts.dead_lettered += result.dead_reason is not None
         batch.append(result)
     if batch:
-        counts.queued = sum(outbox.commit_processed(batch))
+        for result, new in zip(batch, outbox.commit_processed(batch), strict=True):
+            counts.messages += new
+            if result.dead_reason is not None:
+                counts.dead_lettered += 1
+            elif new or not result.messages:
+                counts.queued += 1
+            else:
+                counts.already += 1
     return counts
 
 
@@ -193,10 +203,12 @@ class Progress:
 
     resource: str
     fetched: int = 0
-    queued: int = 0
+    queued: int = 0  # objects, as Counts counts them
+    already: int = 0
     skipped: int = 0  # not selected (event disabled, number inactive)
     outside: int = 0  # listed but created outside the range: an API that ignored from/to
     dead_lettered: int = 0
+    messages: int = 0
     requests: int = 0
     unreachable: int = 0  # past Aircall's ceiling in one second of time, or of a listing that ignores from/to
 
@@ -333,10 +345,12 @@ class Walk:
         counts = self.queue(webhooks)
         progress.fetched += len(objects)
         progress.queued += counts.queued
+        progress.already += counts.already
         progress.skipped += counts.skipped
         progress.dead_lettered += counts.dead_lettered
+        progress.messages += counts.messages
         self.cursor.fetched += len(objects)
-        self.cursor.queued += counts.queued
+        self.cursor.queued += counts.messages
 
     def _past_the_ceiling(self, window: Window, total: int | None) -> None:
         """The window holds more than Aircall will page through although it was not split (its total was wrong,

@@ -28,7 +28,7 @@ class Webhook:
     token: str
     data: dict[str, Any]
     # False for the webhooks a backfill builds: their ids must not change when an object has changed since the
-    # last run, so they are identified by event, object and time alone (see engine.segment.message.message_id).
+    # last run, so they are identified by event, object and time alone (see engine.mapping.message.message_id).
     identified_by_content: bool = True
     # What processing read from Aircall's REST API for this webhook, as its mapping's `fetch` declares: name ->
     # the answer. Empty until then; never part of the messageIds (they come from the webhook alone).

@@ -14,6 +14,11 @@ from engine.aircall.api import AircallClient
 from engine.aircall.backfill import Walk
 
 
+def plural(count: int, noun: str) -> str:
+    """'1 request', '2 requests', '1,000 requests'."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
 def duration(seconds: float) -> str:
     seconds = round(seconds)
     if seconds < 60:
@@ -112,11 +117,12 @@ class BackfillDisplay:
         cursor, progress, log = walk.cursor, walk.progress, self.client.log
         waits, waited = log.waits - self._waits_at_start[0], log.seconds - self._waits_at_start[1]
         outcome = (
-            f"rate-limit waits {waits} ({duration(waited)}); {progress.queued:,} queued, {progress.skipped:,} "
-            f"skipped, {progress.dead_lettered:,} dead-lettered"
+            f"rate-limit waits {waits} ({duration(waited)}); {progress.queued:,} queued, {progress.already:,} "
+            f"already queued, {progress.skipped:,} skipped, {progress.dead_lettered:,} dead-lettered"
         )
         if final:
-            return f"{walk.resource.name}: done: {cursor.fetched:,} listed; {cursor.requests:,} requests; {outcome}"
+            requests = plural(cursor.requests, "request")
+            return f"{walk.resource.name}: done: {cursor.fetched:,} listed; {requests}; {outcome}"
         objects = f"{cursor.fetched:,} of {cursor.fetched + walk.objects_left():,}"
         requests = f"{cursor.requests:,} of {cursor.requests + walk.requests_left():,}"
         eta = self._eta(walk.requests_left())

@@ -53,6 +53,7 @@ async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
     named: str | None = None  # the event's name as sent, once the token matched: the console may show it then
     status, outcome, extra = 200, "accepted", ()
     payload: dict[str, object] = {"status": "accepted"}
+    stored = None
     try:
         if scope["method"] != "POST":
             raise Refusal(405, "method_not_allowed", "method not allowed: use POST", {"Allow": "POST"})
@@ -74,10 +75,11 @@ async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
             outcome, payload = "ignored", {"status": "ignored", "reason": skip}
             _keep_refused(scope, 200, outcome, skip, named)
         else:
+            stored = stored_webhook(webhook, body)
             try:
-                new = await runtime.committer.append(stored_webhook(webhook, body))
+                new = await runtime.committer.append(stored)
             except OutboxUnavailable as exc:
-                log.error("outbox unavailable: %s", exc)
+                log.error("outbox unavailable", extra={"fields": {"error": str(exc)}})
                 raise Refusal(503, "unavailable", "outbox unavailable; retry later", {"Retry-After": "5"}) from None
             if not new:
                 payload["duplicate"] = True
@@ -86,10 +88,14 @@ async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
         payload = {"status": "error", "reason": refusal.reason}
         _keep_refused(scope, status, outcome, refusal.reason, named)
     except _Gone:
-        _note(scope, started, event, 400, "bad_request", "client disconnected before the body was complete")
+        _note(scope, started, event, 400, "bad_request", reason="client disconnected before the body was complete")
         return
-    detail = payload.get("reason") or ("duplicate" if payload.get("duplicate") else "stored")
-    _note(scope, started, event, status, outcome, detail)
+    if "reason" in payload:
+        _note(scope, started, event, status, outcome, reason=payload["reason"])
+    elif stored is not None:  # its key: processing's lines about it carry the same
+        _note(scope, started, event, status, outcome, webhook_key=stored.key, duplicate="duplicate" in payload)
+    else:
+        _note(scope, started, event, status, outcome)
     await _answer(send, status, payload, extra)
 
 
@@ -165,16 +171,15 @@ async def _read_body(receive: Receive, limit: int, timeout: float) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _note(scope: Scope, started: float, event: str, status: int, outcome: str, detail: object) -> None:
-    """The outcome's metrics and its log line."""
+def _note(scope: Scope, started: float, event: str, status: int, outcome: str, **more: object) -> None:
+    """The outcome's metrics and its log line (`more`: the reason of a refusal, or the stored webhook's key)."""
     seconds = time.perf_counter() - started
     scope["state"]["runtime"].metrics.webhook(event, outcome, seconds)
     # Behind a trusted proxy (--forwarded-allow-ips) uvicorn has put the original sender here.
     client = scope.get("client")
-    log.info(
-        "webhook event=%s status=%d outcome=%s %s ms=%.1f client=%s",
-        event, status, outcome, detail, seconds * 1000, client[0] if client else "-",
-    )  # fmt: skip
+    fields = {"event": event, "status": status, "outcome": outcome, **more}
+    fields |= {"ms": round(seconds * 1000, 1), "client": client[0] if client else None}
+    log.info("webhook", extra={"fields": fields})
 
 
 async def _answer(send: Send, status: int, payload: dict[str, object], extra: tuple[tuple[str, str], ...]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -13,6 +14,8 @@ from engine.config import ConfigError
 from engine.mapping.findings import MappingsFolderError
 from engine.outbox import OutboxRefused, OutboxUnavailable
 
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a command ended by SIGPIPE (128 + 13)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -21,6 +24,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `engine render ... | head`: the reader has what it wanted. Python's own flush at exit would fail on the
+        # same pipe and print a second error, so standard output goes nowhere from here.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as exc:
         message = user_error(exc)
         if message is None:

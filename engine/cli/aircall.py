@@ -11,7 +11,7 @@ from pathlib import Path
 from engine.aircall.api import AircallClient, AircallError
 from engine.aircall.backfill import RESOURCES, Walk, parse_date, plan, queue_webhooks, run_walks
 from engine.aircall.events import default_subscription, is_event_name, known_events
-from engine.aircall.progress import BackfillDisplay
+from engine.aircall.progress import BackfillDisplay, plural
 from engine.aircall.selection import Selection
 from engine.cli.common import (
     EXIT_FINDINGS,
@@ -99,7 +99,16 @@ def _aircall_connect(args: argparse.Namespace) -> int:
     if not token:
         raise UsageError("Aircall did not return the webhook's token")
     verb = "found" if existing else "created"
-    print(f"{verb} webhook {webhook.get('webhook_id') or webhook.get('id')} for {args.url}", file=sys.stderr)
+    ident = webhook.get("webhook_id") or webhook.get("id")
+    print(f"{verb} webhook {ident} for {args.url}", file=sys.stderr)
+    if existing and existing.get("active") is False:
+        # Aircall turns off a webhook whose deliveries keep failing, and sends nothing more until it is on again.
+        client.enable_webhook(str(ident))
+        print(
+            f"re-enabled webhook {ident}: Aircall had disabled it after failed deliveries; what it did not "
+            "deliver meanwhile can be fetched with engine backfill",
+            file=sys.stderr,
+        )
     if existing and sorted(existing.get("events") or []) != sorted(events):
         print("note: its events differ from the ones asked for; change them in the Aircall dashboard", file=sys.stderr)
     if args.write_env:
@@ -145,6 +154,8 @@ def _aircall_webhooks(args: argparse.Namespace) -> int:
     webhooks = client.webhooks()
     if not webhooks:
         print("no webhook on this account: engine aircall connect --url URL creates one", file=sys.stderr)
+        return EXIT_OK
+    print("id\tstate\tevents\turl")
     for webhook in webhooks:
         state = "active" if webhook.get("active", True) else "inactive"
         ident = webhook.get("webhook_id") or webhook.get("id")
@@ -162,7 +173,12 @@ def _aircall_webhooks(args: argparse.Namespace) -> int:
 @_aircall
 def _aircall_numbers(args: argparse.Namespace) -> int:
     _, client = _aircall_client(args)
-    for number in client.numbers():
+    numbers = client.numbers()
+    if not numbers:
+        print("no number on this account", file=sys.stderr)
+        return EXIT_OK
+    print("id\tdigits\tname\tcountry")  # the columns' names: AIRCALL_NUMBERS takes ids or digits
+    for number in numbers:
         print(f"{number.get('id')}\t{number.get('digits')}\t{number.get('name')}\t{number.get('country') or ''}")
     return EXIT_OK
 
@@ -209,12 +225,15 @@ def _backfill(args: argparse.Namespace) -> int:
         raise AircallError(
             f"{exc}; what was listed is queued, and the same command continues at the next page"
         ) from None
+    # Objects from `fetched` to `dead-lettered`, each counted once; then the messages new in the outbox.
     for walk in walks:
         p = walk.progress
-        print(f"{p.resource}\tfetched {p.fetched}\tqueued {p.queued}\tskipped {p.skipped}"
-              f"\tdead-lettered {p.dead_lettered}\trequests {p.requests}")  # fmt: skip
+        print(f"{p.resource}\tfetched {p.fetched}\tqueued {p.queued}\talready queued {p.already}"
+              f"\tskipped {p.skipped}\tdead-lettered {p.dead_lettered}\tmessages {p.messages}"
+              f"\trequests {p.requests}")  # fmt: skip
     log = client.log
     print(
-        f"rate limit: {log.waits} waits, {log.seconds:.1f} s of {log.requests} requests, {log.throttled} answered 429"
+        f"rate limit: {plural(log.waits, 'wait')}, {log.seconds:.1f} s of {plural(log.requests, 'request')}, "
+        f"{log.throttled} answered 429"
     )
     return EXIT_OK

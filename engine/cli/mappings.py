@@ -18,9 +18,9 @@ from engine.cli.common import (
     settings_for,
 )
 from engine.mapping.load import load_mappings
+from engine.mapping.message import RenderError
 from engine.mapping.reference import markdown, reference
 from engine.mapping.validate import find_fixtures, validate
-from engine.segment.message import RenderError
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:

@@ -36,7 +36,7 @@ from engine.console.playground import FILE_NAME, Playground, PlaygroundRefused
 from engine.mapping.findings import MappingError, MappingsFolderError
 from engine.mapping.load import load_mappings, mapping_files
 from engine.mapping.validate import find_fixtures
-from engine.outbox import WEBHOOK_OUTCOMES, OutboxRefused, OutboxUnavailable, WebhookFilter
+from engine.outbox import ALL_SESSIONS, WEBHOOK_OUTCOMES, OutboxRefused, OutboxUnavailable, WebhookFilter
 from engine.processing.replay import replay_dead_letters
 
 log = logging.getLogger("engine.console")
@@ -68,6 +68,8 @@ def page(handler: Handler) -> Callable[[Console, Request], Awaitable[Response]]:
         if session is None or not session.signed_in:
             return RedirectResponse(f"{_base(request)}/sign-in", status_code=303)
         try:
+            if await self.ended(session):
+                return self._signed_out(request)
             return await handler(self, request, session)
         except UNREADABLE as exc:
             log.error("console: outbox unreadable: %s", exc)
@@ -88,6 +90,8 @@ def api(handler: Handler) -> Callable[[Console, Request], Awaitable[Response]]:
         if request.method == "POST" and not csrf_matches(session, request.headers.get(CSRF_HEADER)):
             return JSONResponse({"error": "missing or wrong CSRF token"}, status_code=403)
         try:
+            if await self.ended(session):
+                return JSONResponse({"error": "sign in first"}, status_code=401)
             return await handler(self, request, session)
         except UNREADABLE as exc:
             log.error("console: outbox unreadable: %s", exc)
@@ -107,6 +111,12 @@ def action(handler: Callable[[Console, Request, Session, dict[str, str]], Awaita
         form = await _form(request)
         if form is None or not csrf_matches(session, form.get(CSRF_FIELD)):
             return PlainTextResponse("Forbidden: missing or wrong CSRF token", status_code=403)
+        try:
+            if await self.ended(session):
+                return self._signed_out(request)
+        except UNREADABLE as exc:
+            log.error("console: outbox unreadable: %s", exc)
+            return PlainTextResponse(f"The outbox cannot be read now: {exc}", status_code=503)
         return await handler(self, request, session, form)
 
     return guarded
@@ -209,16 +219,29 @@ class Console:
         if form is None or not csrf_matches(session, form.get(CSRF_FIELD)):
             return PlainTextResponse("Forbidden: missing or wrong CSRF token", status_code=403)
         if not self.gate.token_matches(form.get("token", "")):
-            log.warning("console sign-in refused: wrong token client=%s", _client(request))
+            log.warning("console sign-in refused: wrong token", extra={"fields": {"client": _client(request)}})
             await asyncio.sleep(WRONG_TOKEN_DELAY)
             return self._sign_in_page(request, None, wrong=True)
-        log.info("console signed in client=%s", _client(request))
+        log.info("console signed in", extra={"fields": {"client": _client(request)}})
         response = RedirectResponse(f"{_base(request)}/", status_code=303)
         self.gate.keep(response, request, self.gate.new_session(signed_in=True))  # a new CSRF token too
         return response
 
     @action
     async def sign_out(self, request: Request, session: Session, form: dict[str, str]) -> Response:
+        """Ends this session (or, with `everywhere`, every session begun until now) in the outbox, so that a copy
+        of the cookie stops working too, then forgets the cookie."""
+        runtime = request.state.runtime
+        everywhere = form.get("everywhere") == "1"
+        key = ALL_SESSIONS if everywhere else session.key
+        await runtime.committer.call(runtime.outbox.end_console_session, key, time.time())
+        log.info("console signed out everywhere=%s client=%s", everywhere, _client(request))
+        return self._signed_out(request)
+
+    async def ended(self, session: Session) -> bool:
+        return bool(await self.reads("console_session_ended", session.key, session.begun_at))
+
+    def _signed_out(self, request: Request) -> Response:
         response = RedirectResponse(f"{_base(request)}/sign-in", status_code=303)
         self.gate.forget(response, request)
         return response
@@ -294,7 +317,10 @@ class Console:
         report = await runtime.committer.call(replay_dead_letters, runtime.outbox, mappings, ids)
         if report.messages:
             runtime.delivery.wake()
-        log.info("console replayed dead letters=%s messages=%d", report.replayed, report.messages)
+        log.info(
+            "console replayed dead letters",
+            extra={"fields": {"dead_letter_ids": report.replayed, "messages": report.messages}},
+        )
         text = f"Replayed {len(report.replayed)} dead letter(s): {report.messages} message(s) queued again."
         for letter_id, reason in report.failed[:3]:
             text += f" Dead letter #{letter_id} still fails: {reason}."
@@ -310,7 +336,7 @@ class Console:
         if ids == []:
             return self._after(request, session, "No dead letter was chosen.")
         discarded = await runtime.committer.call(runtime.outbox.discard_dead_letters, ids)
-        log.info("console discarded dead letters=%s", [letter.id for letter in discarded])
+        log.info("console discarded dead letters", extra={"fields": {"dead_letter_ids": [d.id for d in discarded]}})
         text = f"Discarded {len(discarded)} dead letter(s)."
         if ids and not discarded:
             text = f"No dead letter #{ids[0]} to discard (replayed or discarded already?)."

@@ -2,8 +2,10 @@
 every request that changes something.
 
 The session is a cookie signed with a key derived from the token (itsdangerous, as Starlette's SessionMiddleware
-signs): no server-side state, so it holds across restarts and `--workers N`, and changing the token signs every
-session out. HttpOnly (no script reads it), SameSite=Strict (no other site's page sends it), Secure when the
+signs), so it holds across restarts and `--workers N`, and changing the token signs every session out. Signing
+out ends it in the outbox too (engine.outbox's console_signouts, read on every request by every process): a
+copy of the cookie taken before stops working at once, and "sign out everywhere" ends every session begun
+before it. HttpOnly (no script reads it), SameSite=Strict (no other site's page sends it), Secure when the
 request came over HTTPS, scoped to the console's path. Its CSRF token goes into every form and into the header
 of the playground's requests; a request without it changes nothing.
 """
@@ -13,14 +15,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.responses import Response
 
+from engine.outbox import CONSOLE_SESSION_SECONDS
+
 COOKIE = "aircall_console"
-SESSION_SECONDS = 12 * 3600
+SESSION_SECONDS = CONSOLE_SESSION_SECONDS
 CSRF_FIELD = "csrf"  # the form field
 CSRF_HEADER = "x-csrf-token"  # the header, for fetch()
 
@@ -30,6 +35,12 @@ class Session:
     csrf: str
     signed_in: bool = False
     flash: str | None = None  # one line shown on the next page, after an action
+    begun_at: float = 0.0  # when it was signed in (a cookie of an older version: 0, begun before any sign-out)
+
+    @property
+    def key(self) -> str:
+        """What the outbox knows it by when it is ended: a digest, so that the table holds nothing usable."""
+        return hashlib.sha256(self.csrf.encode()).hexdigest()[:32]
 
 
 class Gate:
@@ -55,14 +66,20 @@ class Gate:
         if not isinstance(data, dict) or not isinstance(data.get("c"), str):
             return None
         flash = data.get("f")
-        return Session(data["c"], data.get("s") is True, flash if isinstance(flash, str) else None)
+        begun = data.get("t")
+        return Session(
+            data["c"],
+            data.get("s") is True,
+            flash if isinstance(flash, str) else None,
+            float(begun) if isinstance(begun, int | float) else 0.0,
+        )
 
     @staticmethod
     def new_session(signed_in: bool) -> Session:
-        return Session(secrets.token_urlsafe(32), signed_in)
+        return Session(secrets.token_urlsafe(32), signed_in, begun_at=time.time())
 
     def cookie_value(self, session: Session) -> str:
-        data: dict[str, object] = {"c": session.csrf, "s": session.signed_in}
+        data: dict[str, object] = {"c": session.csrf, "s": session.signed_in, "t": session.begun_at}
         if session.flash:
             data["f"] = session.flash
         return self._serializer.dumps(data)

@@ -33,13 +33,7 @@ PAYLOAD_NAME = "payload.json"
 
 def main() -> int:
     channel = _channel()
-    with contextlib.suppress(ValueError, OSError):  # not every platform has these limits
-        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_BYTES, MEMORY_BYTES))
-    with contextlib.suppress(OSError):
-        os.nice(10)
-    # Imported after the limits, so that their cost is paid once, before the first check.
-    from engine.mapping import validate  # noqa: F401
-
+    confine()
     for line in sys.stdin.buffer:
         try:
             answer = check(**json.loads(line))
@@ -50,6 +44,21 @@ def main() -> int:
         channel.write(json.dumps(answer) + "\n")
         channel.flush()
     return 0
+
+
+def confine() -> None:
+    """This process's limits: MEMORY_BYTES of address space, a lower priority, and JSON by the standard library
+    (orjson and msgspec end the process with a segmentation fault when an allocation fails; it raises
+    MemoryError)."""
+    with contextlib.suppress(ValueError, OSError):  # not every platform has these limits
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_BYTES, MEMORY_BYTES))
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    # Imported after the limits, so that their cost is paid once, before the first check.
+    from engine import fastjson
+    from engine.mapping import validate  # noqa: F401
+
+    fastjson.stdlib_only()
 
 
 def _channel() -> TextIO:
@@ -70,8 +79,8 @@ def check(
     from engine.aircall.envelope import EnvelopeError, parse_webhook
     from engine.mapping.findings import MappingsFolderError
     from engine.mapping.load import inspect_mappings, mapping_files
+    from engine.mapping.message import RenderError
     from engine.mapping.validate import validate
-    from engine.segment.message import RenderError
 
     started = time.perf_counter()
     source = Path(mappings)

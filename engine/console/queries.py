@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from engine.aircall.refused import RECENT, Refused
+from engine.aircall.watch import ACTIVE, UNKNOWN
 from engine.console.charts import Chart, bar_chart
 from engine.outbox import (
     DeadLetter,
@@ -195,6 +196,17 @@ def _steps(runtime: Runtime, stats: Any, health: Health) -> list[Step]:
     settings = runtime.settings
     api = bool(settings.aircall_api_id and settings.aircall_api_token)
     own_token = any(token != SAMPLE_TOKEN for token in settings.webhook_tokens)
+    # With API credentials the server looks at Aircall's webhooks (engine.aircall.watch): connected is then
+    # what Aircall says, not a guess from the token.
+    watched = runtime.aircall_webhook()
+    connected = own_token if watched is None or watched.state == UNKNOWN else watched.state == ACTIVE
+    connect_how = (
+        watched.detail
+        if watched is not None and watched.problem
+        else "Run `engine aircall connect --url https://YOUR-HOST/webhooks/aircall --write-env` and restart: it "
+        "creates the webhook in Aircall and puts its token in AIRCALL_WEBHOOK_TOKEN"
+        + (" (the samples' token is the only one set now)." if settings.webhook_tokens else ".")
+    )
     return [
         Step(
             "A webhook received",
@@ -209,16 +221,7 @@ def _steps(runtime: Runtime, stats: Any, health: Health) -> list[Step]:
             "Create an API key in Aircall's dashboard (Integrations, API keys) and set AIRCALL_API_ID and "
             "AIRCALL_API_TOKEN: `engine aircall connect` uses them, and mappings that fetch transcripts.",
         ),
-        Step(
-            "Aircall connected: its webhook's own token set",
-            own_token,
-            "Run `engine aircall connect --url https://YOUR-HOST/webhooks/aircall --write-env` and restart: it "
-            "creates the webhook in Aircall and puts its token in AIRCALL_WEBHOOK_TOKEN (the samples' token "
-            "is the only one set now)."
-            if settings.webhook_tokens
-            else "Run `engine aircall connect --url https://YOUR-HOST/webhooks/aircall --write-env` and restart: "
-            "it creates the webhook in Aircall and puts its token in AIRCALL_WEBHOOK_TOKEN.",
-        ),
+        Step("Aircall connected", connected, connect_how),
         Step(
             "Segment's write key set",
             runtime.delivery.client is not None,

@@ -91,7 +91,13 @@ def compile_messages(
     except Unsupported as problem:  # outside any template: not a mapping's shape; Jinja does all of it
         evaluate = compile_expression(env, expr)
         return Program(evaluate, "", [Fallback(-1, problem.lineno, problem.reason)])
-    return writer.finish(fast, slow)
+    try:
+        return writer.finish(fast, slow)
+    except (SyntaxError, RecursionError, MemoryError) as problem:
+        # Python's compiler has limits of its own (200 nested parentheses). Templates are bounded well within
+        # them (MAX_TEMPLATE_DEPTH), so this is a safety net: Jinja's runtime gives the same values, slower.
+        evaluate = compile_expression(env, expr)
+        return Program(evaluate, "", [Fallback(-1, 1, f"too large for the compiler ({type(problem).__name__})")])
 
 
 def compile_value(

@@ -22,6 +22,7 @@ from engine.aircall.events import is_event_name
 from engine.mapping import yamlsource
 from engine.mapping.compiler import Fallback, compile_messages, compile_value
 from engine.mapping.findings import Finding, MappingError, MappingsFolderError, caret_excerpt
+from engine.mapping.message import Encoded, RenderError, encode, finish
 from engine.mapping.templating import (
     EACH_VARIABLES,
     TEMPLATE_VARIABLES,
@@ -32,7 +33,6 @@ from engine.mapping.templating import (
     parse_value,
 )
 from engine.schemas import mapping_file_validator, resolved_mapping_validator
-from engine.segment.message import Encoded, RenderError, encode, finish
 
 # Keys of a message spec that hold templates, in the order messages are built.
 _TEMPLATE_KEYS = ("event", "userId", "anonymousId", "groupId")
@@ -198,7 +198,9 @@ class CompiledMapping:
                 function = self._compile_value(self._env, part, names)
                 for values in tried:
                     try:
-                        function(values)
+                        result = function(values)
+                        if isinstance(result, Iterator):  # map(...) runs its filter only when encoded
+                            list(result)
                     except Exception as exc:
                         yield template, exc, part.lineno or 1
                         found = True

@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import copy
 import difflib
-import hashlib
 import itertools
 import math
 import sys
-import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, date, datetime
 from typing import Any
 
 from jinja2 import TemplateSyntaxError, meta, nodes
@@ -28,16 +24,15 @@ from jinja2.runtime import Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
 
-from engine.digits import normalize_digits
+from engine import values
 from engine.mapping.findings import NOT_A_SEGMENT_NUMBER
+from engine.values import e164, iso8601
 
 # The names a template may read. Webhook data only ever arrives through these, as values. `fetched` holds what
 # processing read from Aircall's REST API, as the mapping's `fetch` declares ({} otherwise).
 TEMPLATE_VARIABLES = frozenset({"data", "event", "fetched", "resource", "timestamp"})
 # And in a message with `each` (one message per element of a list): the element and its 0-based position.
 EACH_VARIABLES = TEMPLATE_VARIABLES | {"item", "index"}
-
-_STABLE_ID_NAMESPACE = uuid.UUID("5f1c7f0e-3b0a-4b8e-9a55-6a1c2b7d9e40")
 
 
 class TemplateProblem(Exception):
@@ -115,67 +110,6 @@ def _missing_as_none(value: Any) -> Any:
     return value
 
 
-def iso8601(value: Any) -> str | None:
-    """Unix seconds (Aircall's calls and contacts) or an ISO string (users, numbers) as ISO 8601 UTC."""
-    if type(value) is int and 0 <= value < _YEAR_10000:  # whole seconds, the common case: what gmtime would give
-        day, second = divmod(value, 86400)
-        return (_DATES.get(day) or _date_prefix(day)) + _HOURS_MINUTES[second // 60] + _SECONDS[second % 60]
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return _iso_from_unix(value)
-    if isinstance(value, str):
-        parsed = parse_iso(value)
-        return value if parsed is None else _format_utc(parsed)  # unknown format: pass it on, not lose it
-    return None
-
-
-def parse_iso(text: str) -> datetime | None:
-    """An ISO 8601 date or time ('Z' accepted), as an aware datetime; UTC when it names no zone."""
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _iso_from_unix(seconds: float) -> str | None:
-    try:
-        moment = time.gmtime(seconds)
-    except (OverflowError, OSError, ValueError):
-        return None
-    millis = min(int((seconds % 1) * 1000 + 0.5), 999)
-    return _ISO_FORMAT % (*moment[:6], millis)
-
-
-_ISO_FORMAT = "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ"  # formatting by hand: 2x faster than datetime.strftime
-_YEAR_10000 = 253402300800
-_UNIX_EPOCH_ORDINAL = 719163  # date(1970, 1, 1).toordinal()
-_DATES: dict[int, str] = {}  # days since 1970 -> "YYYY-MM-DDT": webhooks of a day share it
-_HOURS_MINUTES = [f"{hour:02d}:{minute:02d}:" for hour in range(24) for minute in range(60)]
-_SECONDS = [f"{second:02d}.000Z" for second in range(60)]
-
-
-def _date_prefix(day: int) -> str:
-    if len(_DATES) > 4096:
-        _DATES.clear()
-    moment = date.fromordinal(_UNIX_EPOCH_ORDINAL + day)
-    prefix = _DATES[day] = f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
-    return prefix
-
-
-def _format_utc(moment: datetime) -> str:
-    moment = moment.astimezone(UTC)
-    return _ISO_FORMAT % (*moment.timetuple()[:6], moment.microsecond // 1000)
-
-
-def e164(value: Any) -> str | None:
-    """'+33 1 76 36 06 95' -> '+33176360695': Aircall formats digits for people; warehouses want them bare."""
-    if value is None:
-        return None
-    return normalize_digits(str(value)) or None
-
-
 def pluck(items: Any, key: str, **where: Any) -> list[Any]:
     """`data.tags | pluck('name')`: one field of each object of a list; [] for a missing list.
 
@@ -196,6 +130,11 @@ def pluck(items: Any, key: str, **where: Any) -> list[Any]:
     return [item.get(key) if type(item) is dict else None for item in items]
 
 
+# How deeply a template's expression may nest (lookups, filters, calls, operators, literals). Aircall's payloads
+# are a few levels deep and the deepest shipped template is 12; the bound keeps every template within what
+# Python's compiler takes (it refuses 200 nested parentheses, and a lookup compiles to two) and what Jinja's
+# parser recurses through, so a mistake is a finding on its line, not a traceback at start-up.
+MAX_TEMPLATE_DEPTH = 48
 SPLIT_LONG_DEFAULT_BYTES = 8000  # four parts fit one Segment message (32 KB) with room for other properties
 SPLIT_LONG_MIN_BYTES = 64
 
@@ -252,36 +191,10 @@ def _cut(text: str, max_bytes: int) -> list[str] | None:
 
 
 def stable_id(*parts: Any) -> str | None:
-    """A UUID that is the same whenever the same parts are given; None when any part is missing.
-
-    Used for anonymousId: the same contact, phone number or Aircall number always gets the same id, without
-    sending the raw phone number as an identifier.
-    """
-    if not parts:
+    """engine.values.stable_id for templates: a value the sandbox refused (an Undefined) is a missing part."""
+    if any(isinstance(part, Undefined) for part in parts):
         return None
-    for part in parts:
-        if part is None or part == "" or isinstance(part, Undefined):
-            return None
-    return uuid5(_STABLE_ID_NAMESPACE, "aircall:" + ":".join(map(str, parts)))
-
-
-# id(namespace) -> (namespace, namespace.bytes): a property computed on each use. The cache holds the namespace,
-# so its id cannot be another object's while it is cached.
-_NAMESPACE_BYTES: dict[int, tuple[uuid.UUID, bytes]] = {}
-
-
-def uuid5(namespace: uuid.UUID, name: str) -> str:
-    """str(uuid.uuid5(namespace, name)), without building a UUID object: a third of the time, on the hot path."""
-    cached = _NAMESPACE_BYTES.get(id(namespace))
-    if cached is None:
-        if len(_NAMESPACE_BYTES) > 64:
-            _NAMESPACE_BYTES.clear()
-        cached = _NAMESPACE_BYTES[id(namespace)] = (namespace, namespace.bytes)
-    digest = hashlib.sha1(cached[1] + name.encode()).hexdigest()
-    return f"{digest[:8]}-{digest[8:12]}-5{digest[13:16]}-{_VARIANT[digest[16]]}{digest[17:20]}-{digest[20:32]}"
-
-
-_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+    return values.stable_id(*parts)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -312,6 +225,8 @@ def parse_value(
         tree = env.parse(value)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(f"template syntax error: {exc.message}", exc.lineno or 1) from None
+    except RecursionError:  # Jinja's parser recurses a few frames per parenthesis: 70 of them are too many
+        raise TemplateProblem(_too_deep(None), 1) from None
     except ValueError:  # Python's refusal to read an integer past 4,300 digits, from Jinja's lexer
         raise TemplateProblem(NOT_A_SEGMENT_NUMBER, 1) from None
     # A base's templates come once per event file that extends it (_call.yaml's, 19 times): the checks below
@@ -340,7 +255,8 @@ def parse_value(
 
 
 def _check_tree(tree: nodes.Template, env: MappingEnvironment, names: frozenset[str]) -> None:
-    """The names it reads, and every constant it holds or Jinja would fold it to. Raises TemplateProblem."""
+    """Its depth, the names it reads, and every constant it holds or Jinja would fold it to. Raises TemplateProblem."""
+    _check_depth(tree)
     try:
         _check_names(tree, env, names)
         # Constants as written, and as Jinja folds them when it compiles ({{ 1e308 * 10 }}, {{ 'inf' | float }}).
@@ -348,9 +264,28 @@ def _check_tree(tree: nodes.Template, env: MappingEnvironment, names: frozenset[
     except ValueError:  # the same refusal, of a constant Jinja folds when it compiles: {{ 10 ** 5000 }}
         raise TemplateProblem(NOT_A_SEGMENT_NUMBER, 1) from None
     except RecursionError:  # thousands of operators in a row: {{ 1 + 1 + ... }}
-        raise TemplateProblem("template nested too deeply for Jinja to compile; split it", 1) from None
+        raise TemplateProblem(_too_deep(None), 1) from None
     for constant in itertools.chain(tree.find_all(nodes.Const), folded.find_all(nodes.Const)):
         _check_finite(constant.value, constant.lineno)
+
+
+def _check_depth(tree: nodes.Template) -> None:
+    """At most MAX_TEMPLATE_DEPTH levels of expression, walked without recursion (the tree may be deeper than
+    Python's own recursion limit allows a walk)."""
+    pending: list[tuple[nodes.Node, int]] = [(node, 1) for node in tree.body]
+    while pending:
+        node, depth = pending.pop()
+        if depth > MAX_TEMPLATE_DEPTH:
+            raise TemplateProblem(_too_deep(MAX_TEMPLATE_DEPTH), node.lineno or 1)
+        pending.extend((child, depth + 1) for child in node.iter_child_nodes())
+
+
+def _too_deep(depth: int | None) -> str:
+    past = f"more than {depth} levels" if depth else "too deeply to parse"
+    return (
+        f"template nests {past} (lookups, filters, calls, parentheses); "
+        f"{MAX_TEMPLATE_DEPTH} at most: no Aircall payload needs more, so shorten it"
+    )
 
 
 def _check_names(tree: nodes.Template, env: MappingEnvironment, names: frozenset[str]) -> None:

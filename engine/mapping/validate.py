@@ -21,9 +21,9 @@ from engine.aircall.envelope import EnvelopeError, Webhook, parse_webhook
 from engine.aircall.events import resource_of
 from engine.mapping.findings import Finding
 from engine.mapping.load import CompiledMapping, field_finding, inspect_mappings
+from engine.mapping.message import RenderError
 from engine.processing.fetch import FetchRefused, fetch_for
 from engine.schemas import segment_message_validator
-from engine.segment.message import RenderError
 
 # A mapping slower than this per message it makes gets a note of its own: 20x the shipped ones. Per message, not
 # per event: a transcript of 200 utterances is 200 messages, and costs what 200 small webhooks cost.

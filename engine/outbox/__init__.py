@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from engine.outbox.base import (
     ACTIVITY_EXACT_ROWS,
+    ALL_SESSIONS,
+    CONSOLE_SESSION_SECONDS,
     CONSOLE_SLACK_SECONDS,
     DEAD_LETTER_COLUMNS,
     FIND_SCAN_ROWS,
@@ -70,6 +72,8 @@ def open_outbox(
 
 __all__ = [
     "ACTIVITY_EXACT_ROWS",
+    "ALL_SESSIONS",
+    "CONSOLE_SESSION_SECONDS",
     "CONSOLE_SLACK_SECONDS",
     "DEAD_LETTER_COLUMNS",
     "FIND_SCAN_ROWS",

@@ -441,13 +441,29 @@ class Outbox(Protocol):
         FIND_SCAN_ROWS ids, and says where the next one begins."""
         ...
 
+    # -- console sessions: signed cookies, ended here so that a copied cookie stops working at sign-out --
+    def end_console_session(self, session: str, at: float) -> None:
+        """Record that the session `session` ended at `at`; ALL_SESSIONS ends every session begun before `at`."""
+        ...
+
+    def console_session_ended(self, session: str, begun_at: float) -> bool:
+        """Whether this session was ended, or every session begun before a moment after `begun_at`."""
+        ...
+
+
+ALL_SESSIONS = "*"  # end_console_session's key for "every session begun before this"
+CONSOLE_SESSION_SECONDS = 12 * 3600  # a console session's lifetime: what is ended is remembered as long
+
 
 def sqlite_path(setting: str) -> Path:
     """ENGINE_DB: a file path, or sqlite:///relative/path and sqlite:////absolute/path."""
     if setting.startswith("sqlite:///"):
         return Path(setting.removeprefix("sqlite:///"))
     if "://" in setting:
-        raise ValueError(f"ENGINE_DB: {describe_db(setting)!r} is neither a SQLite path nor a postgresql:// URL")
+        raise ValueError(
+            "neither a SQLite file (a path, or sqlite:///relative/path or sqlite:////absolute/path) "
+            "nor a postgresql:// URL"
+        )
     return Path(setting)
 
 

@@ -19,6 +19,8 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from engine.outbox import (
+    ALL_SESSIONS,
+    CONSOLE_SESSION_SECONDS,
     CONSOLE_SLACK_SECONDS,
     DEAD_LETTER_COLUMNS,
     UNMAPPED_SHOWN,
@@ -43,7 +45,7 @@ from engine.outbox.base import FoundWebhooks, WebhookColumns, WebhookFilter, fin
 
 T = TypeVar("T")
 _CONNECTION_ERRORS = (PoolTimeout, psycopg.OperationalError)
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _NOW = "extract(epoch from clock_timestamp())"
 
 
@@ -113,6 +115,8 @@ _MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE webhooks ADD COLUMN unmapped_event TEXT",
         "CREATE INDEX webhooks_unmapped ON webhooks (unmapped_event) WHERE unmapped_event IS NOT NULL",
     ],
+    # Console sessions ended by signing out (see engine.outbox.sqlite, version 7).
+    6: ["CREATE TABLE console_signouts (session TEXT PRIMARY KEY, at DOUBLE PRECISION NOT NULL)"],
 }
 
 
@@ -161,11 +165,16 @@ class PostgresOutbox:
             open=False,
             check=ConnectionPool.check_connection,
         )
+        # One plain connection first: libpq's reason at once, where the pool would wait out its timeout and
+        # say only "pool initialization incomplete after 3.0 sec".
+        reason = _why_no_connection(url, connect_timeout)
+        if reason is not None:
+            raise OutboxUnavailable(f"cannot connect to PostgreSQL: {reason}")
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
         except _CONNECTION_ERRORS as exc:
             self._pool.close()
-            raise OutboxUnavailable(f"cannot connect to PostgreSQL at {self.path}: {exc}") from None
+            raise OutboxUnavailable(f"cannot connect to PostgreSQL: {_first_line(exc)}") from None
         try:
             self._write(self._check_schema if read_only else self._migrate)
         except BaseException:
@@ -423,6 +432,7 @@ class PostgresOutbox:
                 f"DELETE FROM dead_letters WHERE replayed_at IS NOT NULL AND replayed_at < {_NOW} - %s",
                 (older_than_seconds,),
             )
+            conn.execute(f"DELETE FROM console_signouts WHERE at < {_NOW} - %s", (CONSOLE_SESSION_SECONDS,))
             conn.execute(
                 f"DELETE FROM webhooks WHERE received_at < {_NOW} - %s AND processed_at IS NOT NULL AND NOT EXISTS "
                 "(SELECT 1 FROM messages m WHERE m.webhook_key = webhooks.key)",
@@ -447,6 +457,23 @@ class PostgresOutbox:
         self._write(
             lambda conn: conn.execute(f"UPDATE dead_letters SET replayed_at = {_NOW} WHERE id = ANY(%s)", (ids,))
         )
+
+    def end_console_session(self, session: str, at: float) -> None:
+        self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO console_signouts (session, at) VALUES (%s, %s) "
+                "ON CONFLICT (session) DO UPDATE SET at = GREATEST(console_signouts.at, excluded.at)",
+                (session, at),
+            )
+        )
+
+    def console_session_ended(self, session: str, begun_at: float) -> bool:
+        rows = self._write(  # the reads use the same transaction helper (engine.outbox.postgres's reads)
+            lambda conn: conn.execute(
+                "SELECT session, at FROM console_signouts WHERE session IN (%s, %s)", (session, ALL_SESSIONS)
+            ).fetchall()
+        )
+        return any(key == session or at > begun_at for key, at in rows)
 
     def discard_dead_letters(self, ids: Sequence[int] | None) -> list[DeadLetter]:
         def work(conn: psycopg.Connection) -> list[DeadLetter]:
@@ -720,6 +747,17 @@ _per_minute = functools.partial(per_minute, mark="%s", minute="floor(({column} -
 
 
 # -- end of console reads: helpers ------------------------------------------------------------------------------
+
+
+def _why_no_connection(url: str, timeout: float) -> str | None:
+    """libpq's own reason (no such database or role, unknown host, refused, bad sslmode...), which the pool keeps
+    to its log and replaces with "pool initialization incomplete after 3.0 sec"; None if a connection opens."""
+    try:
+        psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(timeout))).close()
+    except psycopg.Error as exc:
+        # Its lines: the failure, then libpq's hint ("Is the server running on that host...?"), one line here.
+        return " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip()) or None
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from engine.outbox.base import (
+    ALL_SESSIONS,
+    CONSOLE_SESSION_SECONDS,
     CONSOLE_SLACK_SECONDS,
     DEAD_LETTER_COLUMNS,
     UNMAPPED_SHOWN,
@@ -46,7 +48,7 @@ from engine.outbox.base import (
     per_minute,
 )
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 _MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE webhooks (
@@ -143,6 +145,14 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE webhook_state ADD COLUMN unmapped_event TEXT;
     CREATE INDEX webhook_state_unmapped ON webhook_state (unmapped_event) WHERE unmapped_event IS NOT NULL;
     """,
+    # Console sessions ended by signing out (engine.console.auth): the cookie is signed, not stored, so ending
+    # one needs a note that every process (--workers N) reads. Rows live as long as a session could.
+    7: """
+    CREATE TABLE console_signouts (
+        session TEXT PRIMARY KEY,             -- a digest of the session's CSRF token, or '*' for all of them
+        at      REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 }
 
 
@@ -157,6 +167,10 @@ class SqliteOutbox:
         self.read_only = read_only
         self.migrate = migrate and not read_only
         self.create = create and not read_only
+        if self.path.is_dir():  # SQLite would say only "disk I/O error"
+            raise OutboxRefused(
+                f"{self.path} is a folder: name a file, such as {self.path / 'outbox.sqlite3'} (created if missing)"
+            )
         if self.create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         elif not self.path.exists():
@@ -550,6 +564,7 @@ class SqliteOutbox:
                 "DELETE FROM messages WHERE delivered_at IS NOT NULL AND delivered_at < ?", (cutoff,)
             ).rowcount
             conn.execute("DELETE FROM dead_letters WHERE replayed_at IS NOT NULL AND replayed_at < ?", (cutoff,))
+            conn.execute("DELETE FROM console_signouts WHERE at < ?", (time.time() - CONSOLE_SESSION_SECONDS,))
             # NOT IN a list made once: SQLite reads the messages into a temporary index once. As a correlated
             # NOT EXISTS (messages.webhook_key has no index) it read them again for each webhook: 17 s for 20,000
             # webhooks and 200,000 messages, against 0.25 s, on the commit thread the gateway waits for.
@@ -641,6 +656,21 @@ class SqliteOutbox:
                 "UPDATE dead_letters SET replayed_at = ? WHERE id = ?", [(now, i) for i in ids]
             )
         )
+
+    def end_console_session(self, session: str, at: float) -> None:
+        self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO console_signouts (session, at) VALUES (?, ?) "
+                "ON CONFLICT (session) DO UPDATE SET at = MAX(at, excluded.at)",
+                (session, at),
+            )
+        )
+
+    def console_session_ended(self, session: str, begun_at: float) -> bool:
+        rows = self.conn.execute(
+            "SELECT session, at FROM console_signouts WHERE session IN (?, ?)", (session, ALL_SESSIONS)
+        ).fetchall()
+        return any(key == session or at > begun_at for key, at in rows)
 
     def discard_dead_letters(self, ids: Sequence[int] | None) -> list[DeadLetter]:
         """Delete dead letters not replayed (these ids, or all of them); returns what was deleted."""

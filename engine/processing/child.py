@@ -88,7 +88,10 @@ class ProcessingProcess:
             self._sock = None
             code = self._proc.wait() if self._proc is not None else None
             if not self._stopping:
-                log.error("the processing process exited (code %s); starting another in %gs", code, RESTART_SECONDS)
+                log.error(
+                    "the processing process exited; starting another",
+                    extra={"fields": {"exit_code": code, "restart_seconds": RESTART_SECONDS}},
+                )
                 self.restarts += 1
                 loop.call_later(RESTART_SECONDS, self._restart)
             return
@@ -113,7 +116,9 @@ class ProcessingProcess:
             try:
                 await asyncio.to_thread(self._proc.wait, STOP_SECONDS)
             except subprocess.TimeoutExpired:
-                log.error("the processing process did not stop in %gs; killed", STOP_SECONDS)
+                log.error(
+                    "the processing process did not stop in time; killed", extra={"fields": {"seconds": STOP_SECONDS}}
+                )
                 self._proc.kill()
                 await asyncio.to_thread(self._proc.wait)
 
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         # the webhooks themselves stay synced; this saves two flushes a batch, which the gateway would wait for.
         outbox = open_outbox(settings.db, synced=False)
     except (MappingError, OSError, ValueError) as exc:  # the server loaded the same before us: an outbox gone?
-        log.error("processing cannot start: %s", exc)
+        log.error("processing cannot start", extra={"fields": {"error": str(exc)}})
         return 2
     try:
         policy = ProcessingPolicy(lease_seconds=settings.lease_seconds)

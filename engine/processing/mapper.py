@@ -10,9 +10,9 @@ import logging
 
 from engine.aircall.envelope import EnvelopeError, Webhook, parse_json, webhook_from_json
 from engine.mapping.load import Mappings
+from engine.mapping.message import RenderError
 from engine.outbox import NewMessage, PendingWebhook, Processed, StoredWebhook
 from engine.processing.fetch import Fetcher, FetchRefused, FetchWaits, fetch_for
-from engine.segment.message import RenderError
 
 log = logging.getLogger("engine.processing")
 
@@ -44,7 +44,10 @@ def process(
     except Exception as exc:
         # Whatever else one webhook's data makes fail (text no encoder can write, say) makes it a dead letter
         # too: raised, it would fail its whole batch again and again, and hold up every webhook behind it.
-        log.exception("mapping %s failed unexpectedly on a webhook; kept as a dead letter", webhook.event)
+        log.exception(
+            "mapping failed unexpectedly on a webhook; kept as a dead letter",
+            extra={"fields": {"event": webhook.event}},
+        )
         return Processed(stored, dead_reason=f"{mapping.path.name}: {type(exc).__name__}: {exc}", id=row_id)
     messages = [NewMessage(message_id, webhook.event, body) for message_id, body in encoded]
     return Processed(stored, messages, id=row_id)

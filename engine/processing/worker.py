@@ -18,6 +18,7 @@ from engine.outbox import (
     WAITING_FOR_API,
     Outbox,
     OutboxUnavailable,
+    Processed,
     new_owner,
 )
 from engine.processing.fetch import Fetcher
@@ -64,7 +65,9 @@ def work(
                     outbox.release(WAITING_FOR_API)
                     released = True
                     if count:
-                        log.info("%d held webhook(s) of events mapped now go to processing", count)
+                        log.info(
+                            "held webhooks of events mapped now go to processing", extra={"fields": {"webhooks": count}}
+                        )
                 claimed = outbox.claim_webhooks(policy.batch, policy.lease_seconds, owner)
                 if not claimed:
                     if not channel.wait(policy.idle_poll_seconds):
@@ -74,7 +77,7 @@ def work(
                 added = outbox.commit_processed(results)
             except OutboxUnavailable as exc:
                 # What was claimed is taken again when its lease ends; nothing is lost.
-                log.error("processing paused, outbox unavailable: %s", exc)
+                log.error("processing paused, outbox unavailable", extra={"fields": {"error": str(exc)}})
                 channel.wait(policy.pause_seconds)
                 continue
             except Exception:
@@ -87,18 +90,17 @@ def work(
             for result in results:
                 if result.dead_reason is not None:
                     dead += 1
-                    log.warning("webhook event=%s kept as dead letter: %s", result.webhook.event, result.dead_reason)
+                    log.warning("webhook kept as dead letter", extra={"fields": _about(result, "dead_lettered")})
                 elif result.held:
                     held += 1
-                    log.info("webhook event=%s held: no mapping maps this event yet", result.webhook.event)
+                    log.info("webhook held: no mapping maps its event yet", extra={"fields": _about(result, "held")})
                 elif result.waiting_until is not None:
                     waiting += 1
                     reasons.add(result.waiting_reason or "")
             if waiting:  # once a batch, not once a webhook: a burst without credentials is one line
                 log.warning(
-                    "%d webhook(s) wait for Aircall's REST API, tried again later: %s",
-                    waiting,
-                    "; ".join(sorted(reasons)),
+                    "webhooks wait for Aircall's REST API, tried again later",
+                    extra={"fields": {"outcome": "waiting", "webhooks": waiting, "reason": "; ".join(sorted(reasons))}},
                 )
             channel.report(len(results) - dead - held - waiting, dead, sum(added))
     finally:
@@ -106,3 +108,12 @@ def work(
             outbox.release(owner)
         except Exception:
             log.exception("could not hand back claimed webhooks; they are taken again when their lease ends")
+
+
+def _about(result: Processed, outcome: str) -> dict[str, object]:
+    """A processed webhook's log fields: its key (as in the gateway's line) and row id (as the console shows it)."""
+    fields: dict[str, object] = {"event": result.webhook.event, "outcome": outcome}
+    fields |= {"webhook_key": result.webhook.key, "webhook_id": result.id}
+    if result.dead_reason is not None:
+        fields["reason"] = result.dead_reason
+    return fields

@@ -1,4 +1,5 @@
-"""Segment's HTTP Tracking API, batch endpoint: one request, one answer, classified for delivery.
+"""Segment's HTTP Tracking API, batch endpoint: one Destination (engine.segment.destination). One request, one
+answer, classified for delivery.
 
 The stored messages are already compact JSON; a batch request is built by joining their bytes, never by
 decoding and encoding them again.
@@ -8,31 +9,14 @@ from __future__ import annotations
 
 import email.utils
 import time
-from dataclasses import dataclass
-from enum import Enum
 
 import requests
 
 from engine import LIBRARY_NAME, __version__
-from engine.mapping.templating import iso8601
+from engine.segment.destination import Answer, Outcome
+from engine.values import iso8601
 
 MAX_BATCH_BYTES = 500 * 1000  # Segment refuses a batch request over 500 KB
-_ENVELOPE_ALLOWANCE = 200  # '{"batch":[', '],"sentAt":"…"}' and commas, with room to spare
-
-
-class Outcome(Enum):
-    DELIVERED = "delivered"
-    REJECTED = "rejected"  # 400/413: something in the batch can never be accepted
-    RETRY = "retry"  # 429, 5xx, timeouts, network errors, a refused write key: try again later
-
-
-@dataclass(frozen=True)
-class Answer:
-    outcome: Outcome
-    status: int | None  # None when no HTTP answer came back
-    detail: str  # for logs, dead letters and /healthz: never the write key
-    retry_after: float | None = None
-    seconds: float = 0.0
 
 
 def batch_body(messages: list[bytes], sent_at: float) -> bytes:
@@ -40,21 +24,11 @@ def batch_body(messages: list[bytes], sent_at: float) -> bytes:
     return b'{"batch":[' + b",".join(messages) + b'],"sentAt":"' + stamp.encode() + b'"}'
 
 
-def split_batches(sizes: list[int], limit: int = MAX_BATCH_BYTES) -> list[slice]:
-    """Consecutive runs of messages whose batch request stays within `limit` bytes."""
-    runs, start, total = [], 0, _ENVELOPE_ALLOWANCE
-    for index, size in enumerate(sizes):
-        if index > start and total + size + 1 > limit:
-            runs.append(slice(start, index))
-            start, total = index, _ENVELOPE_ALLOWANCE
-        total += size + 1
-    if start < len(sizes):
-        runs.append(slice(start, len(sizes)))
-    return runs
-
-
 class SegmentClient:
     """Sends batch requests with HTTP Basic auth (the write key as user name), keeping connections open."""
+
+    name = "Segment"
+    max_batch_bytes = MAX_BATCH_BYTES
 
     def __init__(self, api_url: str, write_key: str, timeout: float = 10.0) -> None:
         self.url = api_url.rstrip("/") + "/v1/batch"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from engine.outbox import Claimed, OutboxUnavailable, new_owner
 from engine.outbox.committer import Committer
-from engine.segment.client import Answer, Outcome, SegmentClient, split_batches
+from engine.segment.destination import Answer, Destination, Outcome, split_batches
 
 log = logging.getLogger("engine.delivery")
 
@@ -58,7 +58,7 @@ class Delivery:
     def __init__(
         self,
         committer: Committer,
-        client: SegmentClient | None,
+        client: Destination | None,
         policy: DeliveryPolicy,
         observe: Callable[[str, int, Answer | None], None] | None = None,
     ) -> None:
@@ -102,7 +102,7 @@ class Delivery:
                     # Disk full or read-only: what was claimed becomes due again when its lease ends; an ack
                     # that could not be written means Segment gets those messages twice, and deduplicates them.
                     self._error(f"outbox unavailable: {exc}")
-                    log.error("delivery paused, outbox unavailable: %s", exc)
+                    log.error("delivery paused, outbox unavailable", extra={"fields": {"error": str(exc)}})
                     await self._pause(self.policy.idle_poll_seconds)
                 except Exception:
                     # Whatever happens, the worker must outlive it: a dead worker is a silent outage.
@@ -116,7 +116,7 @@ class Delivery:
             self.client.close()
 
     async def _deliver(self, claimed: list[Claimed]) -> None:
-        runs = split_batches([len(c.body) for c in claimed])
+        runs = split_batches([len(c.body) for c in claimed], self.client.max_batch_bytes)
         for position, run in enumerate(runs):
             if self._stopping.is_set():
                 await self._postpone([c for r in runs[position:] for c in claimed[r]], 0.0)
@@ -131,10 +131,10 @@ class Delivery:
         """Send one batch (bisecting on rejection). Returns the pause to take when Segment must be retried."""
         answer = await asyncio.to_thread(self.client.send, [c.body for c in batch])
         self._observe("request", len(batch), answer)
-        log.info(
-            "delivery messages=%d status=%s outcome=%s ms=%.1f",
-            len(batch), answer.status, answer.outcome.value, answer.seconds * 1000,
-        )  # fmt: skip
+        fields: dict[str, object] = {"messages": len(batch), "status": answer.status, "outcome": answer.outcome.value}
+        if answer.outcome is not Outcome.DELIVERED:
+            fields["reason"] = answer.detail
+        log.info("delivery", extra={"fields": fields | {"ms": round(answer.seconds * 1000, 1)}})
         if answer.outcome is Outcome.DELIVERED:
             await self.committer.call(self.outbox.ack, [c.id for c in batch])
             self.state.last_success_at = time.time()
@@ -144,7 +144,9 @@ class Delivery:
             if len(batch) == 1:
                 await self.committer.call(self.outbox.dead, [batch[0].id], answer.detail)
                 self._observe("dead", 1, answer)
-                log.warning("dead-lettered message_id=%s reason=%s", batch[0].message_id, answer.detail)
+                log.warning(
+                    "dead-lettered", extra={"fields": {"message_id": batch[0].message_id, "reason": answer.detail}}
+                )
                 return None
             middle = len(batch) // 2
             for half in (batch[:middle], batch[middle:]):
@@ -163,6 +165,7 @@ class Delivery:
             reason = f"not delivered within {hours:g} hours; last answer: {answer.detail}"
             await self.committer.call(self.outbox.dead, [c.id for c in too_old], reason)
             self._observe("dead", len(too_old), answer)
+            log.warning("dead-lettered", extra={"fields": {"messages": len(too_old), "reason": reason}})
         rest = [c for c in batch if c not in too_old]
         attempts = max((c.attempts for c in batch), default=0)
         # Retry-After is honoured up to the cap: a proxy's "Retry-After: 86400" must not stop delivery for a
@@ -209,7 +212,7 @@ class Delivery:
             self._last_prune = now
             removed = await self.committer.call(self.outbox.prune, self.policy.retention_seconds)
             if removed:
-                log.info("pruned delivered messages=%d", removed)
+                log.info("pruned delivered messages", extra={"fields": {"messages": removed}})
 
     def _error(self, detail: str) -> None:
         self.state.last_error = detail

@@ -49,8 +49,12 @@ async def healthz(request: Request) -> Response:
         "processing": {"running": runtime.processor.alive, "restarts": runtime.processor.restarts},
         "mappings": len(runtime.mappings),
         "events_enabled": runtime.settings.events.describe(),
+        # With API credentials: whether Aircall still sends (it disables a webhook whose deliveries keep failing).
+        "aircall_webhook": watched.as_dict() if (watched := runtime.aircall_webhook()) else None,
     }
-    if runtime.delivery.client is None:
+    if watched is not None and watched.problem:
+        body["warning"] = watched.problem
+    elif runtime.delivery.client is None:
         body["warning"] = "SEGMENT_WRITE_KEY is not set: messages are kept in the outbox, not sent"
     elif stats.waiting_for_api and not body["aircall_api_configured"]:
         body["warning"] = (
@@ -149,15 +153,16 @@ def create_app(env_file: str | None = None) -> ASGIApp:
             log.error("cannot start: %s", exc)
             raise
         await runtime.start()
-        log.info(
-            "started: %d mappings, events enabled: %s, outbox %s, Segment %s",
-            len(runtime.mappings), settings.events.describe(), describe_db(settings.db),
-            settings.segment_api_url if settings.segment_write_key else "NOT CONFIGURED (SEGMENT_WRITE_KEY unset)",
-        )  # fmt: skip
+        started = {"version": __version__, "mappings": len(runtime.mappings), "events": settings.events.describe()}
+        started |= {"outbox": describe_db(settings.db), "segment_configured": bool(settings.segment_write_key)}
+        if settings.segment_write_key:
+            started["segment_api_url"] = settings.segment_api_url
+        log.info("started", extra={"fields": started})
         for event in unknown_listed_events(settings, runtime.mappings):
             log.warning(
                 "AIRCALL_EVENTS names %s, which is neither an Aircall event of the catalogue nor mapped: a typo? "
                 "Its webhooks will be held unmapped until mappings/%s.yaml exists", event, event,
+                extra={"fields": {"event": event}},
             )  # fmt: skip
         if not settings.webhook_tokens:
             log.warning("AIRCALL_WEBHOOK_TOKEN is not set: every webhook is refused with 401")

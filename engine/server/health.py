@@ -91,6 +91,9 @@ def evaluate(runtime: Runtime, stats: OutboxStats, on_disk: list[str] | None = N
     """The reasons the bridge is degraded, most pressing first. `on_disk`: MappingsOnDisk's problems."""
     settings = runtime.settings
     reasons = []
+    watched = runtime.aircall_webhook()  # each process asks Aircall itself: the same account, the same answer
+    if watched is not None and watched.problem:  # Aircall sends nothing: nothing below can flow
+        reasons.append(watched.problem)
     if on_disk:
         more = f" (and {len(on_disk) - 1} more: `engine validate`)" if len(on_disk) > 1 else ""
         reasons.append(

@@ -1,5 +1,13 @@
 """Log lines: one per webhook outcome and per delivery attempt, plain text or JSON (ENGINE_LOG_FORMAT).
 
+A line's data (the event, the outcome, a status, a count, milliseconds) is passed as fields, never formatted
+into the message: `log.info("webhook", extra={"fields": {"event": event, "status": 200, ...}})`. In JSON each
+field is a key of the line's object, with its JSON type (a number stays a number), so that a log tool can
+query `outcome` or sum `ms`; in plain text they follow the message as `key=value`, quoted when a value has a
+space, a quote or a line break (logfmt), so a plain line reads as one line whatever a value holds.
+The names are shared by every stage: event, outcome, status, reason, error, webhook_key, webhook_id,
+message_id, messages, webhooks, ms, client.
+
 Nothing secret is ever passed to a logger: tokens, the write key and Authorization headers stay out of the
 messages themselves, so no formatter has to scrub them.
 
@@ -13,6 +21,7 @@ import atexit
 import copy
 import json
 import logging
+import math
 import queue
 import sys
 import time
@@ -23,7 +32,53 @@ _PLAIN = "%(asctime)s %(levelname)s %(name)s %(message)s"
 QUEUED_LINES = 5000  # lines waiting for a slow stderr: a few seconds of a busy server, about a megabyte
 
 
+def _json_value(value: object) -> object:
+    """A field's value as JSON can hold it: numbers, booleans, strings and None as they are, lists and objects
+    of them, anything else as its text (an exception, a path)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)  # NaN is not JSON
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_json_value(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _json_value(item) for key, item in value.items()}
+    return str(value)
+
+
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    fields = getattr(record, "fields", None)
+    return fields if isinstance(fields, dict) else {}
+
+
+def _plain_value(value: object) -> str:
+    value = _json_value(value)
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        if value and value.isprintable() and not any(c in value for c in ' "=\\'):
+            return value
+        return json.dumps(value, ensure_ascii=False)  # quoted, line breaks escaped: the line stays one line
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))  # true, 12, 1.5, [3,4]
+
+
+class PlainFormatter(logging.Formatter):
+    """`time LEVEL logger message key=value ...`."""
+
+    def __init__(self) -> None:
+        super().__init__(_PLAIN)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        fields = _fields(record)
+        if not fields:
+            return line
+        return line + " " + " ".join(f"{name}={_plain_value(value)}" for name, value in fields.items())
+
+
 class JsonFormatter(logging.Formatter):
+    """One object a line: time, level, logger, message, then each field as a key of its own."""
+
     def format(self, record: logging.LogRecord) -> str:
         line = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
@@ -31,6 +86,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for name, value in _fields(record).items():
+            # A field never replaces the line's own keys: every log tool finds the time and the level there.
+            line.setdefault(name, _json_value(value))
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -70,6 +128,9 @@ class _HandOff(QueueHandler):
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         record = copy.copy(record)
         record.msg, record.args = record.getMessage(), None
+        if _fields(record):
+            # A copy of what the fields hold now: a list or an object they name may change meanwhile.
+            record.fields = {name: _json_value(value) for name, value in _fields(record).items()}
         if record.exc_info:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
@@ -85,9 +146,11 @@ _handoff: _HandOff | None = None  # one per process
 
 
 def _dropped_record(count: int) -> logging.LogRecord:
-    return logging.LogRecord(
-        "engine.logs", logging.WARNING, __file__, 0, "%d log lines dropped: stderr was not being read", (count,), None
+    record = logging.LogRecord(
+        "engine.logs", logging.WARNING, __file__, 0, "log lines dropped: stderr was not being read", None, None
     )
+    record.fields = {"dropped": count}
+    return record
 
 
 def handoff_handler(log_format: str = "plain") -> logging.Handler:
@@ -99,7 +162,7 @@ def handoff_handler(log_format: str = "plain") -> logging.Handler:
     global _handoff
     if _handoff is None:
         _handoff = _HandOff()
-    _handoff.writer.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(_PLAIN))
+    _handoff.writer.setFormatter(JsonFormatter() if log_format == "json" else PlainFormatter())
     return _handoff
 
 

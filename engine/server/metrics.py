@@ -1,30 +1,48 @@
 """Prometheus metrics, in a registry of the app's own (no process-wide globals).
 
+Every metric the app defines is named `aircall_segment_...` (PREFIX); counters end in `_total` and durations
+in `_seconds`, as prometheus-client and Prometheus's naming conventions have them. Beside them, the names every
+exporter shares: `process_*` and `python_info`.
+
 With `--workers N`, a scrape reaches one worker, so each process's own counts would be a fraction of the
 truth. When PROMETHEUS_MULTIPROC_DIR is set (`engine serve --workers N` sets it), prometheus-client keeps the
 counters and histograms in files there and the scraped worker sums every process's. The outbox gauges are
-read from the outbox at scrape time instead: it is shared, so any worker's reading is the whole server's.
+read from the outbox at scrape time instead: it is shared, so any worker's reading is the whole server's. The
+process metrics are the whole server's too (ServerProcesses), for the same reason.
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
+import platform
 import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from engine import __version__
+from engine.aircall.watch import STATES as WATCH_STATES
+from engine.aircall.watch import WebhookWatch
 from engine.outbox import OutboxStats
-from engine.segment.client import Answer
+from engine.segment.destination import Answer
 
 MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own name for it
+PREFIX = "aircall_segment_"
 
 _PROMETHEUS_FILE = re.compile(r"(counter|gauge_\w+|histogram|summary)_\d+\.db")
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -40,32 +58,116 @@ class OutboxGauges(Collector):
         stats = self.stats
         if stats is None:
             return
-        yield GaugeMetricFamily("outbox_pending_messages", "Messages waiting for delivery", stats.pending)
+        yield GaugeMetricFamily(PREFIX + "outbox_pending_messages", "Messages waiting for delivery", stats.pending)
         yield GaugeMetricFamily(
-            "outbox_oldest_pending_age_seconds", "Age of the oldest waiting message", stats.oldest_pending_age or 0.0
+            PREFIX + "outbox_oldest_pending_age_seconds",
+            "Age of the oldest waiting message",
+            stats.oldest_pending_age or 0.0,
         )
-        yield GaugeMetricFamily("outbox_dead_letters", "Dead letters not yet replayed", stats.dead_letters)
+        yield GaugeMetricFamily(PREFIX + "outbox_dead_letters", "Dead letters not yet replayed", stats.dead_letters)
         yield GaugeMetricFamily(
-            "outbox_unprocessed_webhooks", "Webhooks stored by the gateway, not yet mapped", stats.unprocessed
+            PREFIX + "outbox_unprocessed_webhooks", "Webhooks stored by the gateway, not yet mapped", stats.unprocessed
         )
         yield GaugeMetricFamily(
-            "outbox_oldest_unprocessed_age_seconds",
+            PREFIX + "outbox_oldest_unprocessed_age_seconds",
             "Age of the oldest webhook waiting to be mapped: the processing lag",
             stats.oldest_unprocessed_age or 0.0,
         )
         yield GaugeMetricFamily(
-            "outbox_waiting_for_api_webhooks",
+            PREFIX + "outbox_waiting_for_api_webhooks",
             "Webhooks whose mapping reads Aircall's REST API, put back until it can answer",
             stats.waiting_for_api,
         )
         held = GaugeMetricFamily(
-            "outbox_unmapped_webhooks",
+            PREFIX + "outbox_unmapped_webhooks",
             "Webhooks held because no mapping maps their event, mapped once one is loaded",
             labels=["event"],
         )
         for event, count in _bounded(stats.unmapped, stats.unmapped_total, UNMAPPED_LABELS).items():
             held.add_metric([event], count)
         yield held
+
+
+class BuildInfo(Collector):
+    """`aircall_segment_build_info{version,python} 1`: which release runs, on which Python, for dashboards to
+    show and to join on (the ecosystem's `*_build_info` convention)."""
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            PREFIX + "build_info", "The running release and Python, as labels; always 1", labels=["version", "python"]
+        )
+        info.add_metric([__version__, platform.python_version()], 1)
+        yield info
+
+
+class ServerProcesses(Collector):
+    """The standard `process_*` metrics for the server as a whole: every process of its tree added up.
+
+    prometheus-client's ProcessCollector describes the one process that answers the scrape. Here that would
+    leave out the processing child, where the mapping's CPU is spent, and under `--workers N` it would describe
+    whichever worker answered: a start time and a CPU counter that jump from one worker to another at each
+    scrape, which Prometheus reads as restarts. So the tree is taken from the server's first process (uvicorn's
+    supervisor under `--workers N`, the one process otherwise), read from /proc at scrape time as
+    ProcessCollector reads its one process, and: CPU seconds, resident and virtual memory, open file
+    descriptors summed; the start time and the descriptor limit (every process inherits it) the first
+    process's. `aircall_segment_processes` says how many processes were added up. Where /proc is missing
+    (not Linux) there are no process metrics, as with ProcessCollector.
+    """
+
+    _FIRST_ONLY = ("process_start_time_seconds", "process_max_fds")
+
+    def __init__(self, root: int | None = None, proc: str = "/proc") -> None:
+        self.root = root if root is not None else server_root_pid()
+        self.proc = proc
+
+    def collect(self) -> Iterator[Metric]:
+        pids = self.tree()
+        totals: dict[str, tuple[Metric, float]] = {}
+        for pid in pids:
+            for family in ProcessCollector(pid=lambda pid=pid: pid, proc=self.proc, registry=None).collect():
+                value = family.samples[0].value
+                if family.name in totals:
+                    if family.name in self._FIRST_ONLY:
+                        continue
+                    value += totals[family.name][1]
+                totals[family.name] = (family, value)
+        if not totals:
+            return
+        for name, (family, value) in totals.items():
+            documentation = family.documentation
+            if name not in self._FIRST_ONLY:
+                documentation = f"{documentation.rstrip('.')}, all the server's processes together."
+            if family.type == "counter":
+                yield CounterMetricFamily(name, documentation, value=value)
+            else:
+                yield GaugeMetricFamily(name, documentation, value=value)
+        yield GaugeMetricFamily(PREFIX + "processes", "Processes of the server that process_* add up", len(pids))
+
+    def tree(self) -> list[int]:
+        """The root and its descendants, root first; processes that ended meanwhile are skipped by the reads."""
+        found, queue = [], [self.root]
+        while queue:
+            pid = queue.pop(0)
+            found.append(pid)
+            queue.extend(child for child in self._children(pid) if child not in found)
+        return found
+
+    def _children(self, pid: int) -> list[int]:
+        # A process's children are listed per thread that started them (the processing child is started on the
+        # event loop's, a playground worker on another): every thread's list.
+        children: list[int] = []
+        with contextlib.suppress(OSError):
+            for task in os.scandir(f"{self.proc}/{pid}/task"):
+                with contextlib.suppress(OSError), open(f"{task.path}/children") as listed:
+                    children.extend(int(child) for child in listed.read().split())
+        return children
+
+
+def server_root_pid() -> int:
+    """The server's first process: uvicorn's supervisor when this is one of its `--workers` (started by
+    multiprocessing), else this process."""
+    parent = multiprocessing.parent_process()
+    return parent.pid if parent is not None and parent.pid is not None else os.getpid()
 
 
 UNMAPPED_LABELS = 100  # events as labels at most: past it, the fewest are counted together as "other"
@@ -81,6 +183,31 @@ def _bounded(counts: dict[str, int], total: int, limit: int) -> dict[str, int]:
     return kept
 
 
+class AircallWebhookGauge(Collector):
+    """The last look at the Aircall webhook (engine.aircall.watch), one series a state, the current one 1. Each
+    process looks for itself, so the answering process's own look is as true as any."""
+
+    def __init__(self) -> None:
+        self.latest: WebhookWatch | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        latest = self.latest
+        if latest is None:  # not watched (no API credentials), or not looked at yet
+            return
+        state = GaugeMetricFamily(
+            PREFIX + "aircall_webhook_state",
+            "Aircall's webhook for this server at the last look: active, disabled (Aircall stopped sending), "
+            "missing (no webhook carries the token) or unknown (the API did not answer)",
+            labels=["state"],
+        )
+        for name in WATCH_STATES:
+            state.add_metric([name], 1.0 if latest.state == name else 0.0)
+        yield state
+        yield GaugeMetricFamily(
+            PREFIX + "aircall_webhook_checked_timestamp_seconds", "When it was last looked at", latest.checked_at
+        )
+
+
 class Metrics:
     def __init__(self) -> None:
         # Only the environment can switch it on: prometheus-client chooses file-backed values when it is imported.
@@ -88,6 +215,11 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.gauges = OutboxGauges()
         self.registry.register(self.gauges)
+        self.registry.register(BuildInfo())
+        self.watch = AircallWebhookGauge()
+        self.registry.register(self.watch)
+        self.registry.register(ServerProcesses())
+        PlatformCollector(registry=self.registry)  # python_info
         if multiprocess_dir:
             # The metrics live in the directory's files; registering them here as well would count twice.
             MultiProcessCollector(self.registry, path=multiprocess_dir)
@@ -95,27 +227,35 @@ class Metrics:
         else:
             r = self.registry
         self.webhooks = Counter(
-            "aircall_webhooks", "Webhooks received, by event and outcome", ["event", "outcome"], registry=r
+            PREFIX + "webhooks", "Webhooks received, by event and outcome", ["event", "outcome"], registry=r
         )
         self.webhook_seconds = Histogram(
-            "aircall_webhook_seconds", "Time to answer a webhook, commit included", buckets=_FAST, registry=r
+            PREFIX + "webhook_duration_seconds", "Time to answer a webhook, commit included", buckets=_FAST, registry=r
         )
         self.commit_webhooks = Histogram(
-            "outbox_commit_webhooks",
+            PREFIX + "outbox_commit_webhooks",
             "Webhooks sharing one outbox commit (group commit)",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
             registry=r,
         )
         self.processed_webhooks = Counter(
-            "webhooks_processed", "Stored webhooks mapped, by outcome (mapped, dead_lettered)", ["outcome"], registry=r
+            PREFIX + "webhooks_processed",
+            "Stored webhooks mapped, by outcome (mapped, dead_lettered)",
+            ["outcome"],
+            registry=r,
         )
-        self.enqueued = Counter("segment_messages_enqueued", "Messages newly stored in the outbox", registry=r)
-        self.delivered = Counter("segment_messages_delivered", "Messages Segment accepted", registry=r)
-        self.retried = Counter("segment_messages_retried", "Messages scheduled for another attempt", registry=r)
-        self.dead = Counter("segment_messages_dead_lettered", "Messages moved to the dead letters", registry=r)
-        self.requests = Counter("segment_requests", "Batch requests to Segment, by status", ["status"], registry=r)
+        self.enqueued = Counter(PREFIX + "messages_enqueued", "Messages newly stored in the outbox", registry=r)
+        self.delivered = Counter(PREFIX + "messages_delivered", "Messages Segment accepted", registry=r)
+        self.retried = Counter(PREFIX + "messages_retried", "Messages scheduled for another attempt", registry=r)
+        self.dead = Counter(PREFIX + "messages_dead_lettered", "Messages moved to the dead letters", registry=r)
+        self.requests = Counter(
+            PREFIX + "delivery_requests", "Batch requests to Segment, by status", ["status"], registry=r
+        )
         self.request_seconds = Histogram(
-            "segment_request_seconds", "Latency of batch requests to Segment", buckets=_FAST, registry=r
+            PREFIX + "delivery_request_duration_seconds",
+            "Latency of batch requests to Segment",
+            buckets=_FAST,
+            registry=r,
         )
 
     def webhook(self, event: str, outcome: str, seconds: float) -> None:
@@ -145,6 +285,9 @@ class Metrics:
 
     def outbox(self, stats: OutboxStats) -> None:
         self.gauges.stats = stats
+
+    def aircall_webhook(self, found: WebhookWatch) -> None:
+        self.watch.latest = found
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -8,9 +8,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from engine.aircall.api import AircallClient
 from engine.aircall.events import known_events
 from engine.aircall.refused import RecentRefusals
 from engine.aircall.selection import Selection
+from engine.aircall.watch import Watcher, WebhookWatch
 from engine.config import ConfigError, Settings
 from engine.mapping.findings import MappingsFolderError
 from engine.mapping.load import Mappings, load_mappings, mapping_files
@@ -43,6 +45,7 @@ class Runtime:
     _reader: Outbox
     # What the gateway answered without storing (refused, ignored), for the console: this process's, in memory.
     refused: RecentRefusals = field(default_factory=RecentRefusals)
+    watcher: Watcher | None = None  # with API credentials: whether Aircall still sends (engine.aircall.watch)
     _stats: tuple[float, OutboxStats] | None = None
     _stats_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -62,12 +65,20 @@ class Runtime:
                 self.metrics.outbox(stats)
             return self._stats[1]
 
+    def aircall_webhook(self) -> WebhookWatch | None:
+        """The last look at Aircall's webhook; None when it is not watched or not looked at yet."""
+        return self.watcher.latest if self.watcher is not None else None
+
     async def start(self) -> None:
         self.committer.start()
         self.processor.start()
         self._tasks = [asyncio.create_task(self.delivery.run(), name="delivery")]
+        if self.watcher is not None:
+            self.watcher.start()
 
     async def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
         await self.processor.stop()
         await self.delivery.stop()
         for task in self._tasks:
@@ -148,7 +159,23 @@ def build_runtime(settings: Settings) -> Runtime:
         known_events=known_events() | mappings.by_event.keys(),
         _reader=_open(settings.db),
         mappings_on_disk=on_disk,
+        watcher=_watcher(settings, metrics),
     )
+
+
+def _watcher(settings: Settings, metrics: Metrics) -> Watcher | None:
+    """A watch of the Aircall webhook, where there are API credentials and a token to recognise it by."""
+    if not (settings.aircall_api_id and settings.aircall_api_token and settings.webhook_tokens):
+        return None
+    if not settings.aircall_watch_seconds:
+        return None
+    # One retry and a short timeout: the next look is minutes away, and a look is never urgent. No pace of its
+    # own: AIRCALL_WATCH_SECONDS is the pace (two requests a look at most).
+    client = AircallClient(
+        settings.aircall_api_url, settings.aircall_api_id, settings.aircall_api_token,
+        timeout=10.0, max_retries=1, max_throttled=1,
+    )  # fmt: skip
+    return Watcher(client, settings.webhook_tokens, settings.aircall_watch_seconds, observe=metrics.aircall_webhook)
 
 
 def _open(setting: str) -> Outbox:

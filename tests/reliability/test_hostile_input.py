@@ -159,7 +159,9 @@ def test_a_body_trickled_byte_by_byte_gets_408_and_does_not_block_others(hostile
 
 def test_a_sender_hanging_up_mid_body_is_counted_as_refused_and_nothing_of_it_is_stored(hostile_server):
     def refused() -> float:
-        return metric(hostile_server.metrics(), "aircall_webhooks_total", event="unknown", outcome="bad_request")
+        return metric(
+            hostile_server.metrics(), "aircall_segment_webhooks_total", event="unknown", outcome="bad_request"
+        )
 
     before, unprocessed = refused(), hostile_server.health()["outbox"]["unprocessed"]
     body = json.dumps({**sample("call.ended"), "token": TOKEN}).encode()

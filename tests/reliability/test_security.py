@@ -25,7 +25,7 @@ def test_wrong_or_missing_token_gets_401_and_stores_nothing(engine_server, segme
         assert server.post(envelope).status_code == 401
     assert server.post(sample("call.hungup")).status_code == 200  # the right token, to see that it would send
     segment.wait_for_ids(set(expected_ids(sample("call.hungup"))))
-    unauthorized = f'aircall_webhooks_total{{event="call.ended",outcome="unauthorized"}} {len(tries)}.0'
+    unauthorized = f'aircall_segment_webhooks_total{{event="call.ended",outcome="unauthorized"}} {len(tries)}.0'
     assert unauthorized in server.metrics()
     server.stop()
     import sqlite3

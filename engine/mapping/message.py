@@ -12,7 +12,7 @@ from jinja2.runtime import Undefined
 
 from engine import LIBRARY_NAME, __version__, fastjson
 from engine.aircall.envelope import Webhook, content_fingerprint
-from engine.mapping.templating import iso8601, stable_id, uuid5
+from engine.values import iso8601, stable_id, uuid5
 
 _MESSAGE_ID_NAMESPACE = uuid.UUID("0b7f2f4c-4f0e-4c43-8d0e-2f1a9a3c6e11")
 MAX_MESSAGE_BYTES = 32 * 1024  # Segment refuses a message over 32 KB with a 400
@@ -139,5 +139,10 @@ def _jsonable(value: Any) -> Any:
         # Jinja's own explanation, e.g. access to attribute 'append' of 'list' object is unsafe.
         raise RenderError(value._undefined_message or "a template produced an undefined value")
     if isinstance(value, Iterator):  # `map(...)` without `| list`: what the author meant is the list
-        return list(value)
+        try:
+            return list(value)
+        except RenderError:
+            raise
+        except Exception as exc:  # the filter it maps runs only now: `map('round', 'x')` fails here, not before
+            raise RenderError(f"{type(exc).__name__}: {exc}") from None
     raise RenderError(f"a template produced a {type(value).__name__}, which JSON cannot carry")
