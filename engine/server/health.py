@@ -2,9 +2,10 @@
 
 /healthz answers whether the process is alive (liveness, and a summary). This answers whether what it stores
 also flows: "degraded" with the reasons an operator can act on, or "ready". Every reason is read from the
-outbox or from the settings, never from one process's memory, so that with `--workers N` or PostgreSQL
-replicas every process gives the same answer, whichever a probe reaches. (One delivery worker's last error is
-its own: another may not have tried since. The age of the oldest waiting message is everyone's.)
+outbox, the settings, the mappings folder or Aircall's API (which each process asks itself, about the same
+account), never from what one process alone has seen, so that with `--workers N` or PostgreSQL replicas every
+process gives the same answer, whichever a probe reaches. (One delivery worker's last error is its own:
+another may not have tried since. The age of the oldest waiting message is everyone's.)
 """
 
 from __future__ import annotations
