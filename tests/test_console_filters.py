@@ -126,3 +126,14 @@ def test_the_webhooks_page_filters_from_its_query_string_and_refuses_a_bad_value
                 re.findall(r'class="flash[^"]*">(.*?)<', answer.text),
             )
             assert "<script>" not in answer.text
+
+
+def test_the_filtered_page_reads_postgresql_as_it_reads_sqlite(tmp_path, postgres_url):
+    with app_in(tmp_path, ENGINE_CONSOLE_TOKEN=CONSOLE_TOKEN, ENGINE_DB=postgres_url) as client:
+        post(client, sample("call.ended"))
+        post(client, sample("user.created"))
+        signed_in(client)
+        call = str(sample("call.ended")["data"]["id"])
+        page = client.get("/console/webhooks", params={"call": call, "event": "call.*", "since": "2020-01-01"}).text
+        assert page.count('data-testid="webhook-row"') == 1 and "<code>call.ended</code>" in page
+        assert client.get("/console/webhooks", params={"outcome": "held"}).text.count('data-testid="webhook-row"') == 0
