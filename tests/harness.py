@@ -165,6 +165,8 @@ class Engine:
             "ENGINE_BACKOFF_BASE_SECONDS": "0.1",
             "ENGINE_BACKOFF_CAP_SECONDS": "1",
             "ENGINE_LEASE_SECONDS": "5",
+            # No look at the account's webhooks unless a test asks (test_aircall_watch): tests count API requests.
+            "AIRCALL_WATCH_SECONDS": "0",
         }
         if segment is not None:
             self.env |= {"SEGMENT_API_URL": segment.url, "SEGMENT_WRITE_KEY": WRITE_KEY}

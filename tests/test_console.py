@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 
 from engine.outbox import SqliteOutbox
 from engine.server.app import create_app
-from tests.conftest import FIXTURES, MAPPINGS
+from tests.conftest import FIXTURES, MAPPINGS, run_engine
 from tests.harness import TOKEN, sample, wait_for
 
 CONSOLE_TOKEN = "console-token-0123456789abcdef"
@@ -40,7 +40,7 @@ def app_in(folder: Path, **settings: str) -> TestClient:
         "ENGINE_MAPPINGS": str(mappings),
         "ENGINE_DB": str(folder / "outbox.sqlite3"),
         "SEGMENT_API_URL": "http://127.0.0.1:9",  # nothing listens: messages stay pending
-        "AIRCALL_WATCH_SECONDS": "0",  # the API credentials below are fake: no look at Aircall's real API
+        "AIRCALL_WATCH_SECONDS": "0",  # the API credentials below are fake: no look at Aircall's webhooks
         **SECRETS,
         **settings,
     }
@@ -187,21 +187,31 @@ def test_a_post_without_the_csrf_token_changes_nothing(console):
 
 
 def test_discard_from_the_form_does_what_the_cli_does(tmp_path):
+    """Two dead letters of one kind: one discarded from the page, one by `engine outbox discard --id`; each is
+    gone the same way, and a second discard of either is refused the same way."""
     with app_in(tmp_path, ENGINE_CONSOLE_TOKEN=CONSOLE_TOKEN) as client:
-        hungup = sample("call.hungup")
-        del hungup["data"]["duration"]
-        post(client, hungup)
+        for call_id in (1, 2):
+            hungup = sample("call.hungup")
+            hungup["data"] = hungup["data"] | {"id": call_id}
+            del hungup["data"]["duration"]
+            post(client, hungup)
         outbox = SqliteOutbox(tmp_path / "outbox.sqlite3")
-        wait_for(lambda: outbox.stats().dead_letters == 1, what="a dead letter")
-        [letter] = outbox.dead_letters()
+        wait_for(lambda: outbox.stats().dead_letters == 2, what="two dead letters")
+        by_form, by_cli = outbox.dead_letters()
         csrf = signed_in(client)
         page = client.get("/console/dead-letters").text
-        assert page.count('data-testid="dead-letter-row"') == 1 and "ZeroDivisionError" not in page
-        answer = client.post("/console/dead-letters/discard", data={"csrf": csrf, "id": str(letter.id)})
+        assert page.count('data-testid="dead-letter-row"') == 2 and "ZeroDivisionError" not in page
+        answer = client.post("/console/dead-letters/discard", data={"csrf": csrf, "id": str(by_form.id)})
         assert "Discarded 1 dead letter(s)." in answer.text
+        db = {"ENGINE_DB": str(tmp_path / "outbox.sqlite3")}
+        run = run_engine("outbox", "discard", "--id", str(by_cli.id), env=db)
+        assert run.code == 0 and run.out.endswith("discarded 1 dead letter(s)\n"), run.out + run.err
         assert outbox.stats().dead_letters == 0 and outbox.dead_letters(include_replayed=True) == []
-        again = client.post("/console/dead-letters/discard", data={"csrf": csrf, "id": str(letter.id)})
-        assert f"No dead letter #{letter.id} to discard" in again.text
+        for letter in (by_form, by_cli):
+            again = client.post("/console/dead-letters/discard", data={"csrf": csrf, "id": str(letter.id)})
+            assert f"No dead letter #{letter.id} to discard" in again.text
+            run = run_engine("outbox", "discard", "--id", str(letter.id), env=db)
+            assert run.code == 2 and "discarded 0 dead letter(s)" in run.out
         outbox.close()
 
 

@@ -57,7 +57,7 @@ def server(tmp_path_factory, segment_process):
     # Set up as in production (the account's own webhook token, API credentials): no set-up steps left to show.
     engine = Engine(
         folder, segment_process, ENGINE_CONSOLE_TOKEN=CONSOLE_TOKEN, AIRCALL_WEBHOOK_TOKEN=f"{TOKEN},{ACCOUNT_TOKEN}",
-        AIRCALL_API_ID="api-id", AIRCALL_API_TOKEN="api-token", AIRCALL_WATCH_SECONDS="0",  # no look at the real API
+        AIRCALL_API_ID="api-id", AIRCALL_API_TOKEN="api-token",
     ).start()  # fmt: skip
     yield engine
     engine.stop()

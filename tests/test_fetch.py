@@ -71,7 +71,11 @@ def test_while_the_api_fails_it_waits_then_is_delivered_when_the_api_is_back(eng
     wait_for(lambda: aircall.stats()["requests"] >= 2, what="requests to the failing API")
     outbox = server.health()["outbox"]
     assert (outbox["dead_letters"], outbox["pending"]) == (0, 0)
-    line = next(line for line in server.process.log.splitlines() if "wait for Aircall's REST API" in line)
+    # The processing process writes its log on a thread of its own: the line follows the requests, a moment later.
+    line = wait_for(
+        lambda: next((line for line in server.process.log.splitlines() if "wait for Aircall's REST API" in line), None),
+        what="the waiting webhook's log line",
+    )
     assert 'outcome=waiting webhooks=1 reason="GET /calls/2187654321/transcription: Aircall API answered 500' in line
     aircall.control(fail_after=None)
     wait_for(lambda: len(utterances(segment, 2187654321)) >= 200, timeout=30, what="the utterances at Segment")

@@ -96,6 +96,8 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_webhook_answers_as_the_contract_says(client, case):
     body, headers, status, payload = CASES[case]
+    if case == "redelivery":  # its first delivery, whether or not the "accepted" case ran before
+        client.post("/webhooks/aircall", content=body, headers=headers)
     answer = client.post("/webhooks/aircall", content=body, headers=headers)
     assert (answer.status_code, answer.json()) == (status, payload)
 

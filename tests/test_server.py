@@ -205,12 +205,17 @@ def test_two_different_webhooks_in_one_second_are_both_sent_and_a_redelivery_is_
 
 
 def test_segment_down_for_a_while_then_back_loses_nothing(engine_server, segment):
-    segment.control(fail_for=3.0, status=503)
+    # The outage lasts until the test has seen it at work: a fixed 3 s began before the server was up, and on a
+    # loaded machine could be over before the first batch (the race issue 20 found).
+    segment.control(fail_for=600, status=503)
     server = engine_server()
     webhooks = [call_webhook(n) for n in range(20)]
     for envelope in webhooks:
         assert server.post(envelope).status_code == 200  # answered at once, Segment or not
     wait_for(lambda: server.health()["outbox"]["pending"] == 20, what="20 pending")
+    wait_for(lambda: [r["status"] for r in segment.received()["requests"]].count(503) >= 2, what="refused batches")
+    time.sleep(2)  # a while down: what the backoff does with it is checked below
+    segment.control(fail_for=0)  # Segment is back
     expected = {i for w in webhooks for i in expected_ids(w)}
     received = segment.wait_for_ids(expected, timeout=30)
     statuses = [r["status"] for r in received["requests"]]
