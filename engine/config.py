@@ -82,6 +82,10 @@ class Settings:
     lease_seconds: float = 60.0
     backoff_base_seconds: float = 1.0
     backoff_cap_seconds: float = 600.0
+    # Readiness (engine.server.health): how long webhooks may wait to be mapped, and messages for Segment,
+    # before /readyz and the console say "degraded". An operator tunes them to what their alerting expects.
+    degraded_lag_seconds: float = 60.0
+    degraded_delivery_seconds: float = 300.0
     log_format: str = "plain"
     log_level: str = "INFO"
     console_token: str | None = field(default=None, repr=False)  # the web console: off while None
@@ -287,6 +291,10 @@ def load_settings(
         lease_seconds=number("ENGINE_LEASE_SECONDS", Settings.lease_seconds, 1, 86400),
         backoff_base_seconds=backoff_base,
         backoff_cap_seconds=backoff_cap,
+        degraded_lag_seconds=number("ENGINE_DEGRADED_LAG_SECONDS", Settings.degraded_lag_seconds, 1, 86400),
+        degraded_delivery_seconds=number(
+            "ENGINE_DEGRADED_DELIVERY_SECONDS", Settings.degraded_delivery_seconds, 1, 86400
+        ),
         log_format=choice("ENGINE_LOG_FORMAT", Settings.log_format, ("plain", "json")),
         log_level=choice("ENGINE_LOG_LEVEL", Settings.log_level.lower(), ("debug", "info", "warning", "error")),
         console_token=_console_token(optional("ENGINE_CONSOLE_TOKEN")),

@@ -3,7 +3,8 @@
 module; a fresh browser context (no cookies) for each test.
 
 Each test saves screenshots of the pages it visits in its temporary folder. With CONSOLE_SCREENSHOTS=docs the
-status page and the playground are also written to docs/console-status.png and docs/console-playground.png.
+status page, a new server's status page and the playground are also written to docs/console-status.png,
+docs/console-first-run.png and docs/console-playground.png.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 import requests
 
 from tests.conftest import MAPPINGS, ROOT
-from tests.harness import Engine, call_webhook, expected_ids, sample, wait_for
+from tests.harness import TOKEN, Engine, call_webhook, expected_ids, sample, wait_for
 
 try:
     from playwright.sync_api import Page, expect, sync_playwright
@@ -34,6 +35,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 CONSOLE_TOKEN = "browser-console-token-0123456789"
 XSS_NAME = "<img src=x onerror=alert(1)>"
+ACCOUNT_TOKEN = "token-of-the-aircall-account-0001"
 VIEWPORT = {"width": 1280, "height": 900}
 
 
@@ -52,7 +54,11 @@ def server(tmp_path_factory, segment_process):
     folder = tmp_path_factory.mktemp("console-browser")
     # 50 minutes: the status's hour keeps all of it while the module runs, so its totals only grow.
     seed(folder / "outbox.sqlite3", webhooks=1500, span_seconds=50 * 60, now=time.time())
-    engine = Engine(folder, segment_process, ENGINE_CONSOLE_TOKEN=CONSOLE_TOKEN).start()
+    # Set up as in production (the account's own webhook token, API credentials): no set-up steps left to show.
+    engine = Engine(
+        folder, segment_process, ENGINE_CONSOLE_TOKEN=CONSOLE_TOKEN, AIRCALL_WEBHOOK_TOKEN=f"{TOKEN},{ACCOUNT_TOKEN}",
+        AIRCALL_API_ID="api-id", AIRCALL_API_TOKEN="api-token",
+    ).start()  # fmt: skip
     yield engine
     engine.stop()
 
@@ -120,7 +126,9 @@ def test_status_shows_the_counts_after_webhooks_are_posted(page, server, segment
     segment_process.wait_for_ids({i for e in envelopes for i in expected_ids(e)})
     for name in ("received", "processed", "delivered"):  # the panel refreshes itself every 5 seconds
         expect(page.locator(f"#{name}-last-hour")).to_have_text(f"{counts[name] + 5:,}", timeout=15_000)
-    expect(page.get_by_test_id("console-status")).to_contain_text("Flowing")
+    expect(page.get_by_test_id("headline")).to_have_attribute("data-state", "flowing")
+    expect(page.get_by_test_id("headline")).to_contain_text("Flowing")
+    assert page.get_by_test_id("set-up").count() == 0  # every step done: no checklist
     expect(page.locator("#pending")).to_have_text("0")
     assert page.locator(".chart-received rect").count() >= 50  # a bar for every minute of the seeded 50
     shot(page, tmp_path, "status", docs="console-status.png")
@@ -268,3 +276,64 @@ def test_replaying_a_dead_letter_from_the_page_delivers_it(page, server, segment
     expect(page.get_by_test_id("dead-letter-row").filter(has_text=ids[0])).to_have_count(0)
     # /healthz's counts may be a second old
     wait_for(lambda: requests.get(f"{server.url}/healthz", timeout=5).json()["outbox"]["dead_letters"] == 0)
+
+
+def test_a_new_server_waits_for_its_first_webhook_and_ticks_the_set_up_as_it_comes(browser, engine_server, tmp_path):
+    fresh = engine_server(with_segment=False, ENGINE_CONSOLE_TOKEN=CONSOLE_TOKEN)  # a first run: no write key
+    context = browser.new_context(viewport=VIEWPORT, base_url=fresh.url)
+    page = context.new_page()
+    try:
+        sign_in(page)
+        headline = page.get_by_test_id("headline")
+        expect(headline).to_contain_text("Waiting for the first webhook")
+        expect(page.locator("#sample-command")).to_contain_text(f"curl -s -X POST {fresh.url}/webhooks/aircall")
+        assert "Flowing" not in page.get_by_test_id("console-status").inner_text()
+        received = page.get_by_test_id("set-up").locator("li").filter(has_text="A webhook received")
+        expect(received).to_have_attribute("data-done", "no")
+        expect(page.get_by_test_id("set-up")).to_contain_text("Setting up: 0 of 5 done")
+        shot(page, tmp_path, "status-first-run", docs="console-first-run.png")
+        assert fresh.post(sample("call.ended")).status_code == 200
+        expect(received).to_have_attribute("data-done", "yes", timeout=15_000)  # the panel refreshes itself
+        expect(headline).to_contain_text("Degraded", timeout=15_000)  # the message waits: no write key
+        expect(headline).to_contain_text("SEGMENT_WRITE_KEY is not set")
+        expect(page.get_by_test_id("set-up")).to_contain_text("Setting up: 1 of 5 done")
+        shot(page, tmp_path, "status-first-webhook")
+    finally:
+        context.close()
+
+
+def test_webhooks_are_filtered_from_the_form_and_refused_ones_listed_without_their_content(
+    page, server, segment_process, tmp_path
+):
+    envelope = sample("user.created")
+    envelope["data"]["id"] = 7_400_001
+    assert server.post(envelope).status_code == 200
+    segment_process.wait_for_ids(set(expected_ids(envelope)))  # mapped: the outcome filtered on below
+    intruder = {**sample("call.ended"), "token": "a-guessed-token", "event": "call.intruder_event"}
+    assert server.post(intruder).status_code == 401
+    sign_in(page)
+    page.goto("/console/webhooks")
+    refused = page.get_by_test_id("refused-row").first
+    expect(refused).to_contain_text("wrong token")
+    expect(refused).to_contain_text("not shown: not authenticated")
+    assert "call.intruder_event" not in page.content() and "a-guessed-token" not in page.content()
+    page.get_by_test_id("refused").screenshot(path=tmp_path / "refused.png")
+
+    filters = page.get_by_test_id("webhook-filters")
+    filters.get_by_label("Event").fill("user.*")
+    filters.get_by_label("Outcome").select_option("mapped")
+    filters.get_by_role("button", name="Filter").click()
+    expect(page).to_have_url(re.compile(r"/console/webhooks\?event=user\.\*&outcome=mapped"))
+    rows = page.get_by_test_id("webhook-row")
+    expect(rows.first).to_contain_text("user.created")  # the newest: the one just posted
+    events = page.locator('[data-testid="webhook-row"] td:nth-child(2)').all_inner_texts()
+    assert len(events) > 1 and all(event.startswith("user.") for event in events)
+    expect(filters.get_by_label("Event")).to_have_value("user.*")  # the page keeps what it was asked
+    shot(page, tmp_path, "webhooks-filtered")
+    page.screenshot(path=tmp_path / "webhooks-filtered-top.png")  # the form and the first rows, as seen
+
+    filters.get_by_label("Call id").fill("12x")
+    filters.get_by_role("button", name="Filter").click()
+    expect(page.get_by_role("alert")).to_have_text("call: '12x' is not a call id (digits)")
+    assert rows.count() == 0
+    shot(page, tmp_path, "webhooks-bad-filter")

@@ -24,6 +24,43 @@ def test_ci_runs_the_readmes_test_command():
     assert test_command in (ROOT / ".ci" / "run").read_text()
 
 
+def test_readmes_first_command_serves_the_console_where_the_sample_webhook_shows(engine_server):
+    """The newcomer's minute: the first command's settings, the sample the next block sends, then the console
+    with the token the command set, showing the webhook and what is left to set up."""
+    import html
+
+    import requests
+
+    from tests.harness import sample, wait_for
+
+    first = shell_blocks()[0]
+    settings = dict(re.findall(r"\b([A-Z_]+)=(\S+)", first.split("engine validate mappings &&")[1]))
+    assert settings.keys() == {"AIRCALL_WEBHOOK_TOKEN", "ENGINE_CONSOLE_TOKEN"} and "engine serve" in first
+    console_token = settings["ENGINE_CONSOLE_TOKEN"]
+    assert f"sign in with `{console_token}`" in README
+    server = engine_server(with_segment=False, **settings)  # no write key yet, as on a first run
+    assert "--data @tests/fixtures/call.ended.json" in shell_blocks()[1]
+    assert server.post(sample("call.ended")).json() == {"status": "accepted"}
+    assert "web console at /console/" in server.process.log and console_token not in server.process.log
+
+    browser = requests.Session()
+    form = browser.get(f"{server.url}/console/sign-in", timeout=5).text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
+    signed = browser.post(f"{server.url}/console/sign-in", data={"csrf": csrf, "token": console_token}, timeout=5)
+    assert signed.status_code == 200 and 'data-testid="console-status"' in signed.text
+    listing = browser.get(f"{server.url}/console/webhooks", timeout=5).text
+    assert listing.count('data-testid="webhook-row"') == 1 and "<code>call.ended</code>" in listing
+    # The status reads the outbox's counts at most once a second: the page may wait a second more.
+    status = wait_for(
+        lambda: (
+            "Waiting for the first webhook" not in (page := browser.get(f"{server.url}/console/", timeout=5).text)
+            and html.unescape(page)
+        ),
+        what="the status page past its first webhook",
+    )
+    assert "Setting up: 1 of 5 done" in status and "Set SEGMENT_WRITE_KEY" in status
+
+
 def named_blocks() -> list[tuple[str, str]]:
     """(path, text) of each code block that README introduces with a line naming a file: "`mappings/x.yaml`:"."""
     return re.findall(r"^`((?:[\w.-]+/)+[\w.-]+)`[^\n`]*:\n\n```\w*\n(.*?)```", README, re.S | re.M)

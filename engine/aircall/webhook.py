@@ -50,6 +50,7 @@ async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
     runtime: Runtime = scope["state"]["runtime"]
     started = time.perf_counter()
     event = "unknown"
+    named: str | None = None  # the event's name as sent, once the token matched: the console may show it then
     status, outcome, extra = 200, "accepted", ()
     payload: dict[str, object] = {"status": "accepted"}
     stored = None
@@ -64,6 +65,7 @@ async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
             raise Refusal(400, "bad_request", str(exc)) from None
         event = runtime.event_label(_text_field(document, "event"))  # a known event's name, else "other"
         _authenticate(runtime, document)
+        named = _text_field(document, "event") or "(no event name)"
         try:
             webhook = webhook_from_json(document)  # its errors may quote the body: only once authenticated
         except EnvelopeError as exc:
@@ -71,6 +73,7 @@ async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
         skip = runtime.selection.skip_reason(webhook)
         if skip is not None:
             outcome, payload = "ignored", {"status": "ignored", "reason": skip}
+            _keep_refused(scope, 200, outcome, skip, named)
         else:
             stored = stored_webhook(webhook, body)
             try:
@@ -83,6 +86,7 @@ async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
     except Refusal as refusal:
         status, outcome, extra = refusal.status, refusal.outcome, tuple((refusal.headers or {}).items())
         payload = {"status": "error", "reason": refusal.reason}
+        _keep_refused(scope, status, outcome, refusal.reason, named)
     except _Gone:
         _note(scope, started, event, 400, "bad_request", reason="client disconnected before the body was complete")
         return
@@ -93,6 +97,13 @@ async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
     else:
         _note(scope, started, event, status, outcome)
     await _answer(send, status, payload, extra)
+
+
+def _keep_refused(scope: Scope, status: int, outcome: str, reason: str, named: str | None) -> None:
+    """For the console's list of what was answered and not stored (engine.aircall.refused): in memory, never a
+    write. A sender that hung up mid-body got no answer: it is in the log and the metrics only."""
+    client = scope.get("client")
+    scope["state"]["runtime"].refused.note(status, outcome, reason, named, client[0] if client else None)
 
 
 def _authenticate(runtime: Runtime, document: object) -> None:

@@ -16,9 +16,10 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
@@ -26,6 +27,8 @@ from starlette.routing import Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
+from engine.aircall.events import is_event_name
+from engine.aircall.webhook import PATH
 from engine.console import queries
 from engine.console.auth import CSRF_FIELD, CSRF_HEADER, Gate, Session, csrf_matches
 from engine.console.pages import STATIC, Pages
@@ -33,7 +36,7 @@ from engine.console.playground import FILE_NAME, Playground, PlaygroundRefused
 from engine.mapping.findings import MappingError, MappingsFolderError
 from engine.mapping.load import load_mappings, mapping_files
 from engine.mapping.validate import find_fixtures
-from engine.outbox import ALL_SESSIONS, OutboxRefused, OutboxUnavailable
+from engine.outbox import ALL_SESSIONS, WEBHOOK_OUTCOMES, OutboxRefused, OutboxUnavailable, WebhookFilter
 from engine.processing.replay import replay_dead_letters
 
 log = logging.getLogger("engine.console")
@@ -256,7 +259,10 @@ class Console:
         return self.pages.render(request, "status_panel.html", {"status": status})
 
     async def _status(self, request: Request) -> queries.Status:
-        status = await queries.status(request.state.runtime, self.reads)
+        # Where the sample webhook goes, as this browser reaches the server (a signed-in page: not echoed to anyone
+        # else). Behind a proxy that rewrites paths it may differ; the README's Set-up says the same command.
+        webhook_url = f"{request.url.scheme}://{request.url.netloc}{PATH}"
+        status = await queries.status(request.state.runtime, self.reads, webhook_url)
         self._badge = (time.monotonic(), status.stats.dead_letters)
         return status
 
@@ -264,9 +270,19 @@ class Console:
 
     @page
     async def webhooks(self, request: Request, session: Session) -> Response:
-        before = _int(request.query_params.get("before"))
-        listed = await queries.recent_webhooks(self.reads, before)
-        return await self._render(request, session, "webhooks.html", {"webhooks": listed, "before": before})
+        asked = {name: request.query_params.get(name, "").strip() for name in FILTERS}
+        refused = queries.refused(request.state.runtime)
+        context: dict[str, Any] = {"asked": asked, "outcomes": WEBHOOK_OUTCOMES, "refused": refused, "error": None}
+        try:
+            found, before = _webhook_filter(asked)
+        except FilterError as exc:  # said on the page, with the form to correct it; nothing is read
+            context |= {"webhooks": queries.Webhooks([], True, None), "before": None, "error": str(exc)}
+            context |= {"narrowed": True, "query": ""}
+            return await self._render(request, session, "webhooks.html", context, status_code=400)
+        listed = await queries.recent_webhooks(self.reads, before, found)
+        query = urlencode({name: value for name, value in asked.items() if value and name != "before"})
+        context |= {"webhooks": listed, "before": before, "narrowed": found.narrows, "query": query}
+        return await self._render(request, session, "webhooks.html", context)
 
     @page
     async def webhook(self, request: Request, session: Session) -> Response:
@@ -449,6 +465,48 @@ def _client(request: Request) -> str:
 
 def _int(value: str | None) -> int | None:
     return int(value) if value is not None and value.isdigit() and len(value) < 19 else None
+
+
+FILTERS = ("event", "outcome", "call", "since", "until", "before")  # the Webhooks page's query string
+
+
+class FilterError(ValueError):
+    """A filter of the Webhooks page that cannot be read: the message names it, its value and what it takes."""
+
+
+def _webhook_filter(asked: dict[str, str]) -> tuple[WebhookFilter, int | None]:
+    """The query string's filters (empty: any), and the page's `before`; FilterError for a value that is wrong."""
+    event, outcome, call = asked["event"] or None, asked["outcome"] or None, asked["call"] or None
+    prefix = event.removesuffix("*") if event is not None else ""
+    # A prefix (call.*, call.end*) is a name's beginning: with a letter after it, it is a name.
+    if event is not None and not is_event_name(prefix + ("x" if event.endswith(".*") else "")):
+        raise FilterError(f"event: {event[:100]!r} is not an event name (like call.ended, or call.* for them all)")
+    if outcome is not None and outcome not in WEBHOOK_OUTCOMES:
+        raise FilterError(f"outcome: {outcome[:100]!r} is not one of {', '.join(WEBHOOK_OUTCOMES)}")
+    call_id = _int(call) if call is not None else None
+    if call is not None and call_id is None:
+        raise FilterError(f"call: {call[:100]!r} is not a call id (digits)")
+    since, until = _moment("since", asked["since"]), _moment("until", asked["until"])
+    if since is not None and until is not None and until < since:
+        raise FilterError(f"until: {asked['until']} is before since ({asked['since']})")
+    before = _int(asked["before"]) if asked["before"] else None
+    if asked["before"] and before is None:
+        raise FilterError(f"before: {asked['before'][:100]!r} is not a webhook id")
+    return WebhookFilter(event, outcome, call_id, since, until), before
+
+
+def _moment(name: str, value: str) -> float | None:
+    """A time of the filter, in UTC as the console shows times: a date, or a date and a time (what a browser's
+    date-time field sends)."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.removesuffix("Z").replace(" ", "T", 1))
+    except ValueError:
+        raise FilterError(f"{name}: {value[:100]!r} is not a UTC time like 2026-01-31 or 2026-01-31T14:05") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def _chosen(form: dict[str, str]) -> list[int] | None:

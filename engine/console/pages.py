@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup, escape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
@@ -52,6 +53,16 @@ def number(value: int | float | None) -> str:
     return "—" if value is None else f"{value:,}"
 
 
+def code_spans(text: str) -> Markup:
+    """Our own sentences with `commands` in backticks, escaped, each command as <code>."""
+    parts = str(text).split("`")
+    if len(parts) % 2 == 0:  # an odd backtick: not ours to interpret
+        return escape(text)
+    return Markup("").join(
+        escape(part) if i % 2 == 0 else Markup("<code>%s</code>") % part for i, part in enumerate(parts)
+    )
+
+
 class Pages:
     def __init__(self) -> None:
         self.env = Environment(
@@ -61,7 +72,7 @@ class Pages:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.env.filters.update(clock=clock, duration=duration, ago=ago, number=number)
+        self.env.filters.update(clock=clock, duration=duration, ago=ago, number=number, code_spans=code_spans)
 
     def render(self, request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
         base = request.scope.get("root_path") or "/console"

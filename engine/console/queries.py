@@ -13,15 +13,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from engine.aircall.refused import RECENT, Refused
+from engine.aircall.watch import ACTIVE, UNKNOWN
 from engine.console.charts import Chart, bar_chart
 from engine.outbox import (
     DeadLetter,
+    FoundWebhooks,
     Outbox,
     StoredMessage,
+    WebhookFilter,
     WebhookSummary,
     open_outbox,
     stored_key,
 )
+from engine.server.health import DEAD_LETTER_WINDOW_SECONDS, Health, readiness
 
 if TYPE_CHECKING:
     from engine.server.runtime import Runtime
@@ -32,6 +37,9 @@ MINUTES = 60  # the status chart's span
 COUNT_SCAN_LIMIT = 200_000  # messages read at most to count the recent webhooks' messages
 DEAD_LETTERS_SCANNED = 2_000  # dead letters read at most to mark the recent webhooks that became one
 MESSAGE_SLACK_SECONDS = 5.0  # a webhook's messages are committed with its processed mark: the same moment
+# The token of the sample webhooks (tests/fixtures) and of README's first command: a server that knows no other
+# is not connected to an Aircall account yet (`engine aircall connect --write-env` adds the account's own).
+SAMPLE_TOKEN = "45b1b6f1a2c3d4e5f60718293a4b5c6d"
 
 
 class Reads:
@@ -65,12 +73,24 @@ class Reads:
 # -- status ------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Step:
+    """One step of setting the bridge up, ticked once done (the status page's checklist)."""
+
+    title: str
+    done: bool
+    how: str  # what to do while it is not done
+
+
 @dataclass
 class Status:
     stats: Any  # OutboxStats
     charts: list[Chart]
     totals: dict[str, int]
-    problems: list[str]
+    health: Health  # readiness, as GET /readyz answers it: the headline
+    problems: list[str]  # what else wants a person's eye, though data flows (held webhooks, old dead letters)
+    steps: list[Step]
+    webhook_url: str  # where to send the sample while waiting for the first webhook
     estimated: bool  # received and processed counted from id ranges: a busy hour (engine.outbox.Activity)
     delivery: Any  # DeliveryState
     segment_configured: bool
@@ -83,9 +103,10 @@ class Status:
     now: float
 
 
-async def status(runtime: Runtime, reads: Reads) -> Status:
+async def status(runtime: Runtime, reads: Reads, webhook_url: str) -> Status:
     now = time.time()
     stats = await runtime.stats()  # the /healthz counts, on the runtime's reader (cached a second)
+    health = await readiness(runtime)  # the same counts: /readyz's answer
     start = (now // 60) * 60 - (MINUTES - 1) * 60  # whole minutes; the last one is the current minute
     activity = await reads("activity", start, MINUTES)
     series = {"received": activity.received, "processed": activity.processed, "delivered": activity.delivered}
@@ -104,7 +125,10 @@ async def status(runtime: Runtime, reads: Reads) -> Status:
         stats=stats,
         charts=charts,
         totals={name: sum(counts) for name, counts in series.items()},
+        health=health,
         problems=_problems(runtime, stats, now),
+        steps=_steps(runtime, stats, health),
+        webhook_url=webhook_url,
         estimated=activity.estimated,
         delivery=delivery,
         segment_configured=runtime.delivery.client is not None,
@@ -119,27 +143,22 @@ async def status(runtime: Runtime, reads: Reads) -> Status:
 
 
 def _problems(runtime: Runtime, stats: Any, now: float) -> list[str]:
-    """What a person should act on, most pressing first; none means everything flows."""
+    """What a person should look at though data flows (what stops it is the health's reasons), most pressing
+    first."""
     problems = []
-    watched = runtime.aircall_webhook()
-    if watched is not None and watched.problem:  # Aircall sends nothing: the most pressing of all
-        problems.append(watched.problem)
-    if runtime.delivery.client is None:
-        problems.append("SEGMENT_WRITE_KEY is not set: messages are kept in the outbox, not sent")
+    refused = _refused_lately(runtime, now)
+    if refused:
+        problems.append(refused)
     paused = runtime.delivery.state.paused_until
     if paused and paused > now:
         problems.append(f"Delivery is paused for {paused - now:.0f} s after an error from Segment")
     if not runtime.processor.alive:
         problems.append("The processing process is not running: stored webhooks wait to be mapped")
-    if stats.waiting_for_api:
-        settings = runtime.settings
-        why = (
-            "AIRCALL_API_ID and AIRCALL_API_TOKEN are not set"
-            if not (settings.aircall_api_id and settings.aircall_api_token)
-            else "the API cannot answer now (the server's log says why); they are tried again"
-        )
+    settings = runtime.settings
+    if stats.waiting_for_api and settings.aircall_api_id and settings.aircall_api_token:
         problems.append(
-            f"{stats.waiting_for_api:,} webhooks wait for Aircall's REST API, which their mapping reads: {why}"
+            f"{stats.waiting_for_api:,} webhooks wait for Aircall's REST API, which their mapping reads: the API "
+            "cannot answer now (the server's log says why); they are tried again"
         )
     if stats.unmapped_total:
         events = ", ".join(sorted(stats.unmapped, key=lambda e: (-stats.unmapped[e], e))[:10])
@@ -149,14 +168,72 @@ def _problems(runtime: Runtime, stats: Any, now: float) -> list[str]:
             f"{stats.unmapped_total:,} webhooks are held because no mapping maps their event ({events}): add the "
             "mapping and restart the server, and they are mapped"
         )
-    if stats.oldest_unprocessed_age is not None and stats.oldest_unprocessed_age > 60:
-        problems.append(f"Processing is behind: {stats.unprocessed:,} webhooks wait to be mapped")
-    if stats.oldest_pending_age is not None and stats.oldest_pending_age > 300:
-        problems.append(f"Delivery is behind: {stats.pending:,} messages wait for Segment")
-    if stats.dead_letters:
+    growing = stats.newest_dead_letter_age is not None and stats.newest_dead_letter_age < DEAD_LETTER_WINDOW_SECONDS
+    if stats.dead_letters and not growing:  # growing: readiness says so already, with the count
         plural = "dead letter waits" if stats.dead_letters == 1 else "dead letters wait"
         problems.append(f"{stats.dead_letters:,} {plural} for a replay or a discard")
     return problems
+
+
+REFUSED_RECENT_SECONDS = 15 * 60  # 401s this recent make the status page point at the token
+
+
+def _refused_lately(runtime: Runtime, now: float) -> str | None:
+    """A wrong token, diagnosed on the page: webhooks refused with 401 lately by the process that answers."""
+    lately = [r for r in runtime.refused.newest() if r.status == 401 and now - r.at < REFUSED_RECENT_SECONDS]
+    if not lately:
+        return None
+    reasons = ", ".join(sorted({r.reason for r in lately}))
+    return (
+        f"{len(lately)} webhook(s) refused with 401 in the last 15 minutes ({reasons}), the newest from "
+        f"{lately[0].client or 'an unknown address'}: is AIRCALL_WEBHOOK_TOKEN the token of Aircall's webhook? "
+        "Webhooks lists them"
+    )
+
+
+def _steps(runtime: Runtime, stats: Any, health: Health) -> list[Step]:
+    """Setting the bridge up, in the order a newcomer does it; each ticked from what the server knows."""
+    settings = runtime.settings
+    api = bool(settings.aircall_api_id and settings.aircall_api_token)
+    own_token = any(token != SAMPLE_TOKEN for token in settings.webhook_tokens)
+    # With API credentials the server looks at Aircall's webhooks (engine.aircall.watch): connected is then
+    # what Aircall says, not a guess from the token.
+    watched = runtime.aircall_webhook()
+    connected = own_token if watched is None or watched.state == UNKNOWN else watched.state == ACTIVE
+    connect_how = (
+        watched.detail
+        if watched is not None and watched.problem
+        else "Run `engine aircall connect --url https://YOUR-HOST/webhooks/aircall --write-env` and restart: it "
+        "creates the webhook in Aircall and puts its token in AIRCALL_WEBHOOK_TOKEN"
+        + (" (the samples' token is the only one set now)." if settings.webhook_tokens else ".")
+    )
+    return [
+        Step(
+            "A webhook received",
+            not health.first_webhook_awaited,
+            "Send the sample webhook with the command above, or connect Aircall (below)."
+            if settings.webhook_tokens
+            else "Set AIRCALL_WEBHOOK_TOKEN and restart: until then every webhook is refused with 401.",
+        ),
+        Step(
+            "Aircall's API credentials set",
+            api,
+            "Create an API key in Aircall's dashboard (Integrations, API keys) and set AIRCALL_API_ID and "
+            "AIRCALL_API_TOKEN: `engine aircall connect` uses them, and mappings that fetch transcripts.",
+        ),
+        Step("Aircall connected", connected, connect_how),
+        Step(
+            "Segment's write key set",
+            runtime.delivery.client is not None,
+            "Set SEGMENT_WRITE_KEY to the write key of a Segment HTTP API source and restart: messages wait in "
+            "the outbox until then, and are sent once it is set.",
+        ),
+        Step(
+            "A message delivered to Segment",
+            bool(stats.delivered) or runtime.delivery.state.last_success_at is not None,
+            "Once the write key is set, the messages waiting are sent; Delivery (below) says what Segment answers.",
+        ),
+    ]
 
 
 # -- recent webhooks ---------------------------------------------------------------------------------------------
@@ -175,12 +252,14 @@ class Webhooks:
     rows: list[WebhookRow]
     complete: bool  # False: too many messages since the oldest row to count them all
     older: int | None  # `before` for the next page
+    searched_down_to: int | None = None  # the lowest id the page read (a filtered page reads a bounded window)
 
 
-async def recent_webhooks(reads: Reads, before: int | None = None) -> Webhooks:
-    summaries: list[WebhookSummary] = await reads("recent_webhooks", RECENT_WEBHOOKS, before)
+async def recent_webhooks(reads: Reads, before: int | None = None, found: WebhookFilter | None = None) -> Webhooks:
+    page: FoundWebhooks = await reads("find_webhooks", found or WebhookFilter(), RECENT_WEBHOOKS, before)
+    summaries = page.rows
     if not summaries:
-        return Webhooks([], True, None)
+        return Webhooks([], True, page.next_before, page.searched_down_to)
     oldest = min(s.received_at for s in summaries)
     counts, complete = await reads("message_counts", [s.key for s in summaries], oldest, COUNT_SCAN_LIMIT)
     letters: list[DeadLetter] = await reads("dead_letters_since", oldest, DEAD_LETTERS_SCANNED)
@@ -198,8 +277,22 @@ async def recent_webhooks(reads: Reads, before: int | None = None) -> Webhooks:
         else:
             outcome = "mapped"
         rows.append(WebhookRow(summary, outcome, messages, delivered))
-    older = summaries[-1].id if len(summaries) == RECENT_WEBHOOKS else None
-    return Webhooks(rows, complete, older)
+    return Webhooks(rows, complete, page.next_before, page.searched_down_to)
+
+
+@dataclass
+class RefusedList:
+    """What the gateway answered without storing it, as the process serving the page kept it."""
+
+    rows: list[Refused]
+    counts: dict[str, int]  # by outcome, since `since`
+    since: float  # when this process started
+    kept: int  # how many it keeps
+
+
+def refused(runtime: Runtime) -> RefusedList:
+    kept = runtime.refused
+    return RefusedList(kept.newest(), dict(sorted(kept.counts.items())), kept.started, RECENT)
 
 
 @dataclass

@@ -116,6 +116,11 @@ class OutboxStats:
     waiting_for_api: int = 0  # webhooks whose mapping reads Aircall's REST API, put back until it can answer
     unmapped_total: int = 0  # held webhooks, of every event
     unmapped_events: int = 0  # how many events they are of
+    # Readiness (engine.server.health) reads these: a dead letter that is new says dead letters grow, and a
+    # webhook stored at all says the first one has come. Both from the outbox, so every replica and every
+    # `--workers` process gives the same answer.
+    newest_dead_letter_age: float | None = None  # seconds since the newest dead letter not replayed
+    newest_webhook_age: float | None = None  # seconds since the newest stored webhook; None: none stored
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -129,6 +134,8 @@ class OutboxStats:
             "due": self.due,
             "delivered": self.delivered,
             "dead_letters": self.dead_letters,
+            "newest_dead_letter_age_seconds": _rounded(self.newest_dead_letter_age),
+            "newest_webhook_age_seconds": _rounded(self.newest_webhook_age),
             "oldest_pending_age_seconds": _rounded(self.oldest_pending_age),
             "last_error": self.last_error,
         }
@@ -247,6 +254,112 @@ def per_minute(
     return [max(high - low, 0) for low, high in itertools.pairwise(bounds)], False
 
 
+WEBHOOK_OUTCOMES = ("waiting", "held", "mapped", "dead letter")  # what the console's filter and rows say
+# Ids one page of a filtered search reads at most, from where the page begins: the filters on the event, the
+# outcome and the call id have no index (one on each would cost every webhook's commit), so a page costs the
+# same whatever the table holds, and a search with few matches continues from where the last page stopped.
+FIND_SCAN_ROWS = 20_000
+
+
+@dataclass(frozen=True)
+class WebhookFilter:
+    """What the console's Webhooks page filters on; None: any."""
+
+    event: str | None = None  # an event's name, or a prefix ending in '*' (call.*)
+    outcome: str | None = None  # one of WEBHOOK_OUTCOMES
+    call_id: int | None = None  # data.id of a call event, or data.call_id (transcripts, summaries, ...)
+    since: float | None = None  # received at or after (unix seconds)
+    until: float | None = None  # received before
+
+    @property
+    def narrows(self) -> bool:
+        return any(value is not None for value in (self.event, self.outcome, self.call_id, self.since, self.until))
+
+
+@dataclass(frozen=True)
+class FoundWebhooks:
+    rows: list[WebhookSummary]  # newest first
+    next_before: int | None  # where the next (older) page begins; None: nothing older matches
+    searched_down_to: int | None  # the lowest id this page read: a page with few rows says how far it looked
+
+
+@dataclass(frozen=True)
+class WebhookColumns:
+    """A store's SQL for find_webhooks: its tables, columns and placeholder, and its JSON text of the body."""
+
+    mark: str
+    tables: str  # FROM
+    summary: str  # the WebhookSummary columns
+    id: str
+    event: str
+    received: str
+    processed: str
+    unmapped: str
+    body: str
+    body_contains: str  # SQL true when the body holds the parameter's text
+    body_field: str  # SQL of the body's JSON field named by a path parameter ({data,id} or $.data.id), as text
+    call_id_path: str
+    related_call_path: str
+
+
+def find_webhooks(
+    conn: Any, found: WebhookFilter, limit: int, before: int | None, sql: WebhookColumns, scan: int = FIND_SCAN_ROWS
+) -> FoundWebhooks:
+    """Stored webhooks matching `found`, newest first, with ids below `before`: at most `limit`, reading at most
+    `scan` ids (by the primary key) below `before`. The time range narrows the ids by bisection first."""
+    mark = sql.mark
+    floor = conn.execute("SELECT MIN(id) FROM webhooks").fetchone()[0]
+    top = conn.execute("SELECT MAX(id) FROM webhooks").fetchone()[0]
+    if floor is None:
+        return FoundWebhooks([], None, None)
+    high = min(before if before is not None else top + 1, top + 1)
+    if found.until is not None:
+        high = min(high, first_id(conn, "webhooks", "received_at", found.until + CONSOLE_SLACK_SECONDS, mark=mark))
+    if found.since is not None:
+        floor = max(floor, first_id(conn, "webhooks", "received_at", found.since - CONSOLE_SLACK_SECONDS, mark=mark))
+    low = max(floor, high - scan)
+    clauses, params = [f"{sql.id} < {mark}", f"{sql.id} >= {mark}"], [high, low]
+    if found.since is not None:
+        clauses.append(f"{sql.received} >= {mark}")
+        params.append(found.since)
+    if found.until is not None:
+        clauses.append(f"{sql.received} < {mark}")
+        params.append(found.until)
+    if found.event is not None:
+        if found.event.endswith("*"):
+            prefix = found.event[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            clauses.append(f"{sql.event} LIKE {mark} ESCAPE '\\'")
+            params.append(prefix + "%")
+        else:
+            clauses.append(f"{sql.event} = {mark}")
+            params.append(found.event)
+    if found.call_id is not None:
+        text = str(found.call_id)
+        field = sql.body_field
+        clauses.append(
+            f"({sql.body_contains} AND (({sql.event} LIKE {mark} AND {field} = {mark}) OR {field} = {mark}))"
+        )
+        params += [text, "call.%", sql.call_id_path, text, sql.related_call_path, text]
+    dead = f"{sql.body} IN (SELECT webhook FROM dead_letters WHERE replayed_at IS NULL)"
+    outcome = {
+        None: None,
+        "waiting": f"{sql.processed} IS NULL",
+        "held": f"{sql.unmapped} IS NOT NULL",
+        "dead letter": f"{sql.processed} IS NOT NULL AND {dead}",
+        "mapped": f"{sql.processed} IS NOT NULL AND {sql.unmapped} IS NULL AND NOT {dead}",
+    }[found.outcome]
+    if outcome:
+        clauses.append(outcome)
+    rows = conn.execute(
+        f"SELECT {sql.summary} FROM {sql.tables} WHERE {' AND '.join(clauses)} ORDER BY {sql.id} DESC LIMIT {mark}",
+        [*params, limit],
+    ).fetchall()
+    summaries = [WebhookSummary(*row) for row in rows]
+    if len(summaries) == limit:
+        return FoundWebhooks(summaries, summaries[-1].id, summaries[-1].id)
+    return FoundWebhooks(summaries, low if low > floor else None, low)
+
+
 # -- end of console reads ---------------------------------------------------------------------------------------
 
 
@@ -321,6 +434,11 @@ class Outbox(Protocol):
 
     def dead_letters_since(self, since: float, limit: int) -> list[DeadLetter]:
         """Dead letters created since `since`, replayed ones too, oldest first."""
+        ...
+
+    def find_webhooks(self, found: WebhookFilter, limit: int, before: int | None = None) -> FoundWebhooks:
+        """Stored webhooks that match, newest first, ids below `before` (keyset paging); each page reads at most
+        FIND_SCAN_ROWS ids, and says where the next one begins."""
         ...
 
     # -- console sessions: signed cookies, ended here so that a copied cookie stops working at sign-out --

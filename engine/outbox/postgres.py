@@ -41,6 +41,7 @@ from engine.outbox import (
     first_id,
     per_minute,
 )
+from engine.outbox.base import FoundWebhooks, WebhookColumns, WebhookFilter, find_webhooks
 
 T = TypeVar("T")
 _CONNECTION_ERRORS = (PoolTimeout, psycopg.OperationalError)
@@ -495,7 +496,12 @@ class PostgresOutbox:
                 "FROM messages WHERE delivered_at IS NULL"
             ).fetchone()
             delivered = conn.execute("SELECT COUNT(*) FROM messages WHERE delivered_at IS NOT NULL").fetchone()[0]
-            dead = conn.execute("SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL").fetchone()[0]
+            dead, newest_dead = conn.execute(
+                f"SELECT COUNT(*), {_NOW} - MAX(created_at) FROM dead_letters WHERE replayed_at IS NULL"
+            ).fetchone()
+            newest_webhook = conn.execute(
+                f"SELECT {_NOW} - received_at FROM webhooks ORDER BY id DESC LIMIT 1"
+            ).fetchone()
             last = conn.execute(
                 "SELECT last_error FROM messages WHERE delivered_at IS NULL AND last_error IS NOT NULL "
                 "ORDER BY due_at DESC LIMIT 1"
@@ -521,6 +527,8 @@ class PostgresOutbox:
                 pending, due, delivered, dead, None if oldest_age is None else max(oldest_age, 0.0),
                 last[0] if last else None, unprocessed, None if lag is None else max(lag[0], 0.0), unmapped,
                 waiting, held, held_events,
+                newest_dead_letter_age=None if newest_dead is None else max(newest_dead, 0.0),
+                newest_webhook_age=None if newest_webhook is None else max(newest_webhook[0], 0.0),
             )  # fmt: skip
 
         return self._write(work)
@@ -652,6 +660,9 @@ class PostgresOutbox:
 
         return [_dead_letter(row) for row in self._write(work)]
 
+    def find_webhooks(self, found: WebhookFilter, limit: int, before: int | None = None) -> FoundWebhooks:
+        return self._write(lambda conn: find_webhooks(conn, found, limit, before, _FIND_COLUMNS))
+
     # -- end of console reads ------------------------------------------------------------------------------
 
     # -- backfill progress ---------------------------------------------------------------------------------
@@ -712,6 +723,22 @@ class PostgresOutbox:
 _SUMMARY_COLUMNS = "id, key, event, received_at, processed_at, unmapped_event IS NOT NULL"
 _MESSAGE_COLUMNS = "id, message_id, event, body, created_at, attempts, last_error, delivered_at"
 _NO_ID = 2**63 - 1
+_FIND_COLUMNS = WebhookColumns(
+    mark="%s",
+    tables="webhooks",
+    summary=_SUMMARY_COLUMNS,
+    id="id",
+    event="event",
+    received="received_at",
+    processed="processed_at",
+    unmapped="unmapped_event",
+    body="body",
+    body_contains="position(convert_to(%s, 'UTF8') in body) > 0",  # a quick test before the JSON is parsed
+    # json, not jsonb: jsonb refuses a \u0000 that JSON (and a webhook) may hold
+    body_field="(convert_from(body, 'UTF8')::json #>> %s::text[])",
+    call_id_path="{data,id}",
+    related_call_path="{data,call_id}",
+)
 
 
 # The shared helpers (engine.outbox.base) in PostgreSQL's dialect.

@@ -31,6 +31,7 @@ from engine.outbox.base import (
     Activity,
     Claimed,
     DeadLetter,
+    FoundWebhooks,
     NewMessage,
     OutboxRefused,
     OutboxStats,
@@ -39,7 +40,10 @@ from engine.outbox.base import (
     Processed,
     StoredMessage,
     StoredWebhook,
+    WebhookColumns,
+    WebhookFilter,
     WebhookSummary,
+    find_webhooks,
     first_id,
     per_minute,
 )
@@ -584,7 +588,11 @@ class SqliteOutbox:
             (now,),
         ).fetchone()
         delivered = conn.execute("SELECT COUNT(*) FROM messages WHERE delivered_at IS NOT NULL").fetchone()[0]
-        dead = conn.execute("SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL").fetchone()[0]
+        # The count reads every dead letter anyway: the newest's time comes with it.
+        dead, newest_dead = conn.execute(
+            "SELECT COUNT(*), MAX(created_at) FROM dead_letters WHERE replayed_at IS NULL"
+        ).fetchone()
+        newest_webhook = conn.execute("SELECT received_at FROM webhooks ORDER BY id DESC LIMIT 1").fetchone()
         last_error = conn.execute(
             "SELECT last_error FROM messages WHERE delivered_at IS NULL AND last_error IS NOT NULL "
             "ORDER BY due_at DESC LIMIT 1"
@@ -620,6 +628,8 @@ class SqliteOutbox:
             dead_letters=dead,
             oldest_pending_age=None if oldest is None else max(now - oldest, 0.0),
             last_error=last_error[0] if last_error else None,
+            newest_dead_letter_age=None if newest_dead is None else max(now - newest_dead, 0.0),
+            newest_webhook_age=None if newest_webhook is None else max(now - newest_webhook[0], 0.0),
         )
 
     def next_due(self) -> float | None:
@@ -852,6 +862,9 @@ class SqliteOutbox:
 
         return self._snapshot(work)
 
+    def find_webhooks(self, found: WebhookFilter, limit: int, before: int | None = None) -> FoundWebhooks:
+        return self._snapshot(lambda conn: find_webhooks(conn, found, limit, before, _FIND_COLUMNS))
+
     # -- end of console reads ------------------------------------------------------------------------------
 
 
@@ -861,6 +874,22 @@ _SUMMARY_COLUMNS = "w.id, w.key, w.event, w.received_at, s.processed_at, s.unmap
 _SUMMARY_TABLES = "webhooks w JOIN webhook_state s ON s.id = w.id"
 _MESSAGE_COLUMNS = "id, message_id, event, body, created_at, attempts, last_error, delivered_at"  # StoredMessage
 _NO_ID = 2**63 - 1  # above every id: "before" nothing
+_BODY_TEXT = "CAST(w.body AS TEXT)"  # stored as a BLOB: SQLite's JSON functions would read a BLOB as JSONB
+_FIND_COLUMNS = WebhookColumns(
+    mark="?",
+    tables=_SUMMARY_TABLES,
+    summary=_SUMMARY_COLUMNS,
+    id="w.id",
+    event="w.event",
+    received="w.received_at",
+    processed="s.processed_at",
+    unmapped="s.unmapped_event",
+    body="w.body",
+    body_contains=f"instr({_BODY_TEXT}, ?) > 0",  # a quick test before the JSON is parsed
+    body_field=f"CAST(json_extract({_BODY_TEXT}, ?) AS TEXT)",
+    call_id_path="$.data.id",
+    related_call_path="$.data.call_id",
+)
 
 
 # The shared helpers (engine.outbox.base) in SQLite's dialect.

@@ -21,6 +21,7 @@ from engine.console.app import Console  # console: the web console, off unless E
 from engine.mapping.findings import MappingError
 from engine.outbox import describe_db
 from engine.server import logs
+from engine.server.health import readiness
 from engine.server.runtime import Runtime, build_runtime, unknown_listed_events
 
 log = logging.getLogger("engine.server")
@@ -61,6 +62,12 @@ async def healthz(request: Request) -> Response:
             "AIRCALL_API_ID and AIRCALL_API_TOKEN are not set"
         )
     return JSONResponse(body)
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: 200 {"status":"ready"}, or 503 {"status":"degraded","reasons":[...]} (engine.server.health)."""
+    health = await readiness(request.state.runtime)
+    return JSONResponse(health.as_dict(), status_code=200 if health.ready else 503)
 
 
 async def metrics(request: Request) -> Response:
@@ -159,6 +166,8 @@ def create_app(env_file: str | None = None) -> ASGIApp:
             )  # fmt: skip
         if not settings.webhook_tokens:
             log.warning("AIRCALL_WEBHOOK_TOKEN is not set: every webhook is refused with 401")
+        if settings.console_token:  # the first run's next step: where to look (the token is never logged)
+            log.info("web console at /console/ on this server: sign in with ENGINE_CONSOLE_TOKEN")
         try:
             yield {"runtime": runtime}
         finally:
@@ -173,6 +182,7 @@ def create_app(env_file: str | None = None) -> ASGIApp:
             Route(PATH, _Endpoint(gateway), methods=["POST"]),
             Route(PATH + "/", _Endpoint(gateway), methods=["POST"]),  # a webhook URL pasted with a slash
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/console", console.entrance),  # console: /console/ when it is on, else 404
             Mount("/console", app=console),  # console

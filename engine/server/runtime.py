@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from engine.aircall.api import AircallClient
 from engine.aircall.events import known_events
+from engine.aircall.refused import RecentRefusals
 from engine.aircall.selection import Selection
 from engine.aircall.watch import Watcher, WebhookWatch
 from engine.config import ConfigError, Settings
@@ -20,6 +21,7 @@ from engine.outbox.committer import Committer
 from engine.processing.child import ProcessingProcess
 from engine.segment.client import SegmentClient
 from engine.segment.delivery import Delivery, DeliveryPolicy
+from engine.server.health import MappingsOnDisk
 from engine.server.metrics import Metrics
 
 log = logging.getLogger("engine.server")
@@ -39,7 +41,10 @@ class Runtime:
     metrics: Metrics
     token_digests: tuple[bytes, ...]
     known_events: frozenset[str]
+    mappings_on_disk: MappingsOnDisk  # readiness: whether the folder still loads as it is now
     _reader: Outbox
+    # What the gateway answered without storing (refused, ignored), for the console: this process's, in memory.
+    refused: RecentRefusals = field(default_factory=RecentRefusals)
     watcher: Watcher | None = None  # with API credentials: whether Aircall still sends (engine.aircall.watch)
     _stats: tuple[float, OutboxStats] | None = None
     _stats_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -100,7 +105,10 @@ def unknown_listed_events(settings: Settings, mappings: Mappings) -> list[str]:
 
 def build_runtime(settings: Settings) -> Runtime:
     """Load and check everything; raise ConfigError or MappingError with a message naming what is wrong."""
+    on_disk = MappingsOnDisk(settings.mappings_dir)
+    before = on_disk.signature()  # before loading: an edit made meanwhile is looked at again
     mappings = load_server_mappings(settings)
+    on_disk.loaded(before)
     # The files as they were loaded: the processing process maps with these very files, whatever is edited on
     # disk while the server runs (an edit takes effect at the next restart, as for the server).
     files = {path.name: path.read_bytes() for path in mapping_files(settings.mappings_dir)}
@@ -150,6 +158,7 @@ def build_runtime(settings: Settings) -> Runtime:
         token_digests=tuple(hashlib.sha256(t.encode()).digest() for t in settings.webhook_tokens),
         known_events=known_events() | mappings.by_event.keys(),
         _reader=_open(settings.db),
+        mappings_on_disk=on_disk,
         watcher=_watcher(settings, metrics),
     )
 

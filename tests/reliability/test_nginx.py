@@ -99,6 +99,9 @@ def test_plain_http_redirects_and_only_post_reaches_the_webhook(nginx):
     assert redirect.status_code == 301 and redirect.headers["Location"].startswith("https://localhost/")
     assert requests.get(f"{nginx['base']}/webhooks/aircall", verify=nginx["cert"], timeout=5).status_code == 403
     assert requests.get(f"{nginx['base']}/metrics", verify=nginx["cert"], timeout=5).status_code == 404
+    # Health and readiness reach the app from the allowed address (this test's: 127.0.0.1), for monitoring.
+    for path, answer in [("/healthz", "ok"), ("/readyz", "ready")]:
+        assert requests.get(f"{nginx['base']}{path}", verify=nginx["cert"], timeout=5).json()["status"] == answer
     slash = requests.post(f"{nginx['base']}/webhooks/aircall/", json={**sample("call.ended"), "token": "x"},
                           verify=nginx["cert"], timeout=5)  # fmt: skip
     assert slash.status_code == 401  # the app's answer: the path with a slash reaches the gateway too
