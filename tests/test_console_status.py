@@ -78,3 +78,16 @@ def test_a_token_of_the_accounts_own_ticks_aircall_connected_and_no_write_key_is
         assert done["Segment's write key set"] is False and done["Aircall's API credentials set"] is False
         assert "Setting up: 1 of 5 done" in page
         assert "token-of-the-account-0001" not in page and TOKEN not in page
+
+
+def test_the_first_run_console_token_is_refused_wherever_the_server_listens_beyond_this_machine(tmp_path):
+    """README's first command sets a token anyone can read: fit for 127.0.0.1, refused on any other address."""
+    from tests.conftest import run_engine
+    from tests.harness import free_port
+
+    env = {"ENGINE_CONSOLE_TOKEN": "first-run-console-token", "AIRCALL_WEBHOOK_TOKEN": "t",
+           "ENGINE_DB": str(tmp_path / "outbox.sqlite3")}  # fmt: skip
+    for host in ("0.0.0.0", "::", "192.0.2.1"):
+        run = run_engine("serve", "--host", host, "--port", str(free_port()), env=env, timeout=30)
+        assert run.code == 2 and "README's first-run token is public" in run.err, (host, run.err)
+        assert "first-run-console-token" not in run.err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import ipaddress
 import os
 import socket
 import sys
@@ -32,6 +33,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.set_defaults(run=_serve)
 
 
+# The token README's first command sets, so that a newcomer sees the console a minute after cloning. Anyone can
+# read it: it is refused wherever the server listens beyond this machine.
+FIRST_RUN_CONSOLE_TOKEN = "first-run-console-token"
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -42,6 +55,11 @@ def _serve(args: argparse.Namespace) -> int:
         for finding in exc.findings:
             print(finding, file=sys.stderr)
         raise UsageError(f"the mappings in {settings.mappings_dir} have problems; run `engine validate`") from None
+    if settings.console_token == FIRST_RUN_CONSOLE_TOKEN and not _loopback(args.host):
+        raise UsageError(
+            "ENGINE_CONSOLE_TOKEN: README's first-run token is public, fit for this machine only; set your own "
+            f"(`openssl rand -hex 16` makes one) before listening on {args.host}"
+        )
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     if not 1 <= args.port <= 65535:  # uvicorn would bind the port modulo 65536 and log the number given
