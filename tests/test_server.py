@@ -495,9 +495,13 @@ def test_process_metrics_are_the_whole_servers_whichever_worker_answers(engine_s
     server = engine_server(workers=2)
     supervisor = server.process.proc.pid
     wait_for(lambda: len(process_tree(supervisor)) >= 5, what="two workers, each with its processing child")
-    processes = len(process_tree(supervisor))
-    scrapes = [server.metrics() for _ in range(8)]
-    assert {metric(text, "aircall_segment_processes") for text in scrapes} == {processes}
+    scrapes = []
+    for _ in range(8):
+        # The tree may gain a helper process of uvicorn's or Python's between two readings: each scrape counts
+        # the tree as it was around it, whichever worker answered.
+        before = len(process_tree(supervisor))
+        scrapes.append(server.metrics())
+        assert metric(scrapes[-1], "aircall_segment_processes") in {before, len(process_tree(supervisor))}
     assert len({metric(text, "process_start_time_seconds") for text in scrapes}) == 1
     cpu = [metric(text, "process_cpu_seconds_total") for text in scrapes]
     assert cpu == sorted(cpu) and cpu[0] > 0
