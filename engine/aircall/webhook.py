@@ -15,15 +15,15 @@ import hmac
 import json
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from starlette.types import Receive, Scope, Send
 
 from engine.aircall.envelope import EnvelopeError, parse_json, webhook_from_json
-from engine.outbox import OutboxUnavailable, stored_webhook
-
-if TYPE_CHECKING:
-    from engine.server.runtime import Runtime
+from engine.aircall.refused import RecentRefusals
+from engine.aircall.selection import Selection
+from engine.outbox import OutboxUnavailable, StoredWebhook, stored_webhook
 
 log = logging.getLogger("engine.webhook")
 
@@ -40,6 +40,21 @@ class _Gone(Exception):
     """The sender hung up before its body was complete: nobody is left to answer."""
 
 
+@dataclass(frozen=True)
+class Gateway:
+    """What the webhook route needs, and nothing else of the server: built in the app's lifespan
+    (engine.server.runtime), found in each request's state as "gateway"."""
+
+    max_body_bytes: int
+    body_timeout_seconds: float
+    token_digests: tuple[bytes, ...]  # sha256 of each AIRCALL_WEBHOOK_TOKEN; none: every webhook is refused
+    event_label: Callable[[str | None], str]  # events as bounded metric labels
+    selection: Selection
+    append: Callable[[StoredWebhook], Awaitable[bool]]  # the durable append (group commit); False: stored already
+    refused: RecentRefusals  # what was answered and not stored, for the console
+    observe: Callable[[str, str, float], None]  # an outcome's metrics: event, outcome, seconds
+
+
 async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
     """The webhook route as a plain ASGI endpoint, served ahead of Starlette's router (engine.server.app).
 
@@ -47,7 +62,7 @@ async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
     as much as everything below together (bench/RESULTS.md): here the body is read and the answer written
     with ASGI messages directly. Every other route stays a Starlette one.
     """
-    runtime: Runtime = scope["state"]["runtime"]
+    gate: Gateway = scope["state"]["gateway"]
     started = time.perf_counter()
     event = "unknown"
     named: str | None = None  # the event's name as sent, once the token matched: the console may show it then
@@ -57,27 +72,27 @@ async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
     try:
         if scope["method"] != "POST":
             raise Refusal(405, "method_not_allowed", "method not allowed: use POST", {"Allow": "POST"})
-        _check_headers(scope["headers"], runtime.settings.max_body_bytes)
-        body = await _read_body(receive, runtime.settings.max_body_bytes, runtime.settings.body_timeout_seconds)
+        _check_headers(scope["headers"], gate.max_body_bytes)
+        body = await _read_body(receive, gate.max_body_bytes, gate.body_timeout_seconds)
         try:
             document = parse_json(body)  # its errors name a position, never the content
         except EnvelopeError as exc:
             raise Refusal(400, "bad_request", str(exc)) from None
-        event = runtime.event_label(_text_field(document, "event"))  # a known event's name, else "other"
-        _authenticate(runtime, document)
+        event = gate.event_label(_text_field(document, "event"))  # a known event's name, else "other"
+        _authenticate(gate, document)
         named = _text_field(document, "event") or "(no event name)"
         try:
             webhook = webhook_from_json(document)  # its errors may quote the body: only once authenticated
         except EnvelopeError as exc:
             raise Refusal(400, "bad_request", str(exc)) from None
-        skip = runtime.selection.skip_reason(webhook)
+        skip = gate.selection.skip_reason(webhook)
         if skip is not None:
             outcome, payload = "ignored", {"status": "ignored", "reason": skip}
             _keep_refused(scope, 200, outcome, skip, named)
         else:
             stored = stored_webhook(webhook, body)
             try:
-                new = await runtime.committer.append(stored)
+                new = await gate.append(stored)
             except OutboxUnavailable as exc:
                 log.error("outbox unavailable", extra={"fields": {"error": str(exc)}})
                 raise Refusal(503, "unavailable", "outbox unavailable; retry later", {"Retry-After": "5"}) from None
@@ -103,18 +118,18 @@ def _keep_refused(scope: Scope, status: int, outcome: str, reason: str, named: s
     """For the console's list of what was answered and not stored (engine.aircall.refused): in memory, never a
     write. A sender that hung up mid-body got no answer: it is in the log and the metrics only."""
     client = scope.get("client")
-    scope["state"]["runtime"].refused.note(status, outcome, reason, named, client[0] if client else None)
+    scope["state"]["gateway"].refused.note(status, outcome, reason, named, client[0] if client else None)
 
 
-def _authenticate(runtime: Runtime, document: object) -> None:
+def _authenticate(gate: Gateway, document: object) -> None:
     """The token, checked before anything of the body is explained: someone without it learns from the answer
     and the log that they were refused, and nothing of how their body would have been read."""
-    if not runtime.settings.webhook_tokens:
+    if not gate.token_digests:
         raise Refusal(401, "unauthorized", "no token is configured: set AIRCALL_WEBHOOK_TOKEN")
     token = _text_field(document, "token")
     if token is None:
         raise Refusal(401, "unauthorized", "missing token")
-    if not token_matches(token, runtime.token_digests):
+    if not token_matches(token, gate.token_digests):
         raise Refusal(401, "unauthorized", "wrong token")
 
 
@@ -174,7 +189,7 @@ async def _read_body(receive: Receive, limit: int, timeout: float) -> bytes:
 def _note(scope: Scope, started: float, event: str, status: int, outcome: str, **more: object) -> None:
     """The outcome's metrics and its log line (`more`: the reason of a refusal, or the stored webhook's key)."""
     seconds = time.perf_counter() - started
-    scope["state"]["runtime"].metrics.webhook(event, outcome, seconds)
+    scope["state"]["gateway"].observe(event, outcome, seconds)
     # Behind a trusted proxy (--forwarded-allow-ips) uvicorn has put the original sender here.
     client = scope.get("client")
     fields = {"event": event, "status": status, "outcome": outcome, **more}

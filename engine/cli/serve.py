@@ -9,6 +9,7 @@ import os
 import socket
 import sys
 
+from engine import logs
 from engine.cli.common import (
     EXIT_OK,
     UsageError,
@@ -16,7 +17,7 @@ from engine.cli.common import (
     settings_for,
 )
 from engine.mapping.findings import MappingError
-from engine.server import logs, metrics
+from engine.server import metrics
 from engine.server.runtime import load_server_mappings
 
 

@@ -25,10 +25,10 @@ import sys
 import threading
 from collections.abc import Callable
 
+from engine import logs
 from engine.config import Settings
 from engine.mapping.findings import MappingError
 from engine.processing.fetch import processing_fetcher
-from engine.server import logs
 
 log = logging.getLogger("engine.processing")
 

@@ -14,13 +14,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine import __version__
-from engine.aircall.webhook import PATH, gateway
+from engine import __version__, logs
+from engine.aircall.webhook import PATH, Gateway, gateway
 from engine.config import ConfigError, load_settings
 from engine.console.app import Console  # console: the web console, off unless ENGINE_CONSOLE_TOKEN is set
 from engine.mapping.findings import MappingError
 from engine.outbox import describe_db
-from engine.server import logs
 from engine.server.health import readiness
 from engine.server.runtime import Runtime, build_runtime, unknown_listed_events
 
@@ -143,7 +142,7 @@ def create_app(env_file: str | None = None) -> ASGIApp:
     console = Console()  # console
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Runtime]]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Runtime | Gateway]]:
         try:
             settings = load_settings(named or ".env", required=named is not None)
             logs.configure(settings.log_format, settings.log_level)
@@ -169,7 +168,8 @@ def create_app(env_file: str | None = None) -> ASGIApp:
         if settings.console_token:  # the first run's next step: where to look (the token is never logged)
             log.info("web console at /console/ on this server: sign in with ENGINE_CONSOLE_TOKEN")
         try:
-            yield {"runtime": runtime}
+            # The webhook route is handed its Gateway; the other routes (health, metrics, console) the runtime.
+            yield {"runtime": runtime, "gateway": runtime.gateway()}
         finally:
             await console.close()  # console
             await runtime.stop()

@@ -13,6 +13,7 @@ from engine.aircall.events import known_events
 from engine.aircall.refused import RecentRefusals
 from engine.aircall.selection import Selection
 from engine.aircall.watch import Watcher, WebhookWatch
+from engine.aircall.webhook import Gateway
 from engine.config import ConfigError, Settings
 from engine.mapping.findings import MappingsFolderError
 from engine.mapping.load import Mappings, load_mappings, mapping_files
@@ -55,6 +56,21 @@ class Runtime:
         if event is None:
             return "unknown"
         return event if isinstance(event, str) and event in self.known_events else "other"
+
+    def gateway(self) -> Gateway:
+        """What the webhook route is handed (engine.aircall.webhook): the settings it reads, the append, the
+        counts it keeps; nothing else of the server."""
+        settings = self.settings
+        return Gateway(
+            max_body_bytes=settings.max_body_bytes,
+            body_timeout_seconds=settings.body_timeout_seconds,
+            token_digests=self.token_digests,
+            event_label=self.event_label,
+            selection=self.selection,
+            append=self.committer.append,
+            refused=self.refused,
+            observe=self.metrics.webhook,
+        )
 
     async def stats(self) -> OutboxStats:
         """Outbox counts, read on a connection of their own so that a count never delays a commit."""

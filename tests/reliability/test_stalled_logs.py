@@ -11,7 +11,7 @@ import threading
 
 import requests
 
-from engine.server.logs import QUEUED_LINES
+from engine.logs import QUEUED_LINES
 from tests.conftest import ENGINE, ROOT
 from tests.harness import TOKEN, base_env, call_webhook, count, free_port, wait_for
 
