@@ -267,6 +267,26 @@ def test_playground_reports_templates_nested_too_deeply_as_findings_not_an_abnor
         answer = check(f'"{{{{ {template} }}}}"')
         assert "stopped" not in answer, answer
         assert [(f["line"], "template nests" in f["message"]) for f in answer["findings"]] == [(6, True)], answer
+        assert answer["findings"][0]["file"].endswith("mappings/call.ended.yaml") and answer["findings"][0]["edited"]
+    # A lone surrogate in the text (JSON can carry one) and a payload that is not a webhook: findings, named.
+    surrogate = json.dumps(
+        {
+            "file": "call.ended.yaml",
+            "text": base + "  properties:\n    x: \ud800\n",
+            "payload": json.dumps(sample("call.ended")),
+        }
+    )  # escaped: \\ud800 on the wire
+    answer = console.post(
+        "/console/api/playground", content=surrogate,
+        headers={"x-csrf-token": csrf, "content-type": "application/json"},
+    ).json()  # fmt: skip
+    assert "stopped" not in answer and "cannot read file" in answer["findings"][0]["message"], answer
+    broken = console.post(
+        "/console/api/playground",
+        json={"file": "call.ended.yaml", "text": base, "payload": '{"event": "call.ended"}'},
+        headers={"x-csrf-token": csrf},
+    ).json()
+    assert [f["file"] for f in broken["findings"]] == ["payload"], broken
 
 
 def test_download_gives_back_the_edited_file(console):

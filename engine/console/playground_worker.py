@@ -2,12 +2,11 @@
 check runs past its time limit).
 
 One JSON request a line on standard input, one JSON answer a line on the channel the server reads. Each check
-copies the mappings folder into a temporary folder, with the edited file in place of its original, and runs
-what `engine validate` runs (engine.mapping.validate.validate: the same loader, compiler and Jinja sandbox as the
-server), then renders the given webhook with the mapping for its event, exactly as processing would. Nothing
-is written to the mappings folder. Only the files the edited one can affect are copied: the bases, the edited
-file, and every event file when a base is edited; so a check costs milliseconds, not the whole folder's
-compile.
+reads the mapping files as texts, the edited text in place of its file's, and runs what `engine validate` runs
+on them (engine.mapping.validate.validate_texts: the same loader, compiler and Jinja sandbox as the server),
+then renders the given webhook with the mapping for its event, exactly as processing would. Nothing is
+written anywhere. Only the files the edited one can affect are read: the bases, the edited file, and every
+event file when a base is edited; so a check costs milliseconds, not the whole folder's compile.
 
 The process is limited to MEMORY_BYTES of address space and runs at a lower priority than the server: a
 template such as `{{ 'x' * 10**9 }}` fails with MemoryError here, and a runaway computation only delays the
@@ -20,15 +19,14 @@ import contextlib
 import json
 import os
 import resource
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 MEMORY_BYTES = 1 << 30
 PAYLOAD_NAME = "payload.json"
+SAMPLES_NAME = "<samples>"  # where findings say the samples are: no folder of that name is read or written
 
 
 def main() -> int:
@@ -74,13 +72,13 @@ def check(
 ) -> dict[str, Any]:
     """`file` of the folder `mappings` edited to `text`: findings and the messages `payload` becomes.
 
-    `shown` is how the mappings folder is named to the user (ENGINE_MAPPINGS as set), never the temporary folder.
+    `shown` is how the mappings folder is named to the user (ENGINE_MAPPINGS as set).
     """
     from engine.aircall.envelope import EnvelopeError, parse_webhook
     from engine.mapping.findings import MappingsFolderError
-    from engine.mapping.load import inspect_mappings, mapping_files
+    from engine.mapping.load import inspect_texts, mapping_files
     from engine.mapping.message import RenderError
-    from engine.mapping.validate import validate
+    from engine.mapping.validate import validate_texts
 
     started = time.perf_counter()
     source = Path(mappings)
@@ -88,57 +86,57 @@ def check(
         on_disk = {path.name: path for path in mapping_files(source)}
     except MappingsFolderError as exc:
         return {"stopped": str(exc)}
-    with tempfile.TemporaryDirectory(prefix="console-playground-") as temporary:
-        folder = Path(temporary) / "mappings"
-        samples = Path(temporary) / "samples"
-        folder.mkdir()
-        samples.mkdir()
-        edited_event = _keys_of(text)[0]
-        original_events: set[str] = set()
-        for name, path in on_disk.items():
-            event, _ = _keys_of_file(path)
-            if name == file:
-                original_events.add(event or "")
-                continue
-            affected = _extends(name, file, on_disk) or (edited_event is not None and event == edited_event)
-            if name.startswith("_") or affected:
-                shutil.copyfile(path, folder / name)
-                if event and not name.startswith("_"):
-                    original_events.add(event)
-        (folder / file).write_text(text, encoding="utf-8")
-        if fixtures and Path(fixtures).is_dir():
-            for path in Path(fixtures).glob("*.json"):
-                shutil.copyfile(path, samples / path.name)
-        (samples / PAYLOAD_NAME).write_text(payload, encoding="utf-8")
+    # Named as the user knows them; nothing is written: the texts go to the loader as they are.
+    folder, samples = Path(shown), Path(SAMPLES_NAME)
+    texts: dict[str, bytes] = {}
+    edited_event = _keys_of(text)[0]
+    original_events: set[str] = set()
+    for name, path in on_disk.items():
+        event, _ = _keys_of_file(path)
+        if name == file:
+            original_events.add(event or "")
+            continue
+        affected = _extends(name, file, on_disk) or (edited_event is not None and event == edited_event)
+        if name.startswith("_") or affected:
+            with contextlib.suppress(OSError):  # gone since it was listed: as if it had not been there
+                texts[name] = path.read_bytes()
+            if event and not name.startswith("_"):
+                original_events.add(event)
+    texts[file] = text.encode("utf-8", "surrogatepass")  # a lone surrogate: a finding, not a crash
+    sample_texts: list[tuple[Path, bytes]] = []
+    if fixtures and Path(fixtures).is_dir():
+        for path in sorted(Path(fixtures).glob("*.json")):
+            with contextlib.suppress(OSError):
+                sample_texts.append((samples / path.name, path.read_bytes()))
+    sample_texts.append((samples / PAYLOAD_NAME, payload.encode("utf-8", "surrogatepass")))
+    # The events whose missing mapping `engine validate` would report: those these files mapped.
+    enabled = original_events if events is None else set(events) & original_events
+    report = validate_texts(folder, texts, enabled, sample_texts)
+    findings = [_finding(f, folder, samples, shown, file) for f in report.findings]
 
-        # The events whose missing mapping `engine validate` would report: those these files mapped.
-        enabled = original_events if events is None else set(events) & original_events
-        report = validate(folder, enabled, samples)
-        findings = [_finding(f, folder, samples, shown, file) for f in report.findings]
-
-        messages: list[dict[str, Any]] = []
-        note = None
-        try:
-            webhook = parse_webhook(payload.encode("utf-8", "replace"))
-        except EnvelopeError:
-            webhook = None  # validate reported it, as a finding on the payload
-        if webhook is not None:
-            mapping = inspect_mappings(folder)[0].get(webhook.event)
-            if mapping is None:
-                note = f"This payload is a {webhook.event} webhook, and no mapping here maps {webhook.event}."
-            else:
-                try:
-                    messages = [
-                        {
-                            "messageId": message_id,
-                            "exact": body.decode(),
-                            "pretty": json.dumps(json.loads(body), indent=2, ensure_ascii=False),
-                            "bytes": len(body),
-                        }
-                        for message_id, body in mapping.render_json(webhook)
-                    ]
-                except RenderError as exc:
-                    note = f"No message: {_shown_text(str(exc), folder, samples, shown)}"
+    messages: list[dict[str, Any]] = []
+    note = None
+    try:
+        webhook = parse_webhook(payload.encode("utf-8", "replace"))
+    except EnvelopeError:
+        webhook = None  # validate reported it, as a finding on the payload
+    if webhook is not None:
+        mapping = inspect_texts(folder, texts)[0].get(webhook.event)
+        if mapping is None:
+            note = f"This payload is a {webhook.event} webhook, and no mapping here maps {webhook.event}."
+        else:
+            try:
+                messages = [
+                    {
+                        "messageId": message_id,
+                        "exact": body.decode(),
+                        "pretty": json.dumps(json.loads(body), indent=2, ensure_ascii=False),
+                        "bytes": len(body),
+                    }
+                    for message_id, body in mapping.render_json(webhook)
+                ]
+            except RenderError as exc:
+                note = f"No message: {_shown_text(str(exc), folder, samples, shown)}"
     return {
         "findings": findings,
         "messages": messages,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from jsonschema.exceptions import best_match
 from engine.aircall.envelope import EnvelopeError, Webhook, parse_webhook
 from engine.aircall.events import resource_of
 from engine.mapping.findings import Finding
-from engine.mapping.load import CompiledMapping, field_finding, inspect_mappings
+from engine.mapping.load import CompiledMapping, Mappings, field_finding, inspect_mappings, inspect_texts
 from engine.mapping.message import RenderError
 from engine.processing.fetch import FetchRefused, fetch_for
 from engine.schemas import segment_message_validator
@@ -83,6 +83,30 @@ def validate(
     stored and held until a mapping for them is added)."""
     directory = Path(directory)
     mappings, findings = inspect_mappings(directory)
+    return _validate(directory, mappings, findings, events, _sample_files(fixtures), catalogue)
+
+
+def validate_texts(
+    directory: Path,
+    texts: Mapping[str, bytes],
+    events: Iterable[str] | None,
+    samples: Iterable[tuple[Path, bytes]] = (),
+    catalogue: Iterable[str] = (),
+) -> Report:
+    """validate of mapping files and sample webhooks given as texts (the console's playground: an edited file
+    beside the ones on disk), named as the files of `directory` and the paths given: nothing is written."""
+    mappings, findings = inspect_texts(Path(directory), texts)
+    return _validate(Path(directory), mappings, findings, events, samples, catalogue)
+
+
+def _validate(
+    directory: Path,
+    mappings: Mappings,
+    findings: list[Finding],
+    events: Iterable[str] | None,
+    samples: Iterable[tuple[Path, bytes | OSError]],
+    catalogue: Iterable[str],
+) -> Report:
     report = Report(directory, findings, mappings=len(mappings))
     for event in sorted(set(events or ()) - mappings.claimed):
         report.findings.append(
@@ -107,7 +131,7 @@ def validate(
             )
         )
     timed: dict[str, list[Webhook]] = {}
-    for path, webhook in _samples(fixtures, report):
+    for path, webhook in _samples(samples, report):
         mapping = mappings.get(webhook.event)
         if mapping is not None:
             report.samples += 1
@@ -167,16 +191,25 @@ def _time(mapping: CompiledMapping, webhooks: list[Webhook], report: Report, bud
         )
 
 
-def _samples(fixtures: Path | None, report: Report) -> Iterable[tuple[Path, Webhook]]:
+def _sample_files(fixtures: Path | None) -> Iterable[tuple[Path, bytes | OSError]]:
     if fixtures is None or not fixtures.is_dir():
         return
     for path in sorted(fixtures.glob("*.json")):
         try:
-            yield path, parse_webhook(path.read_bytes())
+            yield path, path.read_bytes()
+        except OSError as exc:  # a folder named *.json, a file that cannot be read
+            yield path, exc
+
+
+def _samples(samples: Iterable[tuple[Path, bytes | OSError]], report: Report) -> Iterable[tuple[Path, Webhook]]:
+    for path, content in samples:
+        if isinstance(content, OSError):
+            report.findings.append(Finding(path, 1, 1, f"cannot read this sample: {content.strerror}"))
+            continue
+        try:
+            yield path, parse_webhook(content)
         except EnvelopeError as exc:
             report.findings.append(Finding(path, 1, 1, str(exc)))
-        except OSError as exc:  # a folder named *.json, a file that cannot be read
-            report.findings.append(Finding(path, 1, 1, f"cannot read this sample: {exc.strerror}"))
 
 
 def _sparse_webhooks(event: str) -> Iterable[tuple[str, Webhook]]:
