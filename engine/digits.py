@@ -14,3 +14,8 @@ def normalize_digits(text: str) -> str:
     """'+33 1 76-36 06 95' -> '+33176360695'; '' when there is no digit."""
     digits = _NOT_DIGITS.sub("", text)
     return ("+" + digits) if digits and text.lstrip().startswith("+") else digits
+
+
+def ascii_digits(text: str) -> bool:
+    """Whether `text` is one or more of 0-9 and nothing else: what int() reads as the number it looks like."""
+    return text.isascii() and text.isdigit()

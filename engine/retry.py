@@ -7,6 +7,8 @@ import email.utils
 import random
 import time
 
+from engine.digits import ascii_digits
+
 
 def backoff(attempt: int, base: float, cap: float) -> float:
     """Seconds before attempt `attempt + 1`: `base` doubled per attempt, at most `cap`, with equal jitter (between
@@ -21,7 +23,7 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if ascii_digits(value):
         return float(value)
     try:
         moment = email.utils.parsedate_to_datetime(value)

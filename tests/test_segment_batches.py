@@ -32,3 +32,7 @@ def test_retry_after_seconds_or_http_date():
     later = email.utils.formatdate(1_700_000_030, usegmt=True)
     assert 29 <= retry_after(later, now=1_700_000_000) <= 30
     assert retry_after(None) is None and retry_after("soon") is None
+
+
+def test_a_retry_after_of_digits_from_another_script_is_unreadable_not_an_error():
+    assert retry_after("²") is None and retry_after("٣") is None

@@ -24,6 +24,7 @@ from typing import Any
 import requests
 
 from engine import LIBRARY_NAME, __version__
+from engine.digits import ascii_digits
 from engine.retry import backoff, retry_after
 
 MINUTE = 60.0
@@ -227,9 +228,9 @@ class AircallClient:
         limit = response.headers.get("X-AircallApi-Limit", "").strip()
         remaining = response.headers.get("X-AircallApi-Remaining", "").strip()
         reset = response.headers.get("X-AircallApi-Reset")
-        if limit.isdigit() and int(limit) > 0:
+        if ascii_digits(limit) and int(limit) > 0:
             self.limit = int(limit)
-        if remaining.isdigit():
+        if ascii_digits(remaining):
             self._remaining = int(remaining)
         if reset is not None:
             with contextlib.suppress(ValueError):

@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 from engine.aircall.envelope import EnvelopeError, parse_json, webhook_from_json
 from engine.aircall.refused import RecentRefusals
 from engine.aircall.selection import Selection
+from engine.digits import ascii_digits
 from engine.outbox import OutboxUnavailable, StoredWebhook, stored_webhook
 
 log = logging.getLogger("engine.webhook")
@@ -159,7 +160,7 @@ def _check_headers(headers: list[tuple[bytes, bytes]], limit: int) -> None:
         raise Refusal(415, "unsupported_media_type", "content type must be application/json")
     if declared is None:
         return
-    if not declared.isdigit():
+    if not ascii_digits(declared):
         raise Refusal(400, "bad_request", "invalid Content-Length")
     if int(declared) > limit:
         raise Refusal(413, "too_large", f"body over {limit} bytes")

@@ -22,6 +22,7 @@ from engine.cli.common import (
     settings_for,
 )
 from engine.config import Settings, parse_env_line, parse_events
+from engine.digits import ascii_digits
 from engine.mapping.findings import MappingsFolderError
 from engine.mapping.load import inspect_mappings
 from engine.processing.fetch import WaitingFetcher
@@ -184,7 +185,7 @@ def _aircall_numbers(args: argparse.Namespace) -> int:
 
 
 def _per_minute(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not ascii_digits(text) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of requests a minute, 1 or more")
     return int(text)
 

@@ -15,6 +15,7 @@ from engine.cli.common import (
     open_outbox_for,
     settings_for,
 )
+from engine.digits import ascii_digits
 from engine.mapping.load import load_mappings
 from engine.processing.fetch import waiting_fetcher
 from engine.processing.replay import replay_dead_letters
@@ -109,7 +110,7 @@ MAX_ROW_ID = 2**63 - 1  # what SQLite and PostgreSQL ids can be; a larger number
 
 
 def _row_id(text: str) -> int:
-    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_ROW_ID:
+    if not ascii_digits(text.strip()) or not 1 <= int(text) <= MAX_ROW_ID:
         raise argparse.ArgumentTypeError(f"{text!r} is not a dead letter's id (a whole number, 1 or more)")
     return int(text)
 

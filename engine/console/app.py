@@ -33,6 +33,7 @@ from engine.console import queries
 from engine.console.auth import CSRF_FIELD, CSRF_HEADER, Gate, Session, csrf_matches
 from engine.console.pages import STATIC, Pages
 from engine.console.playground import FILE_NAME, Playground, PlaygroundRefused
+from engine.digits import ascii_digits
 from engine.mapping.findings import MappingError, MappingsFolderError
 from engine.mapping.load import load_mappings, mapping_files
 from engine.mapping.validate import find_fixtures
@@ -464,7 +465,7 @@ def _client(request: Request) -> str:
 
 
 def _int(value: str | None) -> int | None:
-    return int(value) if value is not None and value.isdigit() and len(value) < 19 else None
+    return int(value) if value is not None and ascii_digits(value) and len(value) < 19 else None
 
 
 FILTERS = ("event", "outcome", "call", "since", "until", "before")  # the Webhooks page's query string
