@@ -7,6 +7,7 @@ import pytest
 
 from engine.aircall.envelope import Webhook
 from engine.outbox import NewMessage, Processed, SqliteOutbox, stored_webhook
+from tests.conftest import MAPPINGS
 from tests.harness import free_port
 
 
@@ -340,3 +341,40 @@ def test_engine_db_naming_a_folder_or_a_bare_scheme_says_what_to_name_instead(en
         run = engine(*command, env={"ENGINE_DB": "sqlite://", "AIRCALL_WEBHOOK_TOKEN": "t"}, timeout=30)
         assert run.code == 2 and run.err.count("ENGINE_DB") == 1, run.err
         assert "neither a SQLite file (a path, or sqlite:///relative/path" in run.err
+
+
+def test_a_role_without_rights_on_the_database_is_one_line_naming_the_permission(engine, postgres_cluster, tmp_path):
+    """A database the role does not own (PostgreSQL 15: no CREATE on its public schema): was a traceback."""
+    import psycopg
+
+    with psycopg.connect(postgres_cluster.url(), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS not_theirs")
+        conn.execute("DROP ROLE IF EXISTS weak")
+        conn.execute("CREATE ROLE weak LOGIN PASSWORD 'weakpw'")
+        conn.execute("CREATE DATABASE not_theirs")
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")  # PostgreSQL 15's default, on older ones too
+    url = f"postgresql://weak:weakpw@127.0.0.1:{postgres_cluster.port}/not_theirs"
+    for command in (["outbox", "status"], ["outbox", "replay"], ["serve", "--port", str(free_port())]):
+        run = engine(*command, env={"ENGINE_DB": url, "AIRCALL_WEBHOOK_TOKEN": "t"}, timeout=30)
+        assert run.code == 2 and "Traceback" not in run.err, (command, run.err)
+        assert run.err.count("\n") == 1 and "weakpw" not in run.err, run.err
+    assert "no outbox tables" in engine("outbox", "status", env={"ENGINE_DB": url}).err
+    served = engine("serve", "--port", str(free_port()), env={"ENGINE_DB": url, "AIRCALL_WEBHOOK_TOKEN": "t"})
+    assert "PostgreSQL refused: permission denied for schema public (the role in ENGINE_DB needs" in served.err
+
+
+def test_a_malformed_password_is_never_printed_even_when_libpq_quotes_it(engine, postgres_cluster):
+    port = postgres_cluster.port
+    for url, secret in [(f"postgresql://u:100%secret@127.0.0.1:{port}/db", "secret"),
+                        (f"postgresql://u:S%00ECRET@127.0.0.1:{port}/db", "ECRET"),
+                        (f"postgresql://u:SECRETPW@[::1:{port}/db", "SECRETPW")]:  # fmt: skip
+        run = engine("outbox", "status", env={"ENGINE_DB": url})
+        assert run.code == 2 and secret not in run.err and "Traceback" not in run.err, run.err
+
+
+def test_a_url_mistyped_with_one_slash_is_refused_not_a_sqlite_file_in_a_folder_named_after_it(engine, tmp_path):
+    for setting in ("postgresql:/bridge:SECRETPW@db:5432/bridge", "file:/tmp/outbox.sqlite3", "mysql:/x"):
+        env = {"ENGINE_DB": setting, "AIRCALL_WEBHOOK_TOKEN": "t", "ENGINE_MAPPINGS": str(MAPPINGS)}
+        run = engine("serve", "--port", str(free_port()), cwd=tmp_path, env=env, timeout=30)
+        assert run.code == 2 and "neither a SQLite file" in run.err and "SECRETPW" not in run.err, run.err
+    assert list(tmp_path.iterdir()) == []  # no folder `postgresql:` made

@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import re
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -455,11 +456,15 @@ ALL_SESSIONS = "*"  # end_console_session's key for "every session begun before 
 CONSOLE_SESSION_SECONDS = 12 * 3600  # a console session's lifetime: what is ended is remembered as long
 
 
+_LOOKS_LIKE_A_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/")
+
+
 def sqlite_path(setting: str) -> Path:
     """ENGINE_DB: a file path, or sqlite:///relative/path and sqlite:////absolute/path."""
     if setting.startswith("sqlite:///"):
         return Path(setting.removeprefix("sqlite:///"))
-    if "://" in setting:
+    # `postgresql:/host/db` (a slash short) is a URL mistyped, not a file to create in a folder `postgresql:`.
+    if "://" in setting or _LOOKS_LIKE_A_URL.match(setting):
         raise ValueError(
             "neither a SQLite file (a path, or sqlite:///relative/path or sqlite:////absolute/path) "
             "nor a postgresql:// URL"
@@ -474,16 +479,39 @@ def is_postgres(setting: str) -> bool:
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/*")
+
+
 def describe_db(setting: str) -> str:
-    """ENGINE_DB as logs may show it: a PostgreSQL URL without its password, wherever it is written."""
-    scheme, sep, rest = setting.partition("://")
-    if not sep:
+    """ENGINE_DB as logs may show it: a PostgreSQL URL without its password, wherever it is written (a URL
+    mistyped with one slash, too)."""
+    scheme = _SCHEME.match(setting)
+    if scheme is None:
         return setting
+    sep, rest = "", setting[scheme.end() :]
+    scheme_text = scheme.group()
     # The last '@' ends the credentials: a password may hold an '@' its writer did not percent-encode.
     credentials, at, location = rest.rpartition("@")
     if at and ":" in credentials:
         rest = f"{credentials.split(':', 1)[0]}:***@{location}"
-    return scheme + sep + _QUERY_PASSWORD.sub(r"\1***", rest)
+    return scheme_text + sep + _QUERY_PASSWORD.sub(r"\1***", rest)
+
+
+def without_password(text: str, setting: str) -> str:
+    """`text` (a driver's error, which may quote the URL or a piece of it) with the URL's password masked,
+    as written and percent-decoded: libpq quotes a malformed password in its reason ('invalid percent-encoded
+    token: "100%secret"')."""
+    text = text.replace(setting, describe_db(setting))
+    credentials = setting.partition("://")[2].rpartition("@")[0]
+    password = credentials.partition(":")[2]
+    for secret in {password, urllib.parse.unquote(password)}:
+        if len(secret) >= 3:  # a one-letter password would mask every such letter of the reason
+            text = text.replace(secret, "***")
+    for match in _QUERY_PASSWORD.finditer(setting):
+        value = match.group().partition("=")[2]
+        if len(value) >= 3:
+            text = text.replace(value, "***")
+    return text
 
 
 def check_postgres_url(setting: str) -> None:

@@ -41,7 +41,7 @@ from engine.outbox import (
     first_id,
     per_minute,
 )
-from engine.outbox.base import FoundWebhooks, WebhookColumns, WebhookFilter, find_webhooks
+from engine.outbox.base import FoundWebhooks, WebhookColumns, WebhookFilter, find_webhooks, without_password
 
 T = TypeVar("T")
 _CONNECTION_ERRORS = (PoolTimeout, psycopg.OperationalError)
@@ -169,14 +169,18 @@ class PostgresOutbox:
         # say only "pool initialization incomplete after 3.0 sec".
         reason = _why_no_connection(url, connect_timeout)
         if reason is not None:
-            raise OutboxUnavailable(f"cannot connect to PostgreSQL: {reason}")
+            raise OutboxUnavailable(f"cannot connect to PostgreSQL: {without_password(reason, url)}")
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
         except _CONNECTION_ERRORS as exc:
             self._pool.close()
-            raise OutboxUnavailable(f"cannot connect to PostgreSQL: {_first_line(exc)}") from None
+            reason = without_password(_first_line(exc), url)
+            raise OutboxUnavailable(f"cannot connect to PostgreSQL: {reason}") from None
         try:
             self._write(self._check_schema if read_only else self._migrate)
+        except psycopg.Error as exc:  # a role without the right to read or create the outbox's tables, say
+            self._pool.close()
+            raise OutboxRefused(f"PostgreSQL refused: {without_password(_first_line(exc), url)}{_hint(exc)}") from None
         except BaseException:
             self._pool.close()
             raise
@@ -227,6 +231,10 @@ class PostgresOutbox:
 
     def _migrate(self, conn: psycopg.Connection) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        # Created only where an outbox may be created or migrated: the other commands need no CREATE right.
+        exists = conn.execute("SELECT to_regclass('engine_schema')").fetchone()[0] is not None
+        if not exists and not self.create:
+            raise OutboxRefused(f"{self.path} is not an aircall-segment outbox: it has no outbox tables")
         conn.execute("CREATE TABLE IF NOT EXISTS engine_schema (version INTEGER NOT NULL)")
         row = conn.execute("SELECT version FROM engine_schema").fetchone()
         version = row[0] if row else 0
@@ -747,6 +755,15 @@ _per_minute = functools.partial(per_minute, mark="%s", minute="floor(({column} -
 
 
 # -- end of console reads: helpers ------------------------------------------------------------------------------
+
+
+def _hint(exc: psycopg.Error) -> str:
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return (
+            " (the role in ENGINE_DB needs to own the database, or CREATE on its schema for `engine serve` and "
+            "`engine backfill`, and SELECT, INSERT, UPDATE, DELETE on the outbox's tables)"
+        )
+    return ""
 
 
 def _why_no_connection(url: str, timeout: float) -> str | None:
