@@ -6,6 +6,7 @@ Secrets (tokens, write key, API token) are never part of an error message.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass, field
@@ -136,15 +137,16 @@ def _plain(number: float) -> str:
 CONSOLE_TOKEN_MIN_LENGTH = 16
 
 
-CONSOLE_TOKEN_MIN_BITS = 64  # what 16 hex digits carry
+# Estimated as length x log2(the characters it uses): 16 random hex digits rate 40 or more (they carry 64).
+CONSOLE_TOKEN_MIN_BITS = 40
+# The token README's first command sets, so that a newcomer sees the console a minute after cloning. Anyone can
+# read it: `engine serve` refuses it beyond loopback, and the console signs in with it only from this machine.
+FIRST_RUN_CONSOLE_TOKEN = "first-run-console-token"
 
 
 def _console_token(value: str | None) -> str | None:
-    """ENGINE_CONSOLE_TOKEN: unset keeps the console off; set, it must be long and varied enough not to be guessed.
-
-    Varied: its length times log2 of the number of distinct characters it uses, a generous estimate of what it
-    carries (exact for random hex), at least CONSOLE_TOKEN_MIN_BITS: sixteen 'a's carry nothing.
-    """
+    """ENGINE_CONSOLE_TOKEN: unset keeps the console off; set, it must be long and varied enough not to be guessed
+    (_guessable: sixteen 'a's, a word repeated, a run along the keyboard are refused; random tokens are not)."""
     if value is None:
         return None
     if len(value) < CONSOLE_TOKEN_MIN_LENGTH:
@@ -152,12 +154,31 @@ def _console_token(value: str | None) -> str | None:
             f"ENGINE_CONSOLE_TOKEN: must be at least {CONSOLE_TOKEN_MIN_LENGTH} characters "
             "(`openssl rand -hex 16` makes one)"
         )
-    if len(value) * math.log2(max(len(set(value)), 1)) < CONSOLE_TOKEN_MIN_BITS:
-        raise ConfigError(
-            f"ENGINE_CONSOLE_TOKEN: too easy to guess: it repeats {len(set(value))} different characters "
-            "(`openssl rand -hex 16` makes one)"
-        )
+    why = _guessable(value)
+    if why is not None:
+        raise ConfigError(f"ENGINE_CONSOLE_TOKEN: too easy to guess: {why} (`openssl rand -hex 16` makes one)")
     return value
+
+
+# Runs a person types: digits and letters in order, and the rows of a keyboard.
+_RUNS = ("0123456789", "abcdefghijklmnopqrstuvwxyz", "qwertyuiop", "asdfghjkl", "zxcvbnm")
+_NEIGHBOURS = {(run[i], run[i + 1]) for run in _RUNS for i in range(len(run) - 1)}
+_NEIGHBOURS |= {(b, a) for a, b in _NEIGHBOURS}
+
+
+def _guessable(token: str) -> str | None:
+    """Why a token is too easy to guess, or None. Not a password policy: what random tokens never are and
+    typed ones often are (few different characters, a repeated word, a run along the keys or the alphabet)."""
+    distinct = len(set(token))
+    if distinct < 6 or len(token) * math.log2(distinct) < CONSOLE_TOKEN_MIN_BITS:
+        return f"it uses {distinct} different characters"
+    if token in (token + token)[1:-1]:  # 'changemechangeme': a shorter text repeated
+        return "it repeats a shorter text"
+    lowered = token.lower()
+    pairs = list(itertools.pairwise(lowered))
+    if sum(pair in _NEIGHBOURS for pair in pairs) * 2 > len(pairs):
+        return "it runs along the keyboard or the alphabet"
+    return None
 
 
 def _secret_list(value: str | None) -> tuple[str, ...]:

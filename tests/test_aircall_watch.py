@@ -14,7 +14,7 @@ from tests.conftest import run_engine
 from tests.harness import TOKEN, metric, wait_for
 
 URL = "https://bridge.example/webhooks/aircall"
-CONSOLE_TOKEN = "watch-console-0123456789abcdef"
+CONSOLE_TOKEN = "watch-console-7f3a9c2e5b8d1046"
 
 
 def watched(server) -> dict | None:

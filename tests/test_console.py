@@ -19,7 +19,7 @@ from engine.server.app import create_app
 from tests.conftest import FIXTURES, MAPPINGS, run_engine
 from tests.harness import TOKEN, sample, wait_for
 
-CONSOLE_TOKEN = "console-token-0123456789abcdef"
+CONSOLE_TOKEN = "console-token-7f3a9c2e5b8d1046"
 SECRETS = {
     "SEGMENT_WRITE_KEY": "write-key-that-must-never-show",
     "AIRCALL_API_ID": "api-id-that-must-never-show",

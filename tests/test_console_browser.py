@@ -33,7 +33,7 @@ if CHROMIUM is None:
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
-CONSOLE_TOKEN = "browser-console-token-0123456789"
+CONSOLE_TOKEN = "browser-console-token-7f3a9c2e5b"
 XSS_NAME = "<img src=x onerror=alert(1)>"
 ACCOUNT_TOKEN = "token-of-the-aircall-account-0001"
 VIEWPORT = {"width": 1280, "height": 900}

@@ -91,3 +91,27 @@ def test_the_first_run_console_token_is_refused_wherever_the_server_listens_beyo
         run = run_engine("serve", "--host", host, "--port", str(free_port()), env=env, timeout=30)
         assert run.code == 2 and "README's first-run token is public" in run.err, (host, run.err)
         assert "first-run-console-token" not in run.err
+
+
+def test_the_first_run_token_signs_in_from_this_machine_only_whatever_runs_the_app(tmp_path, engine_server):
+    """`uvicorn server:app --host 0.0.0.0` skips `engine serve`'s check: the console itself refuses the public
+    token to a request that did not come from loopback to loopback (here Starlette's test client, 'testclient')."""
+    import re
+
+    import requests
+
+    from tests.test_console import app_in
+
+    def sign_in(session, url: str):
+        form = session.get(f"{url}/console/sign-in").text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
+        return session.post(f"{url}/console/sign-in", data={"csrf": csrf, "token": "first-run-console-token"})
+
+    with app_in(tmp_path, ENGINE_CONSOLE_TOKEN="first-run-console-token") as client:
+        refused = sign_in(client, "")
+        assert refused.status_code == 401 and "public first-run token" in refused.text
+        assert client.get("/console/", follow_redirects=False).status_code == 303  # not signed in
+    server = engine_server(ENGINE_CONSOLE_TOKEN="first-run-console-token")  # 127.0.0.1, as README runs it
+    local = requests.Session()
+    assert sign_in(local, server.url).status_code == 200
+    assert local.get(f"{server.url}/console/", allow_redirects=False).status_code == 200

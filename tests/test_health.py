@@ -130,7 +130,7 @@ def test_a_webhook_aircall_disabled_is_degraded_and_aircall_no_longer_connected_
     from tests.harness import TOKEN
 
     aircall.control(add_webhook={"url": "https://bridge.test/webhooks/aircall", "token": TOKEN})
-    console_token = "health-console-token-0123456789"
+    console_token = "health-console-token-7f3a9c2e5b"
     server = engine_server(**aircall.settings(), AIRCALL_WATCH_SECONDS="0.3", ENGINE_CONSOLE_TOKEN=console_token)
     wait_for(lambda: (server.health()["aircall_webhook"] or {}).get("state") == "active", what="a first look")
     assert ready(server)[0] == 200

@@ -16,6 +16,7 @@ from engine.cli.common import (
     open_outbox_for,
     settings_for,
 )
+from engine.config import FIRST_RUN_CONSOLE_TOKEN
 from engine.mapping.findings import MappingError
 from engine.server import metrics
 from engine.server.runtime import load_server_mappings
@@ -32,11 +33,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="proxies whose X-Forwarded-* headers are trusted (default 127.0.0.1: a proxy on this machine)",
     )
     serve.set_defaults(run=_serve)
-
-
-# The token README's first command sets, so that a newcomer sees the console a minute after cloning. Anyone can
-# read it: it is refused wherever the server listens beyond this machine.
-FIRST_RUN_CONSOLE_TOKEN = "first-run-console-token"
 
 
 def _loopback(host: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import json
 import logging
 import sqlite3
@@ -29,6 +30,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from engine.aircall.events import is_event_name
 from engine.aircall.webhook import PATH
+from engine.config import FIRST_RUN_CONSOLE_TOKEN
 from engine.console import queries
 from engine.console.auth import CSRF_FIELD, CSRF_HEADER, Gate, Session, csrf_matches
 from engine.console.pages import STATIC, Pages
@@ -205,12 +207,15 @@ class Console:
             return RedirectResponse(f"{_base(request)}/", status_code=303)
         return self._sign_in_page(request, session)
 
-    def _sign_in_page(self, request: Request, session: Session | None, wrong: bool = False) -> Response:
+    def _sign_in_page(
+        self, request: Request, session: Session | None, wrong: bool = False, public: bool = False
+    ) -> Response:
         """The form, with a CSRF token of a session not signed in (so that signing in is a checked POST too)."""
         session = session or self.gate.new_session(signed_in=False)
         response = self.pages.render(
-            request, "sign_in.html", {"csrf": session.csrf, "wrong": wrong}, status_code=401 if wrong else 200
-        )
+            request, "sign_in.html", {"csrf": session.csrf, "wrong": wrong, "public": public},
+            status_code=401 if wrong or public else 200,
+        )  # fmt: skip
         self.gate.keep(response, request, session)
         return response
 
@@ -223,6 +228,13 @@ class Console:
             log.warning("console sign-in refused: wrong token", extra={"fields": {"client": _client(request)}})
             await asyncio.sleep(WRONG_TOKEN_DELAY)
             return self._sign_in_page(request, None, wrong=True)
+        if form.get("token") == FIRST_RUN_CONSOLE_TOKEN and not _on_this_machine(request):
+            # README's public token: `engine serve` refuses it beyond loopback, but `uvicorn server:app --host
+            # 0.0.0.0` or a proxy in front would carry it further. It signs in from this machine only.
+            log.warning(
+                "console sign-in refused: the public first-run token", extra={"fields": {"client": _client(request)}}
+            )
+            return self._sign_in_page(request, None, public=True)
         log.info("console signed in", extra={"fields": {"client": _client(request)}})
         response = RedirectResponse(f"{_base(request)}/", status_code=303)
         self.gate.keep(response, request, self.gate.new_session(signed_in=True))  # a new CSRF token too
@@ -236,7 +248,7 @@ class Console:
         everywhere = form.get("everywhere") == "1"
         key = ALL_SESSIONS if everywhere else session.key
         await runtime.committer.call(runtime.outbox.end_console_session, key, time.time())
-        log.info("console signed out everywhere=%s client=%s", everywhere, _client(request))
+        log.info("console signed out", extra={"fields": {"everywhere": everywhere, "client": _client(request)}})
         return self._signed_out(request)
 
     async def ended(self, session: Session) -> bool:
@@ -458,6 +470,16 @@ class Console:
 
 def _base(request: Request) -> str:
     return request.scope.get("root_path") or "/console"
+
+
+def _on_this_machine(request: Request) -> bool:
+    """The request came from this machine to a loopback address: no network, and no proxy that forwarded it
+    (behind a trusted proxy uvicorn puts the original sender in `client`)."""
+    try:
+        ends = [request.client.host if request.client else "", (request.scope.get("server") or ("",))[0]]
+        return all(ipaddress.ip_address(end).is_loopback for end in ends)
+    except ValueError:
+        return False
 
 
 def _client(request: Request) -> str:
