@@ -456,3 +456,22 @@ def test_engine_events_keeps_each_row_of_its_table_one_row(engine, mappings_copy
     assert run.code == 0, run.err
     [row] = [line for line in run.out.splitlines() if line.startswith("| `call.ended` |")]
     assert row == "| `call.ended` | track `a \\| b` | `_call.yaml`, p\\|q |"
+
+
+def test_what_map_and_select_give_is_a_list_so_nothing_depends_on_a_generators_address(engine, tmp_path):
+    """A generator's repr (its address) reached Segment through `~` and stable_id: a different value each run."""
+    template = "{{ stable_id('tags', data.tags | map(attribute='name')) ~ '|' ~ (data.tags | select) }}"
+    folder = lone_mapping(tmp_path / "mappings", template)
+    runs = {
+        json.loads(engine("render", "-", "--mappings", str(folder), stdin=json.dumps(
+            {**json.loads((FIXTURES / "number.created.json").read_text()), "data": {"tags": [{"name": "vip"}]}}
+        ).encode()).out)[0]["properties"]["weird"]
+        for _ in range(2)
+    }  # fmt: skip
+    [value] = runs
+    assert "generator" not in value and value.endswith("|[{'name': 'vip'}]")
+    (tmp_path / "second").mkdir()
+    failing = lone_mapping(tmp_path / "second" / "mappings", "{{ ['a'] | map('nosuch') | string }}")
+    run = engine("validate", str(failing))
+    assert run.code == 1 and "Traceback" not in run.err
+    assert findings(run) and all(line.startswith("number.created.yaml:7:12: ") for line in findings(run))

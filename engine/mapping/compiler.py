@@ -573,7 +573,7 @@ _JINJA_FUNCTIONS = frozenset(id(f) for f in (*jinja2.filters.FILTERS.values(), *
 def _context_blind(env: MappingEnvironment) -> bool:
     """Whether every filter and test of `env` that is given a context is one of Jinja's own."""
     functions = (*env.filters.values(), *env.tests.values())
-    return all(_passes(f) is None or id(f) in _JINJA_FUNCTIONS for f in functions)
+    return all(_passes(f) is None or id(getattr(f, "wraps_jinja", f)) in _JINJA_FUNCTIONS for f in functions)
 
 
 def _passes(function: Any) -> str | None:

@@ -9,6 +9,7 @@ builds the whole list of messages, compiled once: one call per webhook instead o
 from __future__ import annotations
 
 import difflib
+import functools
 import itertools
 import math
 import sys
@@ -61,6 +62,10 @@ class MappingEnvironment(ImmutableSandboxedEnvironment):
         self.filters["e164"] = e164
         self.filters["pluck"] = pluck
         self.filters["split_long"] = split_long
+        # Jinja's map, select and the like give generators: their repr (an address) reached Segment through `~`,
+        # `string` or `stable_id`, and their errors came only when the message was encoded. Lists here.
+        for name in _LAZY_FILTERS:
+            self.filters[name] = _eager(self.filters[name])
         self.globals["stable_id"] = stable_id
 
         # Compiled templates call environment.getattr for every `a.b`: bound here as plain functions on the
@@ -97,6 +102,21 @@ class MappingEnvironment(ImmutableSandboxedEnvironment):
             return _missing_as_none(sandboxed(obj, argument))
 
         return getitem
+
+
+_LAZY_FILTERS = ("map", "select", "reject", "selectattr", "rejectattr")
+
+
+def _eager(lazy: Callable[..., Any]) -> Callable[..., Any]:
+    """Jinja's filter `lazy`, its result a list. It keeps what Jinja passes it (functools.wraps copies the
+    pass_context mark), and `wraps_jinja` tells the compiler that its context is only ever Jinja's own use."""
+
+    @functools.wraps(lazy)
+    def eager(*args: Any, **kwargs: Any) -> list[Any]:
+        return list(lazy(*args, **kwargs))
+
+    eager.wraps_jinja = lazy  # type: ignore[attr-defined]
+    return eager
 
 
 def _missing_as_none(value: Any) -> Any:
