@@ -475,3 +475,16 @@ def test_what_map_and_select_give_is_a_list_so_nothing_depends_on_a_generators_a
     run = engine("validate", str(failing))
     assert run.code == 1 and "Traceback" not in run.err
     assert findings(run) and all(line.startswith("number.created.yaml:7:12: ") for line in findings(run))
+
+
+def test_a_long_value_the_schema_refuses_keeps_the_reason_in_its_finding(engine, mappings_copy):
+    """Findings were cut at 199 characters: a 250-character event name kept its value and lost 'is too long'."""
+    write(
+        mappings_copy,
+        "call.ended.yaml",
+        CALL_ENDED_HEAD.replace("event: call.ended\n", f"event: {'call_ended_' * 25}\n"),
+    )
+    run = engine("validate", str(mappings_copy))
+    assert run.code == 1
+    [finding] = [line for line in findings(run) if line.startswith("call.ended.yaml:4")]
+    assert finding.endswith("is too long") and "…" in finding and len(finding) < 260, finding

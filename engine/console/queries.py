@@ -185,7 +185,8 @@ def _refused_lately(runtime: Runtime, now: float) -> str | None:
         return None
     reasons = ", ".join(sorted({r.reason for r in lately}))
     return (
-        f"{len(lately)} webhook(s) refused with 401 in the last 15 minutes ({reasons}), the newest from "
+        f"{len(lately)} webhook(s) refused with 401 by this server process in the last 15 minutes ({reasons}), "
+        f"the newest from "
         f"{lately[0].client or 'an unknown address'}: is AIRCALL_WEBHOOK_TOKEN the token of Aircall's webhook? "
         "Webhooks lists them"
     )

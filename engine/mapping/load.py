@@ -370,8 +370,16 @@ def _schema_finding(source: SourceFile, error: ValidationError) -> Finding:
             hint = f"; allowed here: {', '.join(sorted(allowed))}" if allowed else ""
             return _at(source, (*path, extra[0]), f"unknown key {extra[0]!r}{hint}", key=True)
     where = ".".join(str(p) for p in path)
-    message = error.message if len(error.message) < 200 else error.message[:199] + "…"
-    return _at(source, path, f"{where}: {message}" if where else message)
+    return _at(source, path, f"{where}: {_shortened(error)}" if where else _shortened(error))
+
+
+def _shortened(error: ValidationError) -> str:
+    """jsonschema's message, the value it quotes cut short and its reason kept ('... is too long')."""
+    message = error.message
+    quoted = repr(error.instance)
+    if len(quoted) > 80 and message.startswith(quoted):
+        message = quoted[:60] + "…" + quoted[-1:] + message[len(quoted) :]
+    return message if len(message) < 200 else message[:100] + " … " + message[-96:]
 
 
 def _at(source: SourceFile, path: yamlsource.Path_, message: str, key: bool = False) -> Finding:
