@@ -382,8 +382,9 @@ def catch_up(seconds: int) -> None:
     finally:
         stop(engine)
         stop(durable)
-    print(f"# catching up a backlog of wrk -t1 -c32 -d{seconds}s (processing stopped meanwhile), {machine()}; "
-          f"{priority}")
+    print(
+        f"# catching up a backlog of wrk -t1 -c32 -d{seconds}s (processing stopped meanwhile), {machine()}; {priority}"
+    )
     print(f"backlog {stored:,.0f} webhooks; p99 at 1,000 req/s while it is mapped {during:.1f} ms "
           f"({left:,.0f} still to map after), once mapped {after:.1f} ms; durable app {disk:.1f} ms")  # fmt: skip
     print(f"a backlog of {second:,.0f} mapped with no load at {mapping_rate:,.0f} webhooks/s")
@@ -419,11 +420,15 @@ def burst_lag(seconds: int) -> None:
         stop(engine)
         stop(durable)
     print(f"# a burst of wrk -t1 -c32 -d{seconds}s with mapping running, {machine()}; {priority}")
-    print(f"engine {load['rate']:,.0f} req/s (p99 {load['p99_ms']:.1f} ms), durable app just before "
-          f"{baseline['rate']:,.0f} (p99 {baseline['p99_ms']:.1f} ms): ratio {load['rate'] / baseline['rate']:.2f}")
-    print(f"mapped during the burst {load['requests'] - left:,.0f} of {load['requests']:,.0f} "
-          f"({(load['requests'] - left) / seconds:,.0f}/s); left {left:,} to map, all mapped {lag:.1f} s after "
-          f"the burst ended ({left / lag if lag else 0:,.0f}/s)")
+    print(
+        f"engine {load['rate']:,.0f} req/s (p99 {load['p99_ms']:.1f} ms), durable app just before "
+        f"{baseline['rate']:,.0f} (p99 {baseline['p99_ms']:.1f} ms): ratio {load['rate'] / baseline['rate']:.2f}"
+    )
+    print(
+        f"mapped during the burst {load['requests'] - left:,.0f} of {load['requests']:,.0f} "
+        f"({(load['requests'] - left) / seconds:,.0f}/s); left {left:,} to map, all mapped {lag:.1f} s after "
+        f"the burst ended ({left / lag if lag else 0:,.0f}/s)"
+    )
 
 
 # -- drain ----------------------------------------------------------------------------------------------------
@@ -578,8 +583,9 @@ def children(pid: int) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["ingest", "wrk", "e2e", "drain", "memory", "memory-webhooks", "catch-up",
-                                             "lag"])
+    parser.add_argument(
+        "what", choices=["ingest", "wrk", "e2e", "drain", "memory", "memory-webhooks", "catch-up", "lag"]
+    )
     parser.add_argument("--count", type=int, help="requests per ingest round, messages to drain or to keep")
     parser.add_argument("--seconds", type=int, default=10, help="wrk's duration (wrk, e2e, catch-up, lag)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (wrk)")
