@@ -93,14 +93,14 @@ def processing_threads(server_pid: int) -> list[int]:
     return tids
 
 
-def set_processing_priority(server_pid: int) -> None:
-    """BENCH_PROCESSING_NICENESS, if set: the processing threads' niceness (or SCHED_IDLE), set from outside.
-    Threads the processing process starts later inherit it from the thread that starts them."""
+def set_processing_priority(server_pid: int, wanted: str | None = None) -> None:
+    """`wanted` or else BENCH_PROCESSING_NICENESS, if set: the processing threads' niceness (or SCHED_IDLE), set
+    from outside. Threads the processing process starts later inherit it from the thread that starts them."""
     # The server answers before its child has started: wait for the child's second thread, which it starts after
     # its own os.nice (else that would add to what is set here, or the niceness printed be the start's).
     wait_for(lambda: len(processing_threads(server_pid)) >= 2, 30, 0.05, what="the processing process started")
     time.sleep(0.2)
-    wanted = os.environ.get("BENCH_PROCESSING_NICENESS")
+    wanted = wanted or os.environ.get("BENCH_PROCESSING_NICENESS")
     if not wanted:
         return
     tids = processing_threads(server_pid)
@@ -431,6 +431,82 @@ def burst_lag(seconds: int) -> None:
     )
 
 
+def priorities(seconds: int, rounds: int, values: list[str]) -> None:
+    """One engine per processing priority in `values` (a niceness, or `idle`), all in one run: each round the bare
+    app, the durable app, then each engine (in an order turned by one every round) take a wrk burst; after each
+    engine's burst, the backlog it left and how long it takes to map. Then each paced at 1,000 req/s."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-priorities-"))
+    template = wrk_template(tmp)
+    ports = {"bare": free_port(), "durable": free_port()}
+    procs = {"bare": bare_server(tmp, ports["bare"]), "durable": durable_server(tmp, ports["durable"])}
+    shown = {}
+    for value in values:
+        folder = tmp / f"engine-{value}"
+        folder.mkdir()
+        ports[value] = free_port()
+        procs[value] = engine_server(folder, ports[value])
+        set_processing_priority(procs[value].pid, value)
+        shown[value] = processing_priority(procs[value].pid)
+
+    def unprocessed(value: str) -> int:
+        conn = sqlite3.connect(f"file:{tmp / f'engine-{value}' / 'outbox.sqlite3'}?mode=ro", uri=True, timeout=10)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM webhook_state WHERE processed_at IS NULL").fetchone()[0]
+        finally:
+            conn.close()
+
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in ports}
+    loads = []
+    try:
+        first_id = 1
+        for n in range(rounds):
+            loads.append(Path("/proc/loadavg").read_text().split()[0])
+            turn = values[n % len(values) :] + values[: n % len(values)]
+            for name in ["bare", "durable", *turn]:
+                result = run_wrk(ports[name], template, first_id, seconds)
+                assert result["errors"] == 0, (name, result)
+                first_id += 10_000_000
+                if name in values:
+                    ended = time.perf_counter()
+                    result["left"] = unprocessed(name)
+                    wait_for(lambda v=name: unprocessed(v) == 0, 600, 0.02, what="the burst mapped")
+                    result["lag"] = time.perf_counter() - ended
+                results[name].append(result)
+        paced = {
+            name: asyncio.run(run_load("127.0.0.1", ports[name], "/webhooks/aircall",
+                                       lambda n, o=i: call_body(10**8 * (o + 1) + n), 5000, concurrency=32,
+                                       rate=1000)).summary()
+            for i, name in enumerate(["durable", *values])
+        }  # fmt: skip
+    finally:
+        for proc in procs.values():
+            stop(proc)
+    print(f"# priorities of processing, wrk -t1 -c32 -d{seconds}s, {rounds} rounds (load at each round's start "
+          f"{' / '.join(loads)}), {machine()}")  # fmt: skip
+    for value in values:
+        print(f"engine {value}: {shown[value]}")
+    print(f"{'server':<24}{'req/s (each round)':>44}{'p99 ms (each round)':>36}")
+    for name in ports:
+        rates = " / ".join(f"{r['rate']:,.0f}" for r in results[name])
+        p99s = " / ".join(f"{r['p99_ms']:.0f}" for r in results[name])
+        print(f"{name:<24}{rates:>44}{p99s:>36}")
+    for value in values:
+        for other in ("durable", "bare"):
+            ratios = [e["rate"] / o["rate"] for e, o in zip(results[value], results[other], strict=True)]
+            mean = sum(ratios) / len(ratios)
+            print(
+                f"engine {value} / {other}, each round: "
+                + ", ".join(f"{r:.2f}" for r in ratios)
+                + f" (mean {mean:.3f})"
+            )
+        lags = ", ".join(f"{r['left']:,.0f} left, {r['lag']:.2f} s" for r in results[value])
+        print(f"engine {value} after its burst: {lags}")
+    for name, s in paced.items():
+        print(f"{name} paced at 1,000 req/s: p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms")
+
+
 # -- drain ----------------------------------------------------------------------------------------------------
 
 
@@ -584,12 +660,13 @@ def children(pid: int) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "what", choices=["ingest", "wrk", "e2e", "drain", "memory", "memory-webhooks", "catch-up", "lag"]
+        "what", choices=["ingest", "wrk", "e2e", "drain", "memory", "memory-webhooks", "catch-up", "lag", "priorities"]
     )
     parser.add_argument("--count", type=int, help="requests per ingest round, messages to drain or to keep")
     parser.add_argument("--seconds", type=int, default=10, help="wrk's duration (wrk, e2e, catch-up, lag)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (wrk)")
     parser.add_argument("--workers", type=int, default=1, help="engine serve --workers (e2e)")
+    parser.add_argument("--priorities", default="0,10", help="priorities: the processing niceness of each engine")
     parser.add_argument("--pause-processing", action="store_true", help="wrk: measure the gateway alone")
     args = parser.parse_args()
     if args.what == "wrk":
@@ -600,6 +677,8 @@ def main() -> None:
         catch_up(args.seconds)
     elif args.what == "lag":
         burst_lag(args.seconds)
+    elif args.what == "priorities":
+        priorities(args.seconds, args.rounds, args.priorities.split(","))
     elif args.what == "memory-webhooks":
         memory_webhooks(args.count or 1_000_000)
     elif args.what == "ingest":
