@@ -8,6 +8,7 @@
     python bench/bench_server.py memory-webhooks  # the same with 1,000,000 stored webhooks still to map
     python bench/bench_server.py catch-up # a backlog to map: p99 at 1,000 req/s meanwhile, then the rate it maps
     python bench/bench_server.py lag      # a burst with mapping running: ingest vs the durable app, then the lag left
+    python bench/bench_server.py priorities --priorities 0,10,19,idle  # the same, one engine per processing priority
 
 BENCH_PROCESSING_NICENESS (the bench only, not a setting of the engine): the niceness every thread of the engine's
 processing process is set to once the server answers, in place of the one it set itself (engine/processing/child.py,
