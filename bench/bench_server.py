@@ -7,6 +7,12 @@
     python bench/bench_server.py memory   # server RSS with a 1,000,000-message backlog vs an empty outbox
     python bench/bench_server.py memory-webhooks  # the same with 1,000,000 stored webhooks still to map
     python bench/bench_server.py catch-up # a backlog to map: p99 at 1,000 req/s meanwhile, then the rate it maps
+    python bench/bench_server.py lag      # a burst with mapping running: ingest vs the durable app, then the lag left
+    python bench/bench_server.py priorities --priorities 0,10,19,idle  # the same, one engine per processing priority
+
+BENCH_PROCESSING_NICENESS (the bench only, not a setting of the engine): the niceness every thread of the engine's
+processing process is set to once the server answers, in place of the one it set itself (engine/processing/child.py,
+PROCESSING_NICENESS); `idle` puts them in SCHED_IDLE instead. To compare priorities in one tree, taking turns.
 
 `drain` needs `pip install segment-analytics-python` (the comparison only; the engine does not use it).
 """
@@ -21,6 +27,7 @@ import platform
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -69,7 +76,55 @@ def engine_server(tmp: Path, port: int, **settings: str) -> subprocess.Popen[byt
     env = base_env() | {"AIRCALL_WEBHOOK_TOKEN": TOKEN, "ENGINE_DB": str(tmp / "outbox.sqlite3"),
                         "ENGINE_LOG_LEVEL": "warning"} | settings  # fmt: skip
     engine = Path(sys.executable).parent / "engine"
-    return start([str(engine), "serve", "--port", str(port)], env, port, "/healthz", tmp / "engine.log")
+    proc = start([str(engine), "serve", "--port", str(port)], env, port, "/healthz", tmp / "engine.log")
+    set_processing_priority(proc.pid)
+    return proc
+
+
+def processing_threads(server_pid: int) -> list[int]:
+    """Every thread of the server's processing process(es)."""
+    tids = []
+    for pid in children(server_pid):
+        try:
+            if b"engine.processing.child" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            tids.extend(int(task.name) for task in Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+    return tids
+
+
+def set_processing_priority(server_pid: int, wanted: str | None = None) -> None:
+    """`wanted` or else BENCH_PROCESSING_NICENESS, if set: the processing threads' niceness (or SCHED_IDLE), set
+    from outside. Threads the processing process starts later inherit it from the thread that starts them."""
+    # The server answers before its child has started: wait for the child's second thread, which it starts after
+    # its own os.nice (else that would add to what is set here, or the niceness printed be the start's).
+    wait_for(lambda: len(processing_threads(server_pid)) >= 2, 30, 0.05, what="the processing process started")
+    time.sleep(0.2)
+    wanted = wanted or os.environ.get("BENCH_PROCESSING_NICENESS")
+    if not wanted:
+        return
+    tids = processing_threads(server_pid)
+    for tid in tids:
+        if wanted == "idle":
+            os.setpriority(os.PRIO_PROCESS, tid, 0)
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+            os.setpriority(os.PRIO_PROCESS, tid, int(wanted))
+
+
+def processing_priority(server_pid: int) -> str:
+    """The processing threads' niceness as they are now (SCHED_IDLE shown as `idle`), to print with the figures."""
+    seen = set()
+    for tid in processing_threads(server_pid):
+        try:
+            fields = Path(f"/proc/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        policy = int(fields[38])  # field 41 of stat: the scheduling policy; 5 is SCHED_IDLE
+        seen.add("idle" if policy == 5 else fields[16])  # field 19: the niceness
+    return "processing threads at niceness " + "/".join(sorted(seen))
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -182,6 +237,7 @@ def ingest_wrk(seconds: int, rounds: int, pause_processing: bool = False) -> Non
     results: dict[str, list[dict[str, float]]] = {name: [] for name in ports}
     # --pause-processing: the processing process stopped (SIGSTOP) while the load runs, to measure the gateway
     # alone, without the mapping's writes sharing SQLite's single writer; it maps the backlog afterwards.
+    priority = processing_priority(procs[2].pid)
     paused = children(procs[2].pid) if pause_processing else []
     for pid in paused:
         os.kill(pid, signal.SIGSTOP)
@@ -206,7 +262,7 @@ def ingest_wrk(seconds: int, rounds: int, pause_processing: bool = False) -> Non
         for proc in procs:
             stop(proc)
     alone = ", processing paused during the load" if pause_processing else ""
-    print(f"# ingest with wrk -t1 -c32 -d{seconds}s, {rounds} interleaved rounds{alone}, {machine()}")
+    print(f"# ingest with wrk -t1 -c32 -d{seconds}s, {rounds} interleaved rounds{alone}, {machine()}; {priority}")
     print(f"{'server':<40}{'req/s (each round)':>28}{'p50 ms':>9}{'p99 ms':>9}")
     for name, label in (("bare", "bare Starlette (parse JSON, 200)"), ("durable", "smallest durable app"),
                         ("engine", "engine serve (gateway)")):  # fmt: skip
@@ -242,6 +298,8 @@ def end_to_end(seconds: int, workers: int) -> None:
                             "SEGMENT_WRITE_KEY": WRITE_KEY}  # fmt: skip
         engine = start([str(Path(sys.executable).parent / "engine"), "serve", "--port", str(port), "--workers",
                         str(workers)], env, port, "/healthz", tmp / "engine.log")  # fmt: skip
+        set_processing_priority(engine.pid)
+        priority = processing_priority(engine.pid)
         try:
             began = time.perf_counter()
             load = run_wrk(port, template, 1, seconds)
@@ -266,6 +324,7 @@ def end_to_end(seconds: int, workers: int) -> None:
     rate = accepted / total_seconds
     print(
         f"# end to end, wrk -t1 -c32 -d{seconds}s, engine serve --workers {workers} with the fake Segment, {machine()}"
+        f"; {priority}"
     )
     print(f"acknowledged {accepted:,.0f} webhooks in {load_seconds:.1f} s ({load['rate']:,.0f} req/s, p99 "
           f"{load['p99_ms']:.1f} ms); all delivered {total_seconds:.1f} s after the load began")  # fmt: skip
@@ -284,6 +343,7 @@ def catch_up(seconds: int) -> None:
     template = wrk_template(tmp)
     port, durable_port = free_port(), free_port()
     engine, durable = engine_server(tmp, port), durable_server(tmp, durable_port)
+    priority = processing_priority(engine.pid)
 
     def backlog(first_id: int) -> float:
         paused = children(engine.pid)
@@ -323,10 +383,129 @@ def catch_up(seconds: int) -> None:
     finally:
         stop(engine)
         stop(durable)
-    print(f"# catching up a backlog of wrk -t1 -c32 -d{seconds}s (processing stopped meanwhile), {machine()}")
+    print(
+        f"# catching up a backlog of wrk -t1 -c32 -d{seconds}s (processing stopped meanwhile), {machine()}; {priority}"
+    )
     print(f"backlog {stored:,.0f} webhooks; p99 at 1,000 req/s while it is mapped {during:.1f} ms "
           f"({left:,.0f} still to map after), once mapped {after:.1f} ms; durable app {disk:.1f} ms")  # fmt: skip
     print(f"a backlog of {second:,.0f} mapped with no load at {mapping_rate:,.0f} webhooks/s")
+
+
+def burst_lag(seconds: int) -> None:
+    """A burst with mapping running, as Aircall would send one: the engine's rate against the smallest durable
+    app's just before it, then how many webhooks the burst left to map and how long after its end they were mapped
+    (counted in the outbox itself, a read-only connection polled every 20 ms)."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-lag-"))
+    template = wrk_template(tmp)
+    port, durable_port = free_port(), free_port()
+    engine, durable = engine_server(tmp, port), durable_server(tmp, durable_port)
+    priority = processing_priority(engine.pid)
+
+    def unprocessed() -> int:
+        conn = sqlite3.connect(f"file:{tmp / 'outbox.sqlite3'}?mode=ro", uri=True, timeout=10)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM webhook_state WHERE processed_at IS NULL").fetchone()[0]
+        finally:
+            conn.close()
+
+    try:
+        baseline = run_wrk(durable_port, template, 1, seconds)
+        load = run_wrk(port, template, 1, seconds)
+        ended = time.perf_counter()
+        left = unprocessed()
+        wait_for(lambda: unprocessed() == 0, 600, 0.02, what="the burst mapped")
+        lag = time.perf_counter() - ended
+    finally:
+        stop(engine)
+        stop(durable)
+    print(f"# a burst of wrk -t1 -c32 -d{seconds}s with mapping running, {machine()}; {priority}")
+    print(
+        f"engine {load['rate']:,.0f} req/s (p99 {load['p99_ms']:.1f} ms), durable app just before "
+        f"{baseline['rate']:,.0f} (p99 {baseline['p99_ms']:.1f} ms): ratio {load['rate'] / baseline['rate']:.2f}"
+    )
+    print(
+        f"mapped during the burst {load['requests'] - left:,.0f} of {load['requests']:,.0f} "
+        f"({(load['requests'] - left) / seconds:,.0f}/s); left {left:,} to map, all mapped {lag:.1f} s after "
+        f"the burst ended ({left / lag if lag else 0:,.0f}/s)"
+    )
+
+
+def priorities(seconds: int, rounds: int, values: list[str]) -> None:
+    """One engine per processing priority in `values` (a niceness, or `idle`), all in one run: each round the bare
+    app, the durable app, then each engine (in an order turned by one every round) take a wrk burst; after each
+    engine's burst, the backlog it left and how long it takes to map. Then each paced at 1,000 req/s."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-priorities-"))
+    template = wrk_template(tmp)
+    ports = {"bare": free_port(), "durable": free_port()}
+    procs = {"bare": bare_server(tmp, ports["bare"]), "durable": durable_server(tmp, ports["durable"])}
+    shown = {}
+    for value in values:
+        folder = tmp / f"engine-{value}"
+        folder.mkdir()
+        ports[value] = free_port()
+        procs[value] = engine_server(folder, ports[value])
+        set_processing_priority(procs[value].pid, value)
+        shown[value] = processing_priority(procs[value].pid)
+
+    def unprocessed(value: str) -> int:
+        conn = sqlite3.connect(f"file:{tmp / f'engine-{value}' / 'outbox.sqlite3'}?mode=ro", uri=True, timeout=10)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM webhook_state WHERE processed_at IS NULL").fetchone()[0]
+        finally:
+            conn.close()
+
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in ports}
+    loads = []
+    try:
+        first_id = 1
+        for n in range(rounds):
+            loads.append(Path("/proc/loadavg").read_text().split()[0])
+            turn = values[n % len(values) :] + values[: n % len(values)]
+            for name in ["bare", "durable", *turn]:
+                result = run_wrk(ports[name], template, first_id, seconds)
+                assert result["errors"] == 0, (name, result)
+                first_id += 10_000_000
+                if name in values:
+                    ended = time.perf_counter()
+                    result["left"] = unprocessed(name)
+                    wait_for(lambda v=name: unprocessed(v) == 0, 600, 0.02, what="the burst mapped")
+                    result["lag"] = time.perf_counter() - ended
+                results[name].append(result)
+        paced = {
+            name: asyncio.run(run_load("127.0.0.1", ports[name], "/webhooks/aircall",
+                                       lambda n, o=i: call_body(10**8 * (o + 1) + n), 5000, concurrency=32,
+                                       rate=1000)).summary()
+            for i, name in enumerate(["durable", *values])
+        }  # fmt: skip
+    finally:
+        for proc in procs.values():
+            stop(proc)
+    print(f"# priorities of processing, wrk -t1 -c32 -d{seconds}s, {rounds} rounds (load at each round's start "
+          f"{' / '.join(loads)}), {machine()}")  # fmt: skip
+    for value in values:
+        print(f"engine {value}: {shown[value]}")
+    print(f"{'server':<24}{'req/s (each round)':>44}{'p99 ms (each round)':>36}")
+    for name in ports:
+        rates = " / ".join(f"{r['rate']:,.0f}" for r in results[name])
+        p99s = " / ".join(f"{r['p99_ms']:.0f}" for r in results[name])
+        print(f"{name:<24}{rates:>44}{p99s:>36}")
+    for value in values:
+        for other in ("durable", "bare"):
+            ratios = [e["rate"] / o["rate"] for e, o in zip(results[value], results[other], strict=True)]
+            mean = sum(ratios) / len(ratios)
+            print(
+                f"engine {value} / {other}, each round: "
+                + ", ".join(f"{r:.2f}" for r in ratios)
+                + f" (mean {mean:.3f})"
+            )
+        lags = ", ".join(f"{r['left']:,.0f} left, {r['lag']:.2f} s" for r in results[value])
+        print(f"engine {value} after its burst: {lags}")
+    for name, s in paced.items():
+        print(f"{name} paced at 1,000 req/s: p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms")
 
 
 # -- drain ----------------------------------------------------------------------------------------------------
@@ -481,11 +660,14 @@ def children(pid: int) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["ingest", "wrk", "e2e", "drain", "memory", "memory-webhooks", "catch-up"])
+    parser.add_argument(
+        "what", choices=["ingest", "wrk", "e2e", "drain", "memory", "memory-webhooks", "catch-up", "lag", "priorities"]
+    )
     parser.add_argument("--count", type=int, help="requests per ingest round, messages to drain or to keep")
-    parser.add_argument("--seconds", type=int, default=10, help="wrk's duration (wrk, e2e, catch-up)")
+    parser.add_argument("--seconds", type=int, default=10, help="wrk's duration (wrk, e2e, catch-up, lag)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (wrk)")
     parser.add_argument("--workers", type=int, default=1, help="engine serve --workers (e2e)")
+    parser.add_argument("--priorities", default="0,10", help="priorities: the processing niceness of each engine")
     parser.add_argument("--pause-processing", action="store_true", help="wrk: measure the gateway alone")
     args = parser.parse_args()
     if args.what == "wrk":
@@ -494,6 +676,10 @@ def main() -> None:
         end_to_end(args.seconds, args.workers)
     elif args.what == "catch-up":
         catch_up(args.seconds)
+    elif args.what == "lag":
+        burst_lag(args.seconds)
+    elif args.what == "priorities":
+        priorities(args.seconds, args.rounds, args.priorities.split(","))
     elif args.what == "memory-webhooks":
         memory_webhooks(args.count or 1_000_000)
     elif args.what == "ingest":

@@ -3,6 +3,7 @@
 # the gateway goes (bench/RESULTS.md, "The pipeline in stages"). Needs wrk; run from the repository root:
 #   bench/threads_cpu.sh            # processing running
 #   bench/threads_cpu.sh pause      # the processing process stopped during the load: the gateway alone
+#   NICENESS=0 bench/threads_cpu.sh # the processing threads reniced first (the bench only; the engine sets 10)
 set -euo pipefail
 tmp=$(mktemp -d)
 port=${PORT:-18555}
@@ -19,6 +20,11 @@ server=$!
 trap 'kill $server 2>/dev/null; rm -rf "$tmp"' EXIT
 for _ in $(seq 50); do curl -sf "localhost:$port/healthz" > /dev/null && break; sleep 0.2; done
 child=$(pgrep -P $server | head -1)
+if [ -n "${NICENESS:-}" ]; then
+  sleep 1  # the child's own os.nice first
+  for t in /proc/$child/task/*; do renice -n "$NICENESS" -p "$(basename "$t")" > /dev/null; done
+fi
+echo "processing threads at niceness $(ps -o ni= -L -p "$child" | sort -u | tr -s ' \n' ' ')"
 [ "${1:-}" = pause ] && kill -STOP "$child"
 ticks() { for pid in $server $child; do for t in /proc/$pid/task/*; do
   echo "$pid/$(basename "$t") $(cat "$t/comm") $(awk '{print $14 + $15}' "$t/stat")"; done; done; }
