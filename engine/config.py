@@ -6,6 +6,7 @@ Secrets (tokens, write key, API token) are never part of an error message.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import math
 import re
@@ -142,6 +143,16 @@ CONSOLE_TOKEN_MIN_BITS = 40
 # The token README's first command sets, so that a newcomer sees the console a minute after cloning. Anyone can
 # read it: `engine serve` refuses it beyond loopback, and the console signs in with it only from this machine.
 FIRST_RUN_CONSOLE_TOKEN = "first-run-console-token"
+
+
+def is_loopback(host: str | None) -> bool:
+    """An address of this machine only (127.0.0.0/8, ::1, `localhost`): where the first-run token may be used."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
 
 
 def _console_token(value: str | None) -> str | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import ipaddress
 import os
 import socket
 import sys
@@ -16,7 +15,7 @@ from engine.cli.common import (
     open_outbox_for,
     settings_for,
 )
-from engine.config import FIRST_RUN_CONSOLE_TOKEN
+from engine.config import FIRST_RUN_CONSOLE_TOKEN, is_loopback
 from engine.mapping.findings import MappingError
 from engine.server import metrics
 from engine.server.runtime import load_server_mappings
@@ -35,13 +34,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.set_defaults(run=_serve)
 
 
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -52,7 +44,7 @@ def _serve(args: argparse.Namespace) -> int:
         for finding in exc.findings:
             print(finding, file=sys.stderr)
         raise UsageError(f"the mappings in {settings.mappings_dir} have problems; run `engine validate`") from None
-    if settings.console_token == FIRST_RUN_CONSOLE_TOKEN and not _loopback(args.host):
+    if settings.console_token == FIRST_RUN_CONSOLE_TOKEN and not is_loopback(args.host):
         raise UsageError(
             "ENGINE_CONSOLE_TOKEN: README's first-run token is public, fit for this machine only; set your own "
             f"(`openssl rand -hex 16` makes one) before listening on {args.host}"

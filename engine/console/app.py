@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import json
 import logging
 import sqlite3
@@ -30,7 +29,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from engine.aircall.events import is_event_name
 from engine.aircall.webhook import PATH
-from engine.config import FIRST_RUN_CONSOLE_TOKEN
+from engine.config import FIRST_RUN_CONSOLE_TOKEN, is_loopback
 from engine.console import queries
 from engine.console.auth import CSRF_FIELD, CSRF_HEADER, Gate, Session, csrf_matches
 from engine.console.pages import STATIC, Pages
@@ -475,11 +474,8 @@ def _base(request: Request) -> str:
 def _on_this_machine(request: Request) -> bool:
     """The request came from this machine to a loopback address: no network, and no proxy that forwarded it
     (behind a trusted proxy uvicorn puts the original sender in `client`)."""
-    try:
-        ends = [request.client.host if request.client else "", (request.scope.get("server") or ("",))[0]]
-        return all(ipaddress.ip_address(end).is_loopback for end in ends)
-    except ValueError:
-        return False
+    server = request.scope.get("server") or (None,)
+    return is_loopback(request.client.host if request.client else None) and is_loopback(server[0])
 
 
 def _client(request: Request) -> str:
