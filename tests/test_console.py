@@ -387,3 +387,13 @@ def test_numbers_written_in_other_scripts_are_refused_like_any_wrong_value_not_a
                  "/console/api/samples?name=webhook:²"]:  # fmt: skip
         answer = console.get(path)
         assert answer.status_code in (200, 400, 404), (path, answer.status_code)
+
+
+def test_a_webhook_path_of_thousands_of_digits_is_not_found_signed_in_or_not(console):
+    """Starlette's int convertor raised on 4,301 digits before the sign-in check: a 500 anyone could cause."""
+    long_id = "1" * 4301
+    console.cookies.clear()
+    assert console.get(f"/console/webhooks/{long_id}", follow_redirects=False).status_code == 303  # sign in first
+    signed_in(console)
+    for webhook_id in (long_id, "²", "abc", "99999999999999999999"):
+        assert console.get(f"/console/webhooks/{webhook_id}").status_code == 404, webhook_id

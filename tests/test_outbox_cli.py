@@ -367,7 +367,9 @@ def test_a_malformed_password_is_never_printed_even_when_libpq_quotes_it(engine,
     port = postgres_cluster.port
     for url, secret in [(f"postgresql://u:100%secret@127.0.0.1:{port}/db", "secret"),
                         (f"postgresql://u:S%00ECRET@127.0.0.1:{port}/db", "ECRET"),
-                        (f"postgresql://u:SECRETPW@[::1:{port}/db", "SECRETPW")]:  # fmt: skip
+                        (f"postgresql://u:SECRETPW@[::1:{port}/db", "SECRETPW"),
+                        (f"postgresql://u:%z@127.0.0.1:{port}/db", "%z"),
+                        (f"postgresql://u:pw@127.0.0.1:{port}/db?sslpassword=KeyPass99", "KeyPass99")]:  # fmt: skip
         run = engine("outbox", "status", env={"ENGINE_DB": url})
         assert run.code == 2 and secret not in run.err and "Traceback" not in run.err, run.err
 

@@ -488,3 +488,14 @@ def test_a_long_value_the_schema_refuses_keeps_the_reason_in_its_finding(engine,
     assert run.code == 1
     [finding] = [line for line in findings(run) if line.startswith("call.ended.yaml:4")]
     assert finding.endswith("is too long") and "…" in finding and len(finding) < 260, finding
+
+
+def test_a_control_character_in_a_mapping_file_is_a_finding_on_its_line_not_a_traceback(engine, mappings_copy):
+    """PyYAML's reader refuses NUL, DEL and the like before parsing: that escaped as a ReaderError traceback."""
+    with (mappings_copy / "call.ended.yaml").open("a", encoding="utf-8") as file:
+        file.write("# bad \x00 here\n")
+    run = engine("validate", str(mappings_copy))
+    assert run.code == 1 and "Traceback" not in run.err
+    assert findings(run) == ["call.ended.yaml:5:7: a character YAML does not allow in a file: U+0000; remove it"]
+    rendered = engine("render", str(FIXTURES / "call.ended.json"), "--mappings", str(mappings_copy))
+    assert rendered.code == 1 and "Traceback" not in rendered.err

@@ -68,7 +68,13 @@ class _Loader(yaml.SafeLoader):
 
 def load(text: str) -> tuple[Any, dict[Path_, Spot]]:
     """The document's value and the position of every value in it. Raises YamlError."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # its reader refuses control characters (NUL, DEL, ...) here, before any parse
+    except yaml.reader.ReaderError as exc:
+        before = text[: exc.position]
+        line, column = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise YamlError(f"a character YAML does not allow in a file: U+{code:04X}; remove it", line, column) from None
     try:
         node = loader.get_single_node()
         if node is None:

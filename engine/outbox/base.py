@@ -476,7 +476,7 @@ def is_postgres(setting: str) -> bool:
     return setting.startswith(("postgresql://", "postgres://"))
 
 
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
+_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#]*")  # libpq's password and sslpassword
 
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/*")
@@ -505,11 +505,11 @@ def without_password(text: str, setting: str) -> str:
     credentials = setting.partition("://")[2].rpartition("@")[0]
     password = credentials.partition(":")[2]
     for secret in {password, urllib.parse.unquote(password)}:
-        if len(secret) >= 3:  # a one-letter password would mask every such letter of the reason
+        if len(secret) >= 2:  # a one-letter password would mask every such letter of the reason
             text = text.replace(secret, "***")
     for match in _QUERY_PASSWORD.finditer(setting):
         value = match.group().partition("=")[2]
-        if len(value) >= 3:
+        if len(value) >= 2:
             text = text.replace(value, "***")
     return text
 
